@@ -1,0 +1,148 @@
+"""Argument checks shared by every public entry point.
+
+Each helper raises ``TypeError`` for a wrong type and ``ValueError`` for a wrong value,
+with one message shape: ``"<name> must be <what>, got <value>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_generator",
+    "check_inputs",
+    "check_int",
+    "check_model",
+    "check_nonnegative",
+    "check_open_unit",
+    "check_positive",
+    "check_real",
+    "check_targets",
+]
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_real(name: str, value: Any) -> float:
+    """Return ``value`` as a finite float, or raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking it is finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking it is finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
+    return value
+
+
+def check_open_unit(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking 0 < value < 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in the open interval (0, 1), got {value}")
+    return value
+
+
+def check_int(name: str, value: Any, *, min: int = 1) -> int:  # noqa: A002
+    """Return ``value`` as an int after checking it is an integer >= ``min``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {_type_name(value)}")
+    value = int(value)
+    if value < min:
+        what = "a positive integer" if min == 1 else f"an integer >= {min}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
+def check_model(model: Any) -> torch.nn.Module:
+    """Check that ``model`` is an ``nn.Module``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {_type_name(model)}")
+    return model
+
+
+def check_inputs(name: str, inputs: Any, *, unit_box: bool = False) -> Tensor:
+    """Check a batch of inputs: a floating tensor ``[B, *]`` with B >= 1, finite entries.
+
+    With ``unit_box=True`` the entries must also lie in [0, 1] (attacks work in pixel space).
+    """
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(inputs)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {inputs.dtype}")
+    if inputs.dim() < 1:
+        raise ValueError(
+            f"{name} must be a batch of shape [B, *], got a 0-d tensor; use inputs.unsqueeze(0)"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch, got shape {tuple(inputs.shape)}")
+    if inputs.numel() == 0:
+        raise ValueError(f"{name} must have at least one feature, got shape {tuple(inputs.shape)}")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError(f"{name} must be finite, got a tensor containing NaN or inf")
+    if unit_box:
+        lo, hi = float(inputs.min()), float(inputs.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name} must lie in [0, 1] (pixel space), got values in [{lo:.4g}, {hi:.4g}]"
+            )
+    return inputs
+
+
+def check_targets(name: str, targets: Any, batch_size: int, device: torch.device) -> Tensor:
+    """Check integer class labels ``[B]`` matching a batch of ``batch_size`` inputs."""
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(targets)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class indices, got {targets.dtype}")
+    if tuple(targets.shape) != (batch_size,):
+        raise ValueError(
+            f"{name} must have shape ({batch_size},) to match the inputs, "
+            f"got {tuple(targets.shape)}"
+        )
+    if targets.device != device:
+        raise ValueError(f"{name} must be on the inputs' device {device}, got {targets.device}")
+    if batch_size and int(targets.min()) < 0:
+        raise ValueError(f"{name} must be non-negative class indices, got {int(targets.min())}")
+    return targets
+
+
+def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    """Check an optional ``torch.Generator`` lives on ``device``."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {_type_name(generator)}")
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"generator must be on the inputs' device {device}, got a generator on "
+            f"{generator.device}; create it with torch.Generator(device=inputs.device)"
+        )
+    return generator

@@ -1,0 +1,67 @@
+"""Shared fixtures: device/dtype options and tiny models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default=os.environ.get("RSMOOTH_TEST_DEVICE", "cpu"),
+        help="device to run tests on (cpu, cuda, ...); env RSMOOTH_TEST_DEVICE",
+    )
+    parser.addoption("--dtype", default="float32", help="floating dtype for tests")
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    name = request.config.getoption("--device")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return dev
+
+
+@pytest.fixture
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return getattr(torch, request.config.getoption("--dtype"))
+
+
+@pytest.fixture
+def generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(1234)
+
+
+class LinearTwoClass(nn.Module):
+    """f(x) = class 0 iff w.x + b > 0 (logits [s, -s] with s = w.x + b)."""
+
+    def __init__(self, weight: torch.Tensor, bias: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone().flatten())
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x.flatten(1) @ self.weight + self.bias
+        return torch.stack([score, -score], dim=1)
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """A LeNet-ish CNN on 1x8x8 inputs with BatchNorm and Dropout (mode-sensitive)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(4 * 4 * 4, num_classes),
+    )
+
+
+def small_mlp(in_features: int = 6, num_classes: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_features, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, num_classes))
