@@ -1,0 +1,7 @@
+"""Training criteria for smoothed classifiers, all called as ``criterion(model, inputs, targets)``."""
+
+from __future__ import annotations
+
+from rsmooth.losses._base import SmoothingCriterion
+
+__all__ = ["SmoothingCriterion"]
