@@ -1,0 +1,405 @@
+"""SmoothedClassifier: soundness against closed forms, engine properties, state, errors."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binom, norm
+from torch import nn
+
+from conftest import LinearTwoClass, small_cnn, small_mlp
+from rsmooth import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
+from rsmooth.stats import certified_radius, clopper_pearson_lower, max_certified_radius
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records every forward batch."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.clone())
+        return self.inner(x)
+
+
+class Constant(nn.Module):
+    """Always votes for one class."""
+
+    def __init__(self, cls: int, num_classes: int = 4) -> None:
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
+        out[:, self.cls] = 1.0
+        return out
+
+
+def linear_case(margin: float, sigma: float, dim: int = 3):
+    """A two-class linear classifier and a point whose true radius is `margin`."""
+    w = torch.tensor([3.0, -4.0, 0.0][:dim])  # ||w|| = 5
+    model = LinearTwoClass(w, bias=0.5)
+    # choose x with w.x + b = 5 * margin  ->  distance to the hyperplane = margin
+    x = torch.zeros(dim)
+    x[0] = (5 * margin - 0.5) / 3.0
+    p_a = norm.cdf(margin / sigma)
+    return model, x, p_a
+
+
+# ---------------------------------------------------------------- soundness
+@pytest.mark.parametrize(("margin", "sigma"), [(0.3, 0.5), (0.05, 0.25), (1.0, 1.0)])
+def test_certify_is_sound_and_unbiased_on_linear_classifier(margin, sigma):
+    """Over many seeded trials the certified radius exceeds the true radius in <= alpha of them.
+
+    For f(x) = [w.x + b > 0], P(f(x + delta) = A) = Phi(|w.x + b| / (sigma ||w||)) exactly and
+    the smoothed classifier's true robust radius is |w.x + b| / ||w|| (the distance to the
+    hyperplane). Each row of the batch is an independent trial with its own noise stream.
+    """
+    trials, n, n0, alpha = 4000, 300, 10, 0.05
+    model, x, p_a = linear_case(margin, sigma)
+    smoothed = SmoothedClassifier(model, sigma, batch_size=4096)
+    g = torch.Generator().manual_seed(20260)
+    cert = smoothed.certify(x.expand(trials, -1).clone(), n=n, n0=n0, alpha=alpha, generator=g)
+
+    # 1. soundness: a wrong class, or a radius beyond the truth, happens w.p. <= alpha per trial
+    wrong = (cert.prediction == 1) | ((cert.prediction == 0) & (cert.radius > margin))
+    violations = int(wrong.sum())
+    limit = binom.ppf(1 - 1e-6, trials, alpha)  # false-failure probability 1e-6
+    assert violations <= limit, (violations, limit)
+
+    # 2. the mean radius matches its exact expectation under the Clopper-Pearson bound
+    k = np.arange(n + 1)
+    radius_k = np.where(
+        clopper_pearson_lower(k, n, alpha) >= 0.5,
+        certified_radius(clopper_pearson_lower(k, n, alpha), sigma),
+        0.0,
+    )
+    k0 = np.arange(n0 + 1)
+    p_select_a = binom.pmf(k0, n0, p_a)[k0 >= n0 - k0].sum()  # ties go to class 0 = A
+    mean_a = (binom.pmf(k, n, p_a) * radius_k).sum()
+    mean_b = (binom.pmf(k, n, 1 - p_a) * radius_k).sum()
+    expected = p_select_a * mean_a + (1 - p_select_a) * mean_b
+    second = p_select_a * (binom.pmf(k, n, p_a) * radius_k**2).sum() + (1 - p_select_a) * (
+        binom.pmf(k, n, 1 - p_a) * radius_k**2
+    ).sum()
+    std_error = math.sqrt(max(second - expected**2, 0.0) / trials)
+    assert float(cert.radius.mean()) == pytest.approx(expected, abs=5 * std_error + 1e-9)
+
+
+def test_point_estimate_would_fail_soundness():
+    """The soundness check above can fail: a radius from the point estimate violates it."""
+    trials, n, alpha, sigma, margin = 2000, 300, 0.05, 0.5, 0.3
+    model, x, _ = linear_case(margin, sigma)
+    smoothed = SmoothedClassifier(model, sigma, batch_size=4096)
+    counts = smoothed.sample_counts(
+        x.expand(trials, -1).clone(), n, generator=torch.Generator().manual_seed(1)
+    )
+    naive = sigma * norm.ppf(np.clip(counts[:, 0].numpy() / n, 0, 1 - 1e-12))
+    violations = int((naive > margin).sum())
+    assert violations > binom.ppf(1 - 1e-6, trials, alpha)
+
+
+def test_counts_match_closed_form_probability():
+    sigma, margin, trials, n = 0.5, 0.2, 200, 500
+    model, x, p_a = linear_case(margin, sigma)
+    smoothed = SmoothedClassifier(model, sigma, batch_size=1000)
+    counts = smoothed.sample_counts(
+        x.expand(trials, -1).clone(), n, generator=torch.Generator().manual_seed(3)
+    )
+    assert counts.shape == (trials, 2)
+    assert bool((counts.sum(1) == n).all())
+    total = trials * n
+    assert float(counts[:, 0].sum()) / total == pytest.approx(
+        p_a, abs=5 * math.sqrt(p_a * (1 - p_a) / total)
+    )
+
+
+def test_radius_is_capped_and_abstains_on_the_boundary():
+    model = Constant(2)
+    smoothed = SmoothedClassifier(model, 0.5)
+    cert = smoothed.certify(torch.zeros(3, 5), n=1000, n0=10, alpha=0.001)
+    assert cert.prediction.tolist() == [2, 2, 2]
+    assert torch.allclose(cert.radius, torch.full((3,), max_certified_radius(1000, 0.001, 0.5), dtype=torch.float64))
+    assert cert.count.tolist() == [1000] * 3
+    # a point on the decision boundary: p_A = 1/2 -> abstains (with prob >= 1 - alpha)
+    lin, _, _ = linear_case(0.0, 1.0)
+    x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(50, -1).clone()
+    cert = SmoothedClassifier(lin, 1.0).certify(x, n=2000, n0=20, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    assert bool(cert.abstained.all())
+    assert bool((cert.radius == 0).all())
+    assert bool((cert.prediction == ABSTAIN).all())
+
+
+# ---------------------------------------------------------------- algorithm details
+class FirstRowsVoteOne(nn.Module):
+    """Votes class 1 for the first `k` rows it ever sees, class 0 afterwards."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.seen = k, 0
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 2)
+        idx = torch.arange(self.seen, self.seen + x.shape[0])
+        out[idx < self.k, 1] = 1.0
+        out[idx >= self.k, 0] = 1.0
+        self.seen += x.shape[0]
+        return out
+
+
+def test_selection_and_estimation_draws_are_independent():
+    # the n0 selection draws all vote 1; the n estimation draws all vote 0:
+    # candidate 1 gets zero estimation votes -> abstain. Reusing selection draws would not.
+    model = FirstRowsVoteOne(k=20)
+    cert = SmoothedClassifier(model, 1.0, batch_size=100).certify(torch.zeros(1, 2), n=500, n0=20)
+    assert model.seen == 520
+    assert cert.count.tolist() == [0]
+    assert cert.prediction.tolist() == [ABSTAIN]
+
+
+def test_selection_ties_go_to_the_lowest_class(monkeypatch):
+    smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
+    calls = iter([torch.tensor([[0, 5, 5]]), torch.tensor([[0, 100, 0]])])
+    monkeypatch.setattr(smoothed, "_counts", lambda *args: next(calls))
+    cert = smoothed.certify(torch.zeros(1, 2), n=100, n0=10)
+    assert cert.prediction.tolist() == [1]
+    assert float(cert.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
+
+
+@pytest.mark.parametrize(("counts", "expected"), [((510, 490), ABSTAIN), ((600, 400), 0), ((50, 50), ABSTAIN), ((0, 20), 1)])
+def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
+    smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
+    c = torch.tensor([[counts[0], counts[1], 0]])
+    monkeypatch.setattr(smoothed, "_counts", lambda *args: c)
+    assert smoothed.predict(torch.zeros(1, 2), n=sum(counts), alpha=0.001).tolist() == [expected]
+
+
+def test_predict_on_linear_classifier():
+    model, x, _ = linear_case(0.8, 0.5)
+    x2 = torch.stack([x, -x + torch.tensor([-0.5 / 3 * 2, 0, 0])])  # mirrored point is class 1
+    smoothed = SmoothedClassifier(model, 0.5)
+    pred = smoothed.predict(x2, n=500, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    assert pred.tolist() == [0, 1]
+
+
+def test_predict_abstains_on_the_boundary():
+    lin, _, _ = linear_case(0.0, 1.0)
+    x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(40, -1).clone()
+    pred = SmoothedClassifier(lin, 1.0).predict(x, n=1000, generator=torch.Generator().manual_seed(2))
+    assert bool((pred == ABSTAIN).all())
+
+
+# ---------------------------------------------------------------- engine
+def test_forward_batches_are_bounded_and_filled_across_inputs():
+    rec = Recorder(small_mlp(4, 3))
+    smoothed = SmoothedClassifier(rec, 0.5, batch_size=64)
+    counts = smoothed.sample_counts(torch.rand(10, 4), 16)
+    sizes = [b.shape[0] for b in rec.batches]
+    assert max(sizes) <= 64
+    assert sizes == [64, 64, 32]  # 4 inputs x 16 samples per forward
+    assert bool((counts.sum(1) == 16).all())
+    rec.batches.clear()
+    smoothed.sample_counts(torch.rand(1, 4), 1000)
+    assert max(b.shape[0] for b in rec.batches) == 64
+    assert sum(b.shape[0] for b in rec.batches) == 1000
+
+
+def test_noise_is_centred_on_each_input_and_has_scale_sigma():
+    rec = Recorder(small_mlp(2, 3))
+    smoothed = SmoothedClassifier(rec, 0.3, batch_size=500)
+    x = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
+    smoothed.sample_counts(x, 2000, generator=torch.Generator().manual_seed(0))
+    rows = torch.cat(rec.batches)
+    first, second = rows[(rows[:, 0] > 0)], rows[(rows[:, 0] < 0)]
+    assert first.shape[0] == second.shape[0] == 2000
+    assert torch.allclose(first.mean(0), x[0], atol=0.05)
+    assert torch.allclose(first.std(0), torch.full((2,), 0.3), atol=0.02)
+
+
+def test_generator_reproducibility_and_independence_from_other_inputs():
+    model = small_cnn()
+    smoothed = SmoothedClassifier(model, 0.25, batch_size=100)
+    x = torch.rand(5, 1, 8, 8)
+    a = smoothed.certify(x, n=300, n0=30, generator=torch.Generator().manual_seed(7))
+    b = smoothed.certify(x, n=300, n0=30, generator=torch.Generator().manual_seed(7))
+    c = smoothed.certify(x, n=300, n0=30, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.count, b.count) and torch.equal(a.radius, b.radius)
+    assert not torch.equal(a.count, c.count)
+    # with per-input generators, input j's result does not depend on the other inputs
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    full = smoothed._certify(x, 300, 30, 0.001, gens([11, 12, 13, 14, 15]))
+    alone = smoothed._certify(x[3:4], 300, 30, 0.001, gens([14]))
+    assert full.count[3] == alone.count[0]
+
+
+@pytest.mark.parametrize("shape", [(6,), (1, 8, 8), (2, 3, 2, 2)])
+def test_any_input_shape(shape):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 3))
+    smoothed = SmoothedClassifier(model, 0.5, batch_size=50)
+    x = torch.rand((4,) + shape)
+    cert = smoothed.certify(x, n=100, n0=10, generator=torch.Generator().manual_seed(0))
+    assert cert.prediction.shape == cert.radius.shape == cert.p_lower.shape == (4,)
+    assert smoothed.predict(x, n=100).shape == (4,)
+    assert smoothed.soft_predict(x, num_noise=3).shape == (4, 3)
+
+
+def test_dtype_and_device_follow_the_inputs(device):
+    model = small_mlp(4, 3).double().to(device)
+    rec = Recorder(model)
+    smoothed = SmoothedClassifier(rec, 0.5)
+    x = torch.rand(3, 4, dtype=torch.float64, device=device)
+    cert = smoothed.certify(x, n=50, n0=5, generator=torch.Generator(device).manual_seed(0))
+    assert rec.batches[0].dtype == torch.float64 and rec.batches[0].device == x.device
+    assert cert.prediction.device == x.device and cert.radius.dtype == torch.float64
+
+
+def test_soft_predict_is_differentiable_and_restores_mode():
+    model = small_cnn()
+    model.train()
+    smoothed = SmoothedClassifier(model, 0.25)
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    probs = smoothed.soft_predict(x, num_noise=4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(probs.sum(1), torch.ones(2))
+    probs[:, 0].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert model.training
+
+
+# ---------------------------------------------------------------- model state
+def mixed_model():
+    model = small_cnn()
+    model.train()
+    model[1].eval()  # BatchNorm in eval, the rest in train
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def state_of(model):
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+def test_model_state_is_restored_after_success():
+    model = mixed_model()
+    before = state_of(model)
+    bn_stats = model[1].running_mean.clone()
+    smoothed = SmoothedClassifier(model, 0.5, batch_size=64)
+    smoothed.certify(torch.rand(3, 1, 8, 8), n=100, n0=10)
+    smoothed.predict(torch.rand(3, 1, 8, 8), n=100)
+    assert state_of(model) == before
+    assert torch.equal(model[1].running_mean, bn_stats)  # eval mode: no BatchNorm updates
+    assert all(p.grad is None for p in model.parameters())
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = mixed_model()
+
+    def forward(self, x):
+        self.inner(x)
+        raise RuntimeError("boom")
+
+
+def test_model_state_is_restored_after_an_exception():
+    model = Exploding()
+    before = state_of(model)
+    smoothed = SmoothedClassifier(model, 0.5)
+    with pytest.raises(RuntimeError, match="boom"):
+        smoothed.certify(torch.rand(2, 1, 8, 8), n=20, n0=5)
+    with pytest.raises(RuntimeError, match="boom"):
+        smoothed.soft_predict(torch.rand(2, 1, 8, 8))
+    assert state_of(model) == before
+
+
+# ---------------------------------------------------------------- warnings
+def test_sample_size_warnings():
+    smoothed = SmoothedClassifier(Constant(1), 0.5)
+    with pytest.warns(SampleSizeWarning, match="at least n=11"):
+        pred = smoothed.predict(torch.zeros(2, 3), n=10, alpha=0.001)
+    assert pred.tolist() == [ABSTAIN, ABSTAIN]
+    with pytest.warns(SampleSizeWarning, match="at least n=10"):
+        cert = smoothed.certify(torch.zeros(2, 3), n=9, n0=5, alpha=0.001)
+    assert cert.prediction.tolist() == [ABSTAIN, ABSTAIN]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert smoothed.predict(torch.zeros(1, 3), n=11, alpha=0.001).tolist() == [1]
+        assert smoothed.certify(torch.zeros(1, 3), n=10, n0=5, alpha=0.001).prediction.tolist() == [1]
+
+
+# ---------------------------------------------------------------- errors
+GOOD = SmoothedClassifier(Constant(0), 0.5)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: SmoothedClassifier(lambda x: x, 0.5), TypeError, "model must be a torch.nn.Module"),
+        (lambda: SmoothedClassifier(Constant(0), 0.0), ValueError, "sigma must be positive and finite, got 0.0"),
+        (lambda: SmoothedClassifier(Constant(0), -1), ValueError, "sigma must be positive"),
+        (lambda: SmoothedClassifier(Constant(0), math.inf), ValueError, "sigma must be positive"),
+        (lambda: SmoothedClassifier(Constant(0), math.nan), ValueError, "sigma must be positive"),
+        (lambda: SmoothedClassifier(Constant(0), "0.5"), TypeError, "sigma must be a real number, got str"),
+        (lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+        (lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5), TypeError, "batch_size must be an integer, got float"),
+        (lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1), ValueError, "num_classes must be an integer >= 2, got 1"),
+        (lambda: GOOD.certify(torch.zeros(2, 3), n=0), ValueError, "n must be a positive integer, got 0"),
+        (lambda: GOOD.certify(torch.zeros(2, 3), n=100, n0=0), ValueError, "n0 must be a positive integer, got 0"),
+        (lambda: GOOD.certify(torch.zeros(2, 3), n=True), TypeError, "n must be an integer, got bool"),
+        (lambda: GOOD.certify(torch.zeros(2, 3), alpha=0.0), ValueError, r"alpha must be in the open interval \(0, 1\), got 0.0"),
+        (lambda: GOOD.predict(torch.zeros(2, 3), alpha=1.0), ValueError, "alpha must be in the open interval"),
+        (lambda: GOOD.certify(torch.zeros(0, 3)), ValueError, "inputs must be a non-empty batch"),
+        (lambda: GOOD.certify(torch.zeros(2, 3, dtype=torch.long)), TypeError, "inputs must be a floating-point tensor"),
+        (lambda: GOOD.certify(torch.tensor(1.0)), ValueError, "0-d tensor"),
+        (lambda: GOOD.certify([[0.0]]), TypeError, "inputs must be a torch.Tensor, got list"),
+        (lambda: GOOD.certify(torch.tensor([[0.0, math.nan]])), ValueError, "NaN or inf"),
+        (lambda: GOOD.predict(torch.tensor([[0.0, math.inf]])), ValueError, "NaN or inf"),
+        (lambda: GOOD.certify(torch.zeros(2, 3), generator=0), TypeError, "generator must be a torch.Generator, got int"),
+        (lambda: GOOD.soft_predict(torch.zeros(2, 3), num_noise=0), ValueError, "num_noise must be a positive integer"),
+        (lambda: GOOD.sample_counts(torch.zeros(2, 3), 0), ValueError, "num must be a positive integer"),
+        (lambda: SmoothedClassifier(Constant(0, 4), 0.5, num_classes=3).certify(torch.zeros(1, 2), n=20), ValueError, "num_classes is 3 but the model returned 4"),
+        (lambda: SmoothedClassifier(nn.Identity(), 0.5).certify(torch.zeros(2, 3, 4), n=20), ValueError, "logits of shape"),
+        (lambda: SmoothedClassifier(Constant(0, 1), 0.5).certify(torch.zeros(2, 3), n=20), ValueError, "at least 2 logits"),
+    ],
+)
+def test_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to mismatch")
+def test_generator_on_wrong_device():
+    with pytest.raises(ValueError, match="torch.Generator\\(device=inputs.device\\)"):
+        GOOD.certify(torch.zeros(2, 3, device="cuda"), generator=torch.Generator())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(max_value=0.0, allow_nan=False) | st.just(math.nan) | st.just(math.inf))
+def test_any_non_positive_or_non_finite_sigma_is_rejected(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        SmoothedClassifier(Constant(0), sigma)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1 - 1e-9))
+def test_any_alpha_in_open_unit_interval_is_accepted(alpha):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SampleSizeWarning)
+        cert = GOOD.certify(torch.zeros(1, 2), n=20, n0=2, alpha=alpha)
+    assert isinstance(cert, Certificate)
+    assert float(cert.radius[0]) <= max_certified_radius(20, alpha, 0.5) + 1e-12
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(min_value=1, max_value=7), st.integers(min_value=1, max_value=300), st.integers(min_value=1, max_value=128))
+def test_counts_always_sum_to_num(batch, num, batch_size):
+    smoothed = SmoothedClassifier(nn.Linear(2, 3), 0.5, batch_size=batch_size)
+    counts = smoothed.sample_counts(torch.rand(batch, 2), num, generator=torch.Generator().manual_seed(0))
+    assert counts.shape == (batch, 3)
+    assert bool((counts.sum(1) == num).all())
