@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import LinearTwoClass, small_cnn, small_mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom, norm
 from torch import nn
 
-from conftest import LinearTwoClass, small_cnn, small_mlp
 from rsmooth import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 from rsmooth.stats import certified_radius, clopper_pearson_lower, max_certified_radius
 
@@ -233,7 +233,7 @@ def test_generator_reproducibility_and_independence_from_other_inputs():
     assert torch.equal(a.count, b.count) and torch.equal(a.radius, b.radius)
     assert not torch.equal(a.count, c.count)
     # with per-input generators, input j's result does not depend on the other inputs
-    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
     full = smoothed._certify(x, 300, 30, 0.001, gens([11, 12, 13, 14, 15]))
     alone = smoothed._certify(x[3:4], 300, 30, 0.001, gens([14]))
     assert full.count[3] == alone.count[0]

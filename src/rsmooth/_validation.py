@@ -70,7 +70,7 @@ def check_open_unit(name: str, value: Any) -> float:
     return value
 
 
-def check_int(name: str, value: Any, *, min: int = 1) -> int:  # noqa: A002
+def check_int(name: str, value: Any, *, min: int = 1) -> int:
     """Return ``value`` as an int after checking it is an integer >= ``min``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {_type_name(value)}")

@@ -222,7 +222,7 @@ class SmoothedClassifier:
                     chunk.append((j, size))
                     filled += size
             flush()
-        assert counts is not None  # noqa: S101 (internal invariant, num >= 1)
+        assert counts is not None
         return counts.view(batch, -1)
 
     def _validate_call(
