@@ -91,7 +91,7 @@ def _parse(value: str, kind: type, path: str, line: int, column: str) -> float |
 
 
 def read_results(path: str | os.PathLike[str]) -> CertificationResults:
-    """Read a tab-separated certification results file.
+    r"""Read a tab-separated certification results file.
 
     The header must contain ``idx``, ``label``, ``predict`` and ``radius``; ``correct``,
     ``count``, ``n`` and ``time`` are optional and other columns are ignored, so files written
@@ -110,7 +110,7 @@ def read_results(path: str | os.PathLike[str]) -> CertificationResults:
     Example:
         >>> import tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.tsv"
-        >>> _ = f.write_text("idx\\tlabel\\tpredict\\tradius\\tcorrect\\ttime\\n0\\t3\\t3\\t0.5\\t1\\t0:00:01\\n")
+        >>> _ = f.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.5\t1\t0:00:01\n")
         >>> res = read_results(f)
         >>> len(res), res.radius.tolist()
         (1, [0.5])
@@ -141,7 +141,9 @@ def read_results(path: str | os.PathLike[str]) -> CertificationResults:
                 )
             for column in columns:
                 kind = float if column == "radius" else int
-                columns[column].append(_parse(row[position[column]].strip(), kind, name, line, column))
+                columns[column].append(
+                    _parse(row[position[column]].strip(), kind, name, line, column)
+                )
 
     def long(column: str) -> Tensor:
         return torch.tensor(columns[column], dtype=torch.long)
@@ -294,6 +296,9 @@ def format_table(
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
-        "  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths)))
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
         for row in [header, *rows]
     )

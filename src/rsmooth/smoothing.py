@@ -138,7 +138,9 @@ class SmoothedClassifier:
     ) -> None:
         self.model = check_model(model)
         self.sigma = check_positive("sigma", sigma)
-        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, min=2)
+        self.num_classes = (
+            None if num_classes is None else check_int("num_classes", num_classes, min=2)
+        )
         self.batch_size = check_int("batch_size", batch_size)
 
     def __repr__(self) -> str:
