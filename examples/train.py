@@ -1,0 +1,358 @@
+"""Train a base classifier for randomized smoothing with any of the six rsmooth criteria.
+
+One loop for every criterion: they all share the call ``loss = criterion(model, inputs, targets)``,
+so only their construction differs (``CRITERIA``). Examples::
+
+    python examples/train.py --dataset fashion-mnist --arch lenet --criterion gaussian --sigma 0.5
+    python examples/train.py --criterion smoothmix --sigma 0.5 --num-noise 4 --num-steps 4 \\
+        --step-size 1.0 --eta 5.0 --one-step-adversary --epochs 90 --out smoothmix.pt
+    python examples/train.py --criterion smoothadv --epsilon 1.0 --num-steps 10 --num-noise 4
+
+Conventions (those of the authors' code, ``shared/algorithms.md``):
+
+- inputs are ``[0, 1]`` pixels; normalisation is the model's first layer (none for MNIST-like
+  data, the CIFAR-10 mean/std otherwise);
+- SGD, momentum 0.9, weight decay 1e-4, StepLR with gamma 0.1; epoch ``e`` uses
+  ``lr * 0.1 ** (e // lr_step)``. Defaults per dataset: MNIST-like 90 epochs, lr 0.01, step 30;
+  CIFAR-10 150 epochs, lr 0.1, step 50;
+- warm-ups applied at the start of every epoch ``e`` (0-based) over ``--warmup`` epochs (10):
+  SmoothAdv's epsilon ``min(eps, (e + 1) * eps / 10)``; SmoothMix's eta factor and one-step cap
+  ``w_e = min(1, (e + 1) / 10)``; MACER with ``--deferred`` uses lambda 0 for the first
+  ``lr_step`` epochs;
+- SmoothAdv, Consistency and SmoothMix take one optimizer step per B/m examples in the official
+  code, so the default loader batch is ``256 // num_noise`` for them (256 for the others).
+
+The checkpoint (``--out``) records sigma, the criterion and its hyperparameters, the architecture,
+the normalisation, the dataset, the epoch, the per-epoch log and the state dicts;
+``load_checkpoint(path)`` rebuilds the model. ``--resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/models.py
+
+from models import ARCHS, CHECKPOINT_FORMAT, build_model, load_checkpoint
+
+from rsmooth.datasets import DATASETS, dataset_info, load_dataset
+
+__all__ = ["CHUNKED", "CRITERIA", "Criterion", "apply_warmup", "load_checkpoint", "main", "train"]
+
+Criterion = nn.Module
+Factory = Callable[[argparse.Namespace], tuple[type, dict[str, Any]]]
+
+
+def _given(args: argparse.Namespace, **defaults: Any) -> dict[str, Any]:
+    """The flags of ``defaults`` that the user set, else their default (None = the class default)."""
+    out = {}
+    for name, default in defaults.items():
+        value = getattr(args, name)
+        value = default if value is None else value
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _gaussian(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import GaussianAugmentationLoss
+
+    return GaussianAugmentationLoss, {"sigma": args.sigma, **_given(args, num_noise=1)}
+
+
+def _stability(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import StabilityLoss
+
+    return StabilityLoss, {"sigma": args.sigma, **_given(args, lbd=None)}
+
+
+def _smoothadv(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import SmoothAdvLoss
+
+    # MNIST configuration of the papers: epsilon 255/256, T = 10, m = 4, PGD.
+    kwargs = _given(args, epsilon=255 / 256, num_steps=10, num_noise=4)
+    return SmoothAdvLoss, {"sigma": args.sigma, **kwargs, "attack": args.attack}
+
+
+def _macer(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import MACERLoss
+
+    kwargs = _given(args, num_noise=None, lbd=None, gamma=None, beta=None)
+    return MACERLoss, {"sigma": args.sigma, **kwargs}
+
+
+def _consistency(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import ConsistencyLoss
+
+    return ConsistencyLoss, {
+        "sigma": args.sigma,
+        **_given(args, num_noise=None, lbd=None, eta=None),
+    }
+
+
+def _smoothmix(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import SmoothMixLoss
+
+    # MNIST sigma = 0.5 configuration of the paper: alpha 1.0, T = 4, m = 4, eta 5.0.
+    kwargs = _given(args, step_size=1.0, num_steps=4, num_noise=4, eta=5.0)
+    kwargs["one_step_adversary"] = bool(args.one_step_adversary)
+    return SmoothMixLoss, {"sigma": args.sigma, **kwargs}
+
+
+#: Criterion name -> factory ``args -> (class, constructor kwargs)``.
+CRITERIA: dict[str, Factory] = {
+    "gaussian": _gaussian,
+    "stability": _stability,
+    "smoothadv": _smoothadv,
+    "macer": _macer,
+    "consistency": _consistency,
+    "smoothmix": _smoothmix,
+}
+
+#: Criteria whose official code takes one optimizer step per B/m examples (algorithms.md §9.1).
+CHUNKED = frozenset({"smoothadv", "consistency", "smoothmix"})
+
+
+def make_criterion(
+    name: str, args: argparse.Namespace, generator: torch.Generator | None = None
+) -> tuple[Criterion, dict[str, Any]]:
+    """Build the criterion ``name`` from the flags; returns it and its hyperparameters."""
+    cls, kwargs = CRITERIA[name](args)
+    criterion = cls(**kwargs, generator=generator)
+    hparams = dict(kwargs)
+    for field in getattr(cls, "_repr_fields", ()):  # fill in the class defaults
+        value = getattr(criterion, field, None)
+        if isinstance(value, (bool, int, float, str)):
+            hparams.setdefault(field, value)
+    return criterion, hparams
+
+
+def warmup_factor(epoch: int, warmup: int) -> float:
+    """``min(1, (epoch + 1) / warmup)``: the official per-epoch linear warm-up (epoch is 0-based)."""
+    return 1.0 if warmup <= 1 else min(1.0, (epoch + 1) / warmup)
+
+
+def apply_warmup(
+    criterion: Criterion, name: str, hparams: dict[str, Any], epoch: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """Set the criterion's schedule attributes for ``epoch``; returns what was set (for the log)."""
+    w = warmup_factor(epoch, args.warmup)
+    changed: dict[str, float] = {}
+    if name == "smoothadv":
+        criterion.epsilon = min(hparams["epsilon"], w * hparams["epsilon"])
+        changed["epsilon"] = criterion.epsilon
+    elif name == "smoothmix":
+        criterion.eta_scale = w  # eta * w_e multiplies the mix term
+        criterion.one_step_cap = w * hparams["step_size"]  # x^(1) projected to radius w_e * alpha
+        changed["eta_scale"] = w
+    elif name == "macer" and args.deferred:
+        criterion.lbd = 0.0 if epoch < args.lr_step else hparams["lbd"]
+        changed["lbd"] = criterion.lbd
+    return changed
+
+
+def _augment_cifar(x: Tensor, generator: torch.Generator) -> Tensor:
+    """RandomCrop(32, padding=4) and RandomHorizontalFlip on a batch (the CIFAR-10 pipeline)."""
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (b,), generator=generator).tolist()
+    dx = torch.randint(0, 9, (b,), generator=generator).tolist()
+    flip = torch.rand(b, generator=generator) < 0.5
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    cifar_like = dataset_info(args.dataset).mean is not None
+    epochs, lr, step = (150, 0.1, 50) if cifar_like else (90, 0.01, 30)
+    args.epochs = epochs if args.epochs is None else args.epochs
+    args.lr = lr if args.lr is None else args.lr
+    args.lr_step = step if args.lr_step is None else args.lr_step
+    if args.arch is None:
+        args.arch = "cifar_resnet110" if cifar_like else "lenet"
+    if args.out is None:
+        args.out = f"checkpoints/{args.dataset}_{args.arch}_{args.criterion}_sigma{args.sigma}.pt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="gaussian")
+    p.add_argument("--sigma", type=float, default=0.5, help="noise level (pixel units)")
+    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--data-root", default=None, help="folder of the dataset files")
+    p.add_argument("--limit", type=int, default=None, help="train on the first LIMIT examples")
+    p.add_argument(
+        "--arch", choices=sorted(ARCHS), default=None, help="lenet (MNIST-like) or resnet110"
+    )
+    h = p.add_argument_group("criterion hyperparameters (unset: the paper's / class default)")
+    h.add_argument("--num-noise", type=int, default=None, help="m: noise samples per input")
+    h.add_argument("--lbd", type=float, default=None, help="lambda (stability, macer, consistency)")
+    h.add_argument("--eta", type=float, default=None, help="eta (consistency, smoothmix)")
+    h.add_argument("--gamma", type=float, default=None, help="MACER hinge margin")
+    h.add_argument("--beta", type=float, default=None, help="MACER inverse temperature")
+    h.add_argument("--epsilon", type=float, default=None, help="SmoothAdv L2 radius (pixel units)")
+    h.add_argument("--num-steps", type=int, default=None, help="T: attack steps")
+    h.add_argument("--step-size", type=float, default=None, help="SmoothMix step size alpha")
+    h.add_argument("--attack", choices=["pgd", "ddn"], default="pgd", help="SmoothAdv attack")
+    h.add_argument("--one-step-adversary", action="store_true", help="SmoothMix +one-step")
+    h.add_argument("--deferred", action="store_true", help="MACER: lambda = 0 until lr-step")
+    h.add_argument("--warmup", type=int, default=10, help="warm-up epochs (SmoothAdv, SmoothMix)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=None, help="default 90 (MNIST-like) / 150")
+    o.add_argument("--batch-size", type=int, default=None, help="default 256, or 256 // m (§9.1)")
+    o.add_argument("--lr", type=float, default=None, help="default 0.01 (MNIST-like) / 0.1")
+    o.add_argument("--lr-step", type=int, default=None, help="StepLR step, default 30 / 50")
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="checkpoint path (default under checkpoints/)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    return p
+
+
+def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """Run the training described by parsed ``args``; returns ``(model, checkpoint)``."""
+    _resolve_defaults(args)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    info = dataset_info(args.dataset)
+    data = load_dataset(args.dataset, "train", root=args.data_root, limit=args.limit)
+    noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+    criterion, hparams = make_criterion(args.criterion, args, noise)
+    m = int(hparams.get("num_noise", 1))
+    if args.batch_size is None:
+        args.batch_size = max(1, 256 // m) if args.criterion in CHUNKED else 256
+
+    model = build_model(args.arch, info.input_shape, info.num_classes, info.mean, info.std)
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
+    start_epoch, history = 0, []
+    out = Path(args.out)
+    if args.resume and out.is_file():
+        _, saved = load_checkpoint(out, map_location=device)
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, history = saved["epoch"], saved["history"]
+
+    loader_generator = torch.Generator().manual_seed(args.seed + 2 + start_epoch)
+    loader = DataLoader(
+        TensorDataset(*data.tensors),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=len(data) > args.batch_size,  # no size-1 BatchNorm batches
+        generator=loader_generator,
+    )
+    augment = info.mean is not None  # CIFAR-10: random crop + flip
+    log = (lambda _: None) if args.quiet else print
+    log(
+        f"training {args.arch} on {args.dataset} ({len(data)} examples) with {criterion!r}, "
+        f"batch {args.batch_size}, {args.epochs} epochs, lr {args.lr} (step {args.lr_step})"
+    )
+    checkpoint: dict[str, Any] = {}
+    for epoch in range(start_epoch, args.epochs):
+        schedule = apply_warmup(criterion, args.criterion, hparams, epoch, args)
+        model.train()
+        started = time.perf_counter()
+        total, count, terms = 0.0, 0, {}
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            if augment:
+                inputs = _augment_cifar(inputs, loader_generator)
+            loss = criterion(model, inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(targets)
+            count += len(targets)
+            for key, value in getattr(criterion, "last_terms", {}).items():
+                terms[key] = terms.get(key, 0.0) + value * len(targets)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": total / max(count, 1),
+            **{k: v / max(count, 1) for k, v in terms.items()},
+            **schedule,
+            "time": time.perf_counter() - started,
+        }
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"the loss diverged at epoch {epoch + 1}: {record}")
+        history.append(record)
+        log(
+            f"epoch {epoch + 1:3d}/{args.epochs}  "
+            + "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+        )
+        checkpoint = _checkpoint(
+            args, info, hparams, model, optimizer, scheduler, epoch + 1, history
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, out)
+    if not checkpoint:  # nothing left to train (resumed a finished run)
+        checkpoint = _checkpoint(
+            args, info, hparams, model, optimizer, scheduler, start_epoch, history
+        )
+    model.eval()
+    return model, checkpoint
+
+
+def _checkpoint(args, info, hparams, model, optimizer, scheduler, epoch, history) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": args.arch,
+        "dataset": args.dataset,
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+        "normalization": None
+        if info.mean is None
+        else {"mean": list(info.mean), "std": list(info.std)},
+        "sigma": args.sigma,
+        "criterion": args.criterion,
+        "hparams": hparams,
+        "epoch": epoch,
+        "history": history,
+        "args": {
+            k: v
+            for k, v in vars(args).items()
+            if isinstance(v, (bool, int, float, str, type(None)))
+        },
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit must be a positive integer, got {args.limit}")
+    _, checkpoint = train(args)
+    print(f"saved {args.out} (epoch {checkpoint['epoch']}): {json.dumps(checkpoint['hparams'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
