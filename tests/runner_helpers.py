@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from rsmooth.runner import COLUMNS
+
 NUM_CLASSES = 3
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"n0": 20, "n": 200, "alpha": 0.001}
+
+
+def subprocess_env(**extra):
+    paths = [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def rows(path):
+    """Rows without the time column, as tuples of strings."""
+    lines = Path(path).read_text().splitlines()
+    assert lines[0].split("\t") == list(COLUMNS)
+    time_column = COLUMNS.index("time")
+    return [
+        tuple(f for i, f in enumerate(line.split("\t")) if i != time_column) for line in lines[1:]
+    ]
 
 
 def tiny_dataset(size: int = 24) -> TensorDataset:
@@ -55,3 +80,7 @@ def slow_model() -> nn.Module:
 
 def not_a_model() -> str:
     return "nope"
+
+
+def flat_linear(in_features: int, num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))

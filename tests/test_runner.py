@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from runner_helpers import TinyLinear, tiny_dataset
+from runner_helpers import SETTINGS, TinyLinear, rows, subprocess_env, tiny_dataset
 
 from rsmooth import SampleSizeWarning, SmoothedClassifier
 from rsmooth.runner import (
-    COLUMNS,
     Shard,
     certify_dataset,
     detect_shard,
@@ -21,29 +20,6 @@ from rsmooth.runner import (
     merge_results,
     part_path,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"n0": 20, "n": 200, "alpha": 0.001}
-
-
-def subprocess_env(**extra):
-    paths = [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
-        "OMP_NUM_THREADS": "1",
-        **extra,
-    }
-
-
-def rows(path):
-    """Rows without the time column, as tuples of strings."""
-    lines = Path(path).read_text().splitlines()
-    assert lines[0].split("\t") == list(COLUMNS)
-    time_column = COLUMNS.index("time")
-    return [
-        tuple(f for i, f in enumerate(line.split("\t")) if i != time_column) for line in lines[1:]
-    ]
 
 
 def smoothed(batch_size=1000, model=None):

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -315,7 +316,9 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
                 ) from None
             return _ExportedModel(move_to_device_pass(program, device).module())
         try:
-            return torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=device)
         except Exception as error:
             raise _CommandError(
                 f"--model: {path} is not a TorchScript file ({str(error).splitlines()[0]}); "
