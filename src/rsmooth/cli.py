@@ -43,6 +43,15 @@ examples:
 """
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description, keeps the examples in the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit status 2), no usage dump."""
 
@@ -105,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             "job array each process certifies its shard and the parts are merged at the end."
         ),
         epilog=_EPILOG_CERTIFY,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     model = certify.add_argument_group("model")
     model.add_argument(
@@ -214,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="certified-accuracy table and ACR of results files, and the standard plot",
         description=(
-            "Print ACR and approximate certified accuracy (%%) at radii for each results file "
+            "Print ACR and approximate certified accuracy (%) at radii for each results file "
             "(idx label predict radius [correct] ...; files of the reference codebases work), "
             "and optionally save the certified-accuracy-vs-radius plot."
         ),
         epilog=_EPILOG_REPORT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     report.add_argument("files", nargs="+", metavar="FILE", help="results files")
     report.add_argument(
