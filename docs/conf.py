@@ -8,11 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import rsmooth  # noqa: E402
+import rsmooth
 
 project = "rsmooth"
 author = "rsmooth developers"
-copyright = "2026, rsmooth developers"  # noqa: A001
+copyright = "2026, rsmooth developers"
 release = rsmooth.__version__
 version = release
 
@@ -48,3 +48,30 @@ html_title = "rsmooth"
 exclude_patterns = ["_build"]
 nitpicky = False
 suppress_warnings = ["myst.header"]
+
+
+# ``.. rsmooth-help:: COMMAND`` renders the command line's --help text, so the docs cannot drift
+# from the parser (sphinx-argparse is not a dependency).
+from docutils import nodes  # noqa: E402
+from sphinx.util.docutils import SphinxDirective  # noqa: E402
+
+
+class CommandHelp(SphinxDirective):
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        import argparse
+
+        from rsmooth.cli import build_parser
+
+        os.environ["COLUMNS"] = "92"
+        parser = build_parser()
+        if self.arguments:
+            (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = commands.choices[self.arguments[0]]
+        text = parser.format_help()
+        return [nodes.literal_block(text, text, language="none")]
+
+
+def setup(app):
+    app.add_directive("rsmooth-help", CommandHelp)

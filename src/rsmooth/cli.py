@@ -1,0 +1,577 @@
+"""The ``rsmooth`` command line: ``certify``, ``report`` and ``merge``.
+
+Run ``rsmooth --help`` or ``rsmooth COMMAND --help`` (also ``python -m rsmooth``). Errors in the
+arguments or the files give a one-line message on stderr and exit status 2; an interrupted
+``certify`` exits with 128 + the signal number after writing its finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG_CERTIFY = """\
+examples:
+  rsmooth certify --model mypkg.models:lenet --checkpoint ckpt.pt --dataset mnist \\
+      --sigma 0.5 --out results.tsv
+  rsmooth certify --model model.pt2 --dataset mypkg.data:test_set --sigma 0.25 \\
+      --n 10000 --skip 20 --out quick.tsv
+  torchrun --nproc-per-node 4 -m rsmooth certify ... --out results.tsv   # 4 shards, merged
+
+Rerun the same command to resume an interrupted run: finished rows are kept.
+"""
+
+_EPILOG_REPORT = """\
+examples:
+  rsmooth report results.tsv
+  rsmooth report a.tsv b.tsv --labels "sigma 0.25" "sigma 0.5" --plot curves.png
+  rsmooth report results.tsv --radii 0 0.5 1 1.5 2 --format csv
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description, keeps the examples in the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _CommandError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Terminated(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ---------------------------------------------------------------------------- parser
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"k\": 1}}', got {text!r}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be INDEX/COUNT like 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"needs 0 <= INDEX < COUNT, got {text!r}")
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rsmooth`` argument parser (used by :func:`main` and by the docs).
+
+    Example:
+        >>> build_parser().parse_args(["report", "r.tsv"]).command
+        'report'
+    """
+    parser = _Parser(
+        prog="rsmooth",
+        description="Randomized smoothing: certify a dataset, report and plot results files.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    certify = commands.add_parser(
+        "certify",
+        help="certify a dataset into a resumable results file",
+        description=(
+            "Certify every selected input of a dataset with CERTIFY (Cohen et al., 2019) and "
+            "write one tab-separated row per input (idx label predict radius correct time "
+            "count n) to --out, resuming the file if it exists. Under torchrun or a SLURM "
+            "job array each process certifies its shard and the parts are merged at the end."
+        ),
+        epilog=_EPILOG_CERTIFY,
+        formatter_class=_Formatter,
+    )
+    model = certify.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="package.module:factory (called to build the nn.Module; the current folder is "
+        "importable), or a TorchScript (.pt) or torch.export (.pt2) file",
+    )
+    model.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="weights for a factory model: a state_dict, or a dict with a 'state_dict' or "
+        "'model' entry (a 'module.' prefix from DataParallel is removed)",
+    )
+    model.add_argument(
+        "--model-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="keyword arguments for the model factory, e.g. '{\"num_classes\": 10}'",
+    )
+    data = certify.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        required=True,
+        metavar="DATASET",
+        help="a name from rsmooth.datasets (fashion-mnist, mnist-5k, digits, mnist, cifar10) or "
+        "package.module:factory returning a dataset of (input, label) pairs",
+    )
+    data.add_argument("--split", default="test", help="split of a named dataset (default: test)")
+    data.add_argument("--data-root", metavar="DIR", help="data folder of a named dataset")
+    data.add_argument(
+        "--dataset-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="keyword arguments for a dataset factory",
+    )
+    data.add_argument(
+        "--skip", type=int, default=1, help="certify every SKIP-th input (default: 1, all)"
+    )
+    data.add_argument(
+        "--max",
+        "--stop",
+        type=int,
+        default=-1,
+        dest="stop",
+        metavar="MAX",
+        help="stop at dataset index MAX, exclusive (default: -1, the whole dataset); write "
+        "--stop under torchrun, whose parser claims --max",
+    )
+    smoothing = certify.add_argument_group("smoothing")
+    smoothing.add_argument("--sigma", type=float, required=True, help="noise level, as in training")
+    smoothing.add_argument(
+        "--n",
+        "--num-samples",
+        type=int,
+        default=100_000,
+        dest="n",
+        help="estimation samples per input (default: 100000); write --num-samples under "
+        "torchrun, whose parser claims --n",
+    )
+    smoothing.add_argument(
+        "--n0", type=int, default=100, help="selection samples per input (default: 100)"
+    )
+    smoothing.add_argument(
+        "--alpha", type=float, default=0.001, help="failure probability (default: 0.001)"
+    )
+    smoothing.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="noisy samples per forward pass (default: 1000); part of the recorded settings",
+    )
+    smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
+    smoothing.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
+    run = certify.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="FILE", help="results file (tab-separated)")
+    run.add_argument(
+        "--device",
+        help="device, e.g. cpu, cuda, cuda:1 (default: cuda if available, with LOCAL_RANK's GPU "
+        "under torchrun, else cpu)",
+    )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="INDEX/COUNT",
+        help="certify only this shard, e.g. 0/4 (default: from torchrun or a SLURM array)",
+    )
+    run.add_argument(
+        "--no-merge",
+        dest="merge",
+        action="store_false",
+        help="leave the part files of a sharded run unmerged (merge later with rsmooth merge)",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show rows done, samples/s and time left on stderr (default: on)",
+    )
+    certify.set_defaults(handler=_certify)
+
+    report = commands.add_parser(
+        "report",
+        help="certified-accuracy table and ACR of results files, and the standard plot",
+        description=(
+            "Print ACR and approximate certified accuracy (%) at radii for each results file "
+            "(idx label predict radius [correct] ...; files of the reference codebases work), "
+            "and optionally save the certified-accuracy-vs-radius plot."
+        ),
+        epilog=_EPILOG_REPORT,
+        formatter_class=_Formatter,
+    )
+    report.add_argument("files", nargs="+", metavar="FILE", help="results files")
+    report.add_argument(
+        "--radii",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="radii of the accuracy columns (default: 0 0.25 ... 2.0)",
+    )
+    report.add_argument(
+        "--format",
+        choices=("markdown", "csv", "text"),
+        default="markdown",
+        help="table format (default: markdown)",
+    )
+    report.add_argument(
+        "--labels", nargs="+", metavar="NAME", help="a name per file (default: the file names)"
+    )
+    report.add_argument(
+        "--plot", metavar="FILE", help="save the plot (.png, .pdf, .svg); needs rsmooth[plot]"
+    )
+    report.add_argument(
+        "--max-radius", type=float, metavar="R", help="right end of the plot's radius axis"
+    )
+    report.set_defaults(handler=_report)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge the part files of a sharded run into one file sorted by idx",
+        description=(
+            "Merge OUT.part-*-of-* (or the given parts) into OUT, sorted by idx. Fails, "
+            "writing nothing, if a part is missing, an idx is duplicated, or rows of the "
+            "recorded selection are missing (gaps)."
+        ),
+    )
+    merge.add_argument("out", metavar="OUT", help="merged file to write")
+    merge.add_argument(
+        "parts", nargs="*", metavar="PART", help="part files (default: OUT.part-*-of-*)"
+    )
+    merge.set_defaults(handler=_merge)
+    return parser
+
+
+def _version() -> str:
+    from rsmooth import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------- loading
+def _import_object(spec: str, option: str) -> Any:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise _CommandError(f"{option} must be package.module:name, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise _CommandError(f"{option}: cannot import {module_name!r}: {error}") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise _CommandError(f"{option}: {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise _CommandError(f"{option}: {spec!r} is not callable")
+    return target
+
+
+class _ExportedModel(nn.Module):
+    """Wraps a ``torch.export`` module, which refuses ``train()``/``eval()``, as a plain module."""
+
+    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_exported", module)  # not a submodule: train() stays local
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._exported(inputs)  # type: ignore[operator]
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    path = Path(args.model)
+    if path.is_file():
+        if args.checkpoint is not None:
+            raise _CommandError("--checkpoint only applies to a package.module:factory --model")
+        if path.suffix == ".pt2":
+            from torch.export.passes import move_to_device_pass
+
+            try:
+                program = torch.export.load(path)
+            except Exception as error:
+                raise _CommandError(
+                    f"--model: {path} is not a torch.export file: {error}"
+                ) from None
+            return _ExportedModel(move_to_device_pass(program, device).module())
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=device)
+        except Exception as error:
+            raise _CommandError(
+                f"--model: {path} is not a TorchScript file ({str(error).splitlines()[0]}); "
+                "save a torch.export program as .pt2, or use package.module:factory"
+            ) from None
+    if ":" not in args.model:
+        raise _CommandError(
+            f"--model must be package.module:factory or an existing model file, got {args.model!r}"
+        )
+    model = _import_object(args.model, "--model")(**args.model_kwargs)
+    if not isinstance(model, nn.Module):
+        raise _CommandError(
+            f"--model: {args.model} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    if args.checkpoint is not None:
+        _load_checkpoint(model, Path(args.checkpoint))
+    return model.to(device)
+
+
+def _load_checkpoint(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise _CommandError(f"--checkpoint: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise _CommandError(
+            f"--checkpoint: cannot load {path} ({str(error).splitlines()[0]})"
+        ) from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise _CommandError(f"--checkpoint: {path} holds {type(state).__name__}, not a state_dict")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise _CommandError(f"--checkpoint: {' '.join(lines[:3])}") from None
+
+
+def _load_dataset(args: argparse.Namespace) -> Any:
+    if ":" in args.dataset:
+        dataset = _import_object(args.dataset, "--dataset")(**args.dataset_kwargs)
+    else:
+        try:
+            datasets = importlib.import_module("rsmooth.datasets")
+        except ImportError:
+            raise _CommandError(
+                f"--dataset {args.dataset!r}: rsmooth.datasets is not available in this "
+                "install; give package.module:factory instead"
+            ) from None
+        names = getattr(datasets, "DATASETS", ())
+        if names and args.dataset not in names:
+            raise _CommandError(
+                f"--dataset must be one of {', '.join(names)} or package.module:factory, "
+                f"got {args.dataset!r}"
+            )
+        dataset = datasets.load_dataset(
+            args.dataset, args.split, root=args.data_root, **args.dataset_kwargs
+        )
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise _CommandError(
+            f"--dataset {args.dataset} gave {type(dataset).__name__}, not a dataset "
+            "(len() and dataset[i] -> (input, label))"
+        )
+    return dataset
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise _CommandError(f"--device: not a device: {args.device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise _CommandError(f"--device {args.device}: CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------- commands
+def _certify(args: argparse.Namespace) -> int:
+    from rsmooth.metrics import format_table
+    from rsmooth.runner import Shard, certify_dataset
+    from rsmooth.smoothing import SmoothedClassifier
+
+    if args.stop < -1:
+        raise _CommandError(f"--max must be -1 (all) or a dataset index, got {args.stop}")
+    device = _device(args)
+    dataset = _load_dataset(args)
+    model = _load_model(args, device)
+    smoothed = SmoothedClassifier(
+        model, args.sigma, num_classes=args.num_classes, batch_size=args.batch_size
+    )
+    dist = torch.distributed
+    started_group = False
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if (
+        args.shard is None
+        and world > 1
+        and "MASTER_ADDR" in os.environ
+        and dist.is_available()
+        and not dist.is_initialized()
+    ):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started_group = True
+    shard = None if args.shard is None else Shard(args.shard[0], args.shard[1], "argument")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        results = certify_dataset(
+            smoothed,
+            dataset,
+            args.out,
+            n0=args.n0,
+            n=args.n,
+            alpha=args.alpha,
+            seed=args.seed,
+            skip=args.skip,
+            stop=None if args.stop == -1 else args.stop,
+            device=device,
+            shard=shard,
+            merge=args.merge,
+            progress=args.progress,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if started_group:
+            dist.destroy_process_group()
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if results.path is not None and Path(results.path) == Path(args.out):
+        if rank == 0:
+            print(format_table({Path(args.out).name: results}, fmt="markdown"))
+    else:
+        print(
+            f"rsmooth certify: {len(results)} rows in {results.path}; the other parts are still "
+            f"running (the last one merges them, or run: rsmooth merge {args.out})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(signum)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rsmooth.metrics import DEFAULT_RADII, format_table, read_results
+
+    if args.labels is not None and len(args.labels) != len(args.files):
+        raise _CommandError(
+            f"--labels must give one name per file ({len(args.files)}), got {len(args.labels)}"
+        )
+    if args.radii is not None:
+        bad = [r for r in args.radii if not (r >= 0 and r != float("inf"))]
+        if bad:
+            raise _CommandError(f"--radii must be non-negative finite numbers, got {bad[0]}")
+    paths = [Path(f) for f in args.files]
+    for path in paths:
+        if not path.is_file():
+            raise _CommandError(f"no such file: {path}")
+    if args.labels is not None:
+        names = list(args.labels)
+    else:
+        names = [p.name[: -len(".tsv")] if p.name.endswith(".tsv") else p.name for p in paths]
+        if len(set(names)) < len(names):
+            names = [str(p) for p in paths]
+    if len(set(names)) < len(names):
+        raise _CommandError(f"--labels must be distinct, got {names}")
+    results = {name: read_results(path) for name, path in zip(names, paths, strict=True)}
+    for result in results.values():
+        if len(result) == 0:
+            raise _CommandError(f"{result.path}: no rows")
+    radii = DEFAULT_RADII if args.radii is None else args.radii
+    print(format_table(results, radii, fmt=args.format))
+    if args.plot is not None:
+        from rsmooth.plotting import plot_certified_accuracy, save_figure
+
+        ax = plot_certified_accuracy(results, max_radius=args.max_radius)
+        save_figure(ax, args.plot)
+        print(f"rsmooth report: wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from rsmooth.runner import merge_results
+
+    parts = args.parts or None
+    results = merge_results(args.out, parts)
+    print(f"rsmooth merge: {len(results)} rows into {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``rsmooth`` command line; returns the exit status.
+
+    Args:
+        argv: Arguments without the program name. Default: ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 2 for a usage or input error (one line on stderr), 128 + the signal
+        number when ``certify`` was stopped by ``SIGTERM`` or ``SIGINT`` (finished rows are
+        kept; rerun to resume).
+
+    Example:
+        >>> main(["--version"])  # doctest: +ELLIPSIS
+        rsmooth ...
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    prog = f"rsmooth {args.command}"
+    try:
+        return int(args.handler(args))
+    except _Terminated as stop:
+        print(
+            f"{prog}: stopped by signal {stop.signum} after writing the finished rows; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted after writing the finished rows; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
+    except (_CommandError, ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
+        if os.environ.get("RSMOOTH_DEBUG") == "1":
+            raise
+        message = str(error).strip().splitlines()
+        text = message[0] if message else type(error).__name__
+        if isinstance(error, FileNotFoundError) and error.filename and not message[1:]:
+            text = f"no such file: {error.filename}" if "No such file" in text else text
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2

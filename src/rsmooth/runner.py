@@ -1,0 +1,842 @@
+"""Certify a whole dataset into a resumable results file, sharded across processes.
+
+:func:`certify_dataset` runs CERTIFY :cite:`cohen2019certified` over a dataset and writes one
+tab-separated row per input as soon as it is certified, in the format every randomized-smoothing
+codebase reads (:data:`COLUMNS`: ``idx label predict radius correct time count n``). The
+certification settings are recorded next to the file, in ``<out>.json``, so that the TSV stays
+readable by the reference ``analyze.py`` scripts and by :func:`rsmooth.metrics.read_results`.
+
+Properties the runner guarantees:
+
+- **Deterministic per input.** Input ``i``'s noise depends only on ``(seed, i)`` (and on ``n``,
+  ``n0``, the smoothed classifier's ``batch_size`` and the device type), never on which other
+  inputs were certified with it. A result is the same whether the dataset was certified in one
+  process or many, in one run or resumed.
+- **Resumable.** Rerunning with the same ``out`` skips the rows already written, truncates a
+  half-written last line (from a killed process) and appends the rest. A file written with
+  other settings is refused with an error rather than mixed.
+- **Interruptible.** ``SIGTERM`` and ``SIGINT`` let the current call finish, its rows are written,
+  then the signal's previous handler runs (a second signal acts at once).
+- **Sharded.** Under ``torchrun`` (``RANK``/``WORLD_SIZE``), an initialised
+  ``torch.distributed`` process group, or a SLURM job array, each process certifies every
+  ``count``-th input into its own part file ``<out>.part-00000-of-00002``; the parts are merged
+  into ``out`` at the end (:func:`merge_results`, also ``rsmooth merge``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+import torch
+
+from rsmooth._validation import check_inputs, check_int, check_open_unit
+from rsmooth.metrics import CertificationResults, read_results
+from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier
+from rsmooth.stats import min_samples_to_certify
+
+__all__ = [
+    "COLUMNS",
+    "Shard",
+    "certify_dataset",
+    "detect_shard",
+    "input_seed",
+    "merge_results",
+    "part_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of a results file written by :func:`certify_dataset`, in order. The first six are the
+#: reference format (``certify.py`` of :cite:`cohen2019certified`); ``count`` (votes for the
+#: predicted class among the ``n`` estimation samples) and ``n`` allow re-analysis at another
+#: ``alpha``.
+COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time", "count", "n")
+
+_HEADER = "\t".join(COLUMNS) + "\n"
+_FORMAT_VERSION = 1
+_CONFIG_KEYS = ("sigma", "n", "n0", "alpha", "seed", "batch_size")
+_PART_RE = re.compile(r"\.part-(\d{5,})-of-(\d{5,})$")
+_MASK64 = (1 << 64) - 1
+
+
+class _Dataset(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+# ---------------------------------------------------------------------------- seeds and shards
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def input_seed(seed: int, index: int) -> int:
+    """The seed of input ``index``'s noise generator in a run seeded with ``seed``.
+
+    A fixed, hash-free mix (two SplitMix64 rounds) of both numbers into 63 bits: it is the same in
+    every process, Python version and platform, and neighbouring indices get unrelated streams.
+
+    Args:
+        seed: The run's seed (``>= 0``).
+        index: The input's index in the dataset (``>= 0``).
+
+    Returns:
+        An integer in ``[0, 2**63)`` for ``torch.Generator.manual_seed``.
+
+    Example:
+        >>> input_seed(0, 0) == input_seed(0, 0), input_seed(0, 0) == input_seed(0, 1)
+        (True, False)
+    """
+    seed = check_int("seed", seed, min=0)
+    index = check_int("index", index, min=0)
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64)) >> 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: every ``count``-th input, starting at ``index``.
+
+    Attributes:
+        index: This process's shard, ``0 <= index < count``.
+        count: Number of shards.
+        source: Where it came from: ``"argument"``, ``"torch.distributed"``, ``"env"``
+            (``RANK``/``WORLD_SIZE``), ``"slurm-array"`` or ``"single"``.
+    """
+
+    index: int = 0
+    count: int = 1
+    source: str = "single"
+
+    def __post_init__(self) -> None:
+        check_int("shard count", self.count)
+        check_int("shard index", self.index, min=0)
+        if self.index >= self.count:
+            raise ValueError(
+                f"shard index must be smaller than the shard count {self.count}, got {self.index}"
+            )
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def detect_shard() -> Shard:
+    """Find this process's shard from the launcher.
+
+    In order: an initialised ``torch.distributed`` process group (rank, world size); the
+    ``RANK``/``WORLD_SIZE`` variables set by ``torchrun`` and most launchers; a SLURM job array
+    (``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``); else a single
+    shard. A launcher shard combines with a SLURM array: ``torchrun`` inside each array task
+    splits that task's share further.
+
+    Returns:
+        The :class:`Shard`.
+
+    Example:
+        >>> detect_shard().count >= 1
+        True
+    """
+    index, count, source = 0, 1, "single"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        index, count = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        source = "torch.distributed"
+    else:
+        rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+        if rank is not None and world is not None and world > 1:
+            index, count, source = rank, world, "env"
+    task, tasks = _env_int("SLURM_ARRAY_TASK_ID"), _env_int("SLURM_ARRAY_TASK_COUNT")
+    if task is not None and tasks is not None and tasks > 1:
+        task -= _env_int("SLURM_ARRAY_TASK_MIN") or 0
+        index, count = task * count + index, tasks * count
+        source = "slurm-array" if source == "single" else f"slurm-array+{source}"
+    return Shard(index, count, source)
+
+
+def part_path(out: str | os.PathLike[str], shard: Shard) -> Path:
+    """The part file a shard writes: ``<out>.part-00001-of-00004``, or ``out`` for one shard.
+
+    Example:
+        >>> part_path("results.tsv", Shard(1, 4)).name
+        'results.tsv.part-00001-of-00004'
+    """
+    out = Path(out)
+    if shard.count == 1:
+        return out
+    return out.with_name(f"{out.name}.part-{shard.index:05d}-of-{shard.count:05d}")
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+# ---------------------------------------------------------------------------- file handling
+def _format_row(
+    idx: int, label: int, predict: int, radius: float, seconds: float, count: int, n: int
+) -> str:
+    correct = int(predict == label)
+    return (
+        f"{idx}\t{label}\t{predict}\t{radius:.3}\t{correct}\t{timedelta(seconds=seconds)}"
+        f"\t{count}\t{n}\n"
+    )
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    side = _sidecar(path)
+    if not side.exists():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{side}: not a valid rsmooth settings file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ValueError(f"{side}: not a valid rsmooth settings file (no 'config' object)")
+    return data
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _selection_record(selection: Sequence[int]) -> dict[str, Any]:
+    if len(selection) >= 2:
+        step = selection[1] - selection[0]
+        if step > 0 and all(b - a == step for a, b in itertools.pairwise(selection)):
+            return {"start": selection[0], "stop": selection[-1] + 1, "step": step}
+    return {"indices": list(selection)}
+
+
+def _selection_from_record(record: Any) -> list[int] | None:
+    if not isinstance(record, dict):
+        return None
+    if "indices" in record:
+        return [int(i) for i in record["indices"]]
+    return list(range(int(record["start"]), int(record["stop"]), int(record["step"])))
+
+
+def _config_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}={old.get(key)!r} in the file, {new[key]!r} now"
+        for key in _CONFIG_KEYS
+        if old.get(key) != new[key]
+    ]
+
+
+def _scan_rows(path: Path, data: bytes) -> list[int]:
+    """Indices of the complete rows of a results file's contents (header already checked)."""
+    text = data.decode("utf-8", errors="replace")
+    indices = []
+    for line_number, line in enumerate(text.splitlines()[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(COLUMNS):
+            raise ValueError(
+                f"{path}, line {line_number}: expected {len(COLUMNS)} tab-separated fields, "
+                f"got {len(fields)}; the file is damaged"
+            )
+        try:
+            indices.append(int(fields[0]))
+        except ValueError:
+            raise ValueError(
+                f"{path}, line {line_number}: column 'idx' must be int, got {fields[0]!r}"
+            ) from None
+    return indices
+
+
+def _open_for_append(
+    path: Path, config: dict[str, Any], selection: Sequence[int], shard: Shard
+) -> tuple[TextIO, set[int]]:
+    """Open (or create) a results file for appending; return it and the indices already done."""
+    done: list[int] = []
+    header = _HEADER.encode()
+    fresh = True
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) >= len(header) or not header.startswith(data):
+            fresh = False
+            if not data.startswith(header):
+                first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+                raise ValueError(
+                    f"{path} exists with a different header ({first!r}, expected "
+                    f"{_HEADER.strip()!r}); choose another out or delete the file"
+                )
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                logger.info("%s: truncating a half-written last line", path)
+                with open(path, "r+b") as damaged:
+                    damaged.truncate(end)
+                data = data[:end]
+            done = _scan_rows(path, data)
+            duplicates = sorted(i for i, times in Counter(done).items() if times > 1)
+            if duplicates:
+                raise ValueError(f"{path}: idx {duplicates[:5]} appear more than once")
+            recorded = _read_sidecar(path)
+            if recorded is None and done:
+                raise ValueError(
+                    f"{path} has {len(done)} rows but no settings file {_sidecar(path).name}, so "
+                    "it cannot be resumed safely; choose another out or delete the file"
+                )
+            if recorded is not None:
+                mismatch = _config_mismatch(recorded["config"], config)
+                if mismatch:
+                    raise ValueError(
+                        f"{path} was written with other settings ({'; '.join(mismatch)}); "
+                        "choose another out, or rerun with the file's settings to resume"
+                    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        _sidecar(path),
+        {
+            "format": _FORMAT_VERSION,
+            "columns": list(COLUMNS),
+            "config": config,
+            "selection": _selection_record(selection),
+            "shard": None if shard.count == 1 else [shard.index, shard.count],
+            "complete": False,
+        },
+    )
+    handle: TextIO
+    if fresh:
+        handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        handle.write(_HEADER)
+        handle.flush()
+    else:
+        handle = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+    return handle, set(done)
+
+
+def _mark_complete(path: Path) -> None:
+    data = _read_sidecar(path)
+    if data is not None:
+        data["complete"] = True
+        _write_json(_sidecar(path), data)
+
+
+# ---------------------------------------------------------------------------- signals, progress
+class _SignalGuard:
+    """Defer SIGTERM/SIGINT to the next row boundary; re-deliver to the previous handler after."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # second signal: stop at once
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        logger.info("signal %d received: finishing the current rows", signum)
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN or previous is None:
+                    continue  # ignored (e.g. nohup) or installed from C: leave alone
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def redeliver(self) -> None:
+        """Run the previous handler for the signal received (if any), now that rows are safe."""
+        if self.received is not None:
+            signal.raise_signal(self.received)
+
+
+class _Progress:
+    """Rows done, samples/s and time left: tqdm when installed, else a plain stderr line."""
+
+    def __init__(self, total: int, done: int, enabled: bool, desc: str) -> None:
+        self.total, self.done, self.enabled, self.desc = total, done, enabled, desc
+        self.rows = 0
+        self.samples = 0
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.bar: Any = None
+        self.stream = sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(
+                    total=total,
+                    initial=done,
+                    desc=desc,
+                    unit="row",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
+
+    def update(self, rows: int, samples: int) -> None:
+        self.rows += rows
+        self.samples += samples
+        if not self.enabled:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.samples / elapsed
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+            self.bar.update(rows)
+            return
+        now = time.perf_counter()
+        if now - self.last < (1.0 if self.tty else 10.0) and self.done + self.rows < self.total:
+            return
+        self.last = now
+        left = self.total - self.done - self.rows
+        eta = timedelta(seconds=round(left * elapsed / self.rows))
+        line = (
+            f"{self.desc}: {self.done + self.rows}/{self.total} rows, {rate:,.0f} samples/s, "
+            f"{eta} left"
+        )
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.tty and self.rows:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------- the runner
+def _select(length: int, indices: Iterable[int] | None, skip: int, stop: int | None) -> list[int]:
+    if indices is not None:
+        if skip != 1 or stop is not None:
+            raise ValueError("pass either indices or skip/stop, not both")
+        chosen = [check_int("indices", i, min=0) for i in indices]
+        bad = [i for i in chosen if i >= length]
+        if bad:
+            raise ValueError(
+                f"indices must be smaller than the dataset's length {length}, got {bad[0]}"
+            )
+        if len(set(chosen)) != len(chosen):
+            raise ValueError("indices must not repeat an index")
+        return chosen
+    skip = check_int("skip", skip)
+    end = length if stop is None else min(length, check_int("stop", stop, min=0))
+    return list(range(0, end, skip))
+
+
+def _default_device(smoothed: SmoothedClassifier) -> torch.device:
+    for tensor in (*smoothed.model.parameters(), *smoothed.model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _label(value: Any, index: int) -> int:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_floating_point():
+            raise ValueError(
+                f"dataset[{index}] must give an integer class label, got a tensor of "
+                f"dtype {value.dtype} and shape {tuple(value.shape)}"
+            )
+        return int(value.item())
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                return int(value)
+        except ImportError:  # pragma: no cover
+            pass
+        raise TypeError(
+            f"dataset[{index}] must give an integer class label, got {type(value).__name__}"
+        )
+    return value
+
+
+def certify_dataset(
+    smoothed: SmoothedClassifier,
+    dataset: _Dataset,
+    out: str | os.PathLike[str],
+    *,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    skip: int = 1,
+    stop: int | None = None,
+    indices: Iterable[int] | None = None,
+    inputs_per_call: int | None = None,
+    device: torch.device | str | None = None,
+    shard: Shard | tuple[int, int] | None = None,
+    merge: bool = True,
+    progress: bool = True,
+) -> CertificationResults:
+    r"""Certify a dataset with CERTIFY, one resumable results row per input.
+
+    Selects the inputs ``i`` with ``i % skip == 0`` and ``i < stop`` (the reference
+    ``certify.py``'s ``--skip`` and ``--max``), or the given ``indices``; certifies them in
+    calls of ``inputs_per_call`` inputs, seeding input ``i``'s noise generator with
+    :func:`input_seed` ``(seed, i)``; and appends a row per input to ``out`` (columns
+    :data:`COLUMNS`, flushed per row). The settings (``sigma``, ``n``, ``n0``, ``alpha``,
+    ``seed`` and the smoothed classifier's ``batch_size``, which all change the results) are
+    recorded in ``<out>.json``.
+
+    **Resuming.** If ``out`` exists, its rows are kept and only missing inputs are certified; a
+    half-written last line is truncated first. The settings must match the recorded ones
+    (``ValueError`` otherwise). The selection may change between runs (e.g. a larger ``stop``);
+    rows outside the new selection stay in the file.
+
+    **Interrupting.** ``SIGTERM`` or ``SIGINT`` (Ctrl-C) stop the run after the current call's
+    rows are written; then the previous handler gets the signal (``KeyboardInterrupt`` for
+    ``SIGINT`` by default, process exit for ``SIGTERM``). A second signal acts at once; a killed
+    run leaves at most a half line, repaired by the next run.
+
+    **Sharding.** With several shards (``shard=``, or :func:`detect_shard` under ``torchrun`` or
+    a SLURM array), this process certifies ``selection[index::count]`` into
+    :func:`part_path` ``(out, shard)``. With ``merge=True`` the parts are merged into ``out``
+    when all are done: after a barrier on rank 0 when a ``torch.distributed`` process group is
+    initialised, otherwise by whichever shard finishes last (the others return their own part).
+
+    Args:
+        smoothed: The :class:`~rsmooth.SmoothedClassifier` to certify.
+        dataset: Indexable with ``len()``, ``dataset[i] = (input, label)``; inputs are tensors
+            of one shape (no batch dimension), labels integers (e.g. a ``TensorDataset``).
+        out: The results file (tab-separated).
+        n0: Selection samples per input. Default: 100.
+        n: Estimation samples per input. Default: 100,000.
+        alpha: Failure probability of each certificate. Default: 0.001.
+        seed: Seed of the run (``>= 0``). Default: 0.
+        skip: Certify every ``skip``-th input. Default: 1.
+        stop: Certify only inputs with index ``< stop``. Default: all.
+        indices: Explicit dataset indices instead of ``skip``/``stop``.
+        inputs_per_call: Inputs certified per engine call. Default:
+            ``max(1, smoothed.batch_size // n)``, which fills the forward batches when ``n``
+            is small and keeps one input per call (fine-grained progress and resumption)
+            when it is large. It does not change the results.
+        device: Device for the inputs and the noise. Default: the model's.
+        shard: ``Shard`` or ``(index, count)``. Default: :func:`detect_shard`.
+        merge: Merge the part files into ``out`` at the end when sharded. Default: True.
+        progress: Show rows done, samples/s and time left on stderr (tqdm when installed, the
+            ``progress`` extra). Default: True.
+
+    Returns:
+        The :class:`~rsmooth.metrics.CertificationResults` of the whole of ``out`` (of this
+        shard's part file when the parts were not merged by this process).
+
+    Raises:
+        TypeError: An argument has the wrong type, or the dataset gives non-integer labels.
+        ValueError: An argument is out of range, or ``out`` exists with another header or
+            other settings, or is damaged, or merging found gaps or duplicates.
+
+    Warns:
+        SampleSizeWarning: ``n`` is too small for any input ever to be certified at ``alpha``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(6, 2, generator=g), torch.tensor([0, 1, 0, 1, 0, 1]))
+        >>> smoothed = SmoothedClassifier(nn.Linear(2, 2), sigma=0.25)
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "results.tsv"
+        >>> res = certify_dataset(smoothed, data, out, n0=20, n=200, progress=False)
+        >>> len(res), out.read_text().splitlines()[0].split("\t")
+        (6, ['idx', 'label', 'predict', 'radius', 'correct', 'time', 'count', 'n'])
+    """
+    if not isinstance(smoothed, SmoothedClassifier):
+        raise TypeError(f"smoothed must be a SmoothedClassifier, got {type(smoothed).__name__}")
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(
+            "dataset must support len() and dataset[i] -> (input, label), got "
+            f"{type(dataset).__name__}"
+        )
+    n0 = check_int("n0", n0)
+    n = check_int("n", n)
+    alpha = check_open_unit("alpha", alpha)
+    seed = check_int("seed", seed, min=0)
+    if inputs_per_call is None:
+        inputs_per_call = max(1, smoothed.batch_size // n)
+    inputs_per_call = check_int("inputs_per_call", inputs_per_call)
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path, got {type(out).__name__}")
+    if shard is None:
+        shard = detect_shard()
+    elif not isinstance(shard, Shard):
+        if not (isinstance(shard, tuple) and len(shard) == 2):
+            raise TypeError(f"shard must be a Shard or an (index, count) tuple, got {shard!r}")
+        shard = Shard(shard[0], shard[1], "argument")
+    device = _default_device(smoothed) if device is None else torch.device(device)
+    selection = _select(len(dataset), indices, skip, stop)
+    needed = min_samples_to_certify(alpha)
+    if n < needed:
+        warnings.warn(
+            f"certify with n={n} at alpha={alpha} always abstains: at least n={needed} "
+            "samples are needed for a lower bound above 1/2",
+            SampleSizeWarning,
+            stacklevel=2,
+        )
+
+    out = Path(out)
+    path = part_path(out, shard)
+    config = {
+        "sigma": smoothed.sigma,
+        "n": n,
+        "n0": n0,
+        "alpha": alpha,
+        "seed": seed,
+        "batch_size": smoothed.batch_size,
+    }
+    mine = selection[shard.index :: shard.count]
+    handle, done = _open_for_append(path, config, selection, shard)
+    todo = [i for i in mine if i not in done]
+    show = progress and os.environ.get("LOCAL_RANK", "0") == "0"
+    desc = "certify" if shard.count == 1 else f"certify {shard.index}/{shard.count}"
+    bar = _Progress(len(mine), len(mine) - len(todo), show, desc)
+    guard = _SignalGuard()
+    try:
+        with guard:
+            for start in range(0, len(todo), inputs_per_call):
+                if guard.received is not None:
+                    break
+                chunk = todo[start : start + inputs_per_call]
+                items = [dataset[i] for i in chunk]
+                labels = [_label(item[1], i) for item, i in zip(items, chunk, strict=True)]
+                inputs = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
+                check_inputs("dataset inputs", inputs)
+                generators = [
+                    torch.Generator(device=device).manual_seed(input_seed(seed, i)) for i in chunk
+                ]
+                began = time.perf_counter()
+                cert = smoothed._certify(inputs, n, n0, alpha, generators)
+                predictions = cert.prediction.tolist()
+                radii = cert.radius.tolist()
+                counts = cert.count.tolist()
+                seconds = (time.perf_counter() - began) / len(chunk)
+                for i, label, p, r, c in zip(
+                    chunk, labels, predictions, radii, counts, strict=True
+                ):
+                    handle.write(_format_row(i, label, p, r, seconds, c, n))
+                    handle.flush()
+                bar.update(len(chunk), (n + n0) * len(chunk))
+    finally:
+        handle.close()
+        bar.close()
+    if guard.received is not None:
+        guard.redeliver()  # the previous handler decides (exit, KeyboardInterrupt, ...)
+        return read_results(path)
+    _mark_complete(path)
+    if shard.count == 1:
+        return read_results(path)
+    if not merge:
+        return read_results(path)
+    return _merge_after_run(out, path, shard)
+
+
+def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:
+    dist = torch.distributed
+    if "torch.distributed" in shard.source and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        message: list[str | None] = [None]
+        if dist.get_rank() == 0:
+            try:
+                merge_results(out, _discover_parts(out, shard.count))
+            except (OSError, ValueError) as error:
+                message[0] = f"{type(error).__name__}: {error}"
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None:
+            raise ValueError(f"merging the part files into {out} failed: {message[0]}")
+        return read_results(out)
+    parts = _discover_parts(out, shard.count, must_exist=False)
+    states = [_read_sidecar(part) if part.exists() else None for part in parts]
+    if all(state is not None and state.get("complete") for state in states):
+        return merge_results(out, parts)
+    waiting = sum(1 for state in states if not (state and state.get("complete")))
+    logger.info(
+        "%s: %d of %d parts still running; the last one merges, or run `rsmooth merge %s`",
+        path,
+        waiting,
+        shard.count,
+        out,
+    )
+    return read_results(path)
+
+
+def _discover_parts(out: Path, count: int | None = None, *, must_exist: bool = True) -> list[Path]:
+    if count is None:
+        found: dict[int, list[Path]] = {}
+        if out.parent.is_dir():
+            for candidate in out.parent.iterdir():
+                if not candidate.name.startswith(out.name + ".part-"):
+                    continue
+                match = _PART_RE.search(candidate.name)
+                if match and candidate.name == f"{out.name}{match.group(0)}":
+                    found.setdefault(int(match.group(2)), []).append(candidate)
+        if not found:
+            raise FileNotFoundError(f"no part files {out}.part-*-of-* found")
+        if len(found) > 1:
+            raise ValueError(
+                f"part files of {out} from runs with different shard counts {sorted(found)}; "
+                "keep one set"
+            )
+        count = next(iter(found))
+    parts = [part_path(out, Shard(i, count)) for i in range(count)]
+    if must_exist:
+        missing = [i for i, part in enumerate(parts) if not part.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"part files of {out} missing for shards {missing[:10]} of {count} "
+                f"(e.g. {parts[missing[0]]})"
+            )
+    return parts
+
+
+def merge_results(
+    out: str | os.PathLike[str], parts: Sequence[str | os.PathLike[str]] | None = None
+) -> CertificationResults:
+    r"""Merge part files into one results file sorted by ``idx``, checking for gaps and duplicates.
+
+    Every part must have the same header; when the parts have settings files (as written by
+    :func:`certify_dataset`), the settings must agree and every index of the recorded selection
+    must be present (no gaps). An index present in two parts, or twice in one, is an error.
+    A half-written last line (a part still running or killed) is ignored, and shows as a gap.
+    The merged file is written atomically, with its own settings file.
+
+    Args:
+        out: The merged file to write.
+        parts: The part files. Default: ``<out>.part-*-of-*`` (all of one shard count, none
+            missing).
+
+    Returns:
+        The merged :class:`~rsmooth.metrics.CertificationResults`.
+
+    Raises:
+        FileNotFoundError: A part is missing.
+        ValueError: Headers or settings differ, an index is duplicated, or rows are missing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+        >>> _ = (folder / "r.tsv.part-00000-of-00002").write_text(head + "2\t1\t1\t0.5\t1\t0:00:01\n")
+        >>> _ = (folder / "r.tsv.part-00001-of-00002").write_text(head + "1\t0\t-1\t0.0\t0\t0:00:01\n")
+        >>> merge_results(folder / "r.tsv").idx.tolist()
+        [1, 2]
+    """
+    out = Path(out)
+    paths = _discover_parts(out) if parts is None else [Path(p) for p in parts]
+    if not paths:
+        raise ValueError("parts must name at least one file, got none")
+    header: str | None = None
+    rows: dict[int, tuple[str, Path]] = {}
+    config: dict[str, Any] | None = None
+    selection: list[int] | None = None
+    config_from: Path | None = None
+    for part in paths:
+        if not part.exists():
+            raise FileNotFoundError(f"part file {part} not found")
+        lines = part.read_bytes().decode("utf-8", errors="replace").split("\n")
+        if lines and lines[-1] != "":
+            lines = lines[:-1]  # half-written last line
+        if not lines or lines[0] == "":
+            raise ValueError(f"{part}: the file is empty, expected a header line")
+        if header is None:
+            header = lines[0]
+        elif lines[0] != header:
+            raise ValueError(f"{part}: header {lines[0]!r} differs from {header!r} in {paths[0]}")
+        columns = header.split("\t")
+        if "idx" not in columns:
+            raise ValueError(f"{part}: header must contain the column 'idx', got {columns}")
+        position = columns.index("idx")
+        for line_number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(columns):
+                raise ValueError(
+                    f"{part}, line {line_number}: expected {len(columns)} tab-separated fields, "
+                    f"got {len(fields)}"
+                )
+            try:
+                idx = int(fields[position])
+            except ValueError:
+                raise ValueError(
+                    f"{part}, line {line_number}: column 'idx' must be int, got {fields[position]!r}"
+                ) from None
+            if idx in rows:
+                raise ValueError(
+                    f"duplicate row: idx {idx} appears in {rows[idx][1]} and in {part} "
+                    f"(line {line_number})"
+                )
+            rows[idx] = (line, part)
+        recorded = _read_sidecar(part)
+        if recorded is not None:
+            if config is None:
+                config, config_from = recorded["config"], part
+                selection = _selection_from_record(recorded.get("selection"))
+            else:
+                mismatch = _config_mismatch(config, recorded["config"])
+                if mismatch:
+                    raise ValueError(
+                        f"{part} was written with other settings than {config_from} "
+                        f"({'; '.join(mismatch)})"
+                    )
+    if selection is not None:
+        missing = sorted(set(selection) - rows.keys())
+        if missing:
+            raise ValueError(
+                f"{len(missing)} rows missing from the parts (gaps), e.g. idx {missing[:10]}; "
+                "finish (resume) the shards that own them, then merge again"
+            )
+    assert header is not None
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(header + "\n")
+        for idx in sorted(rows):
+            handle.write(rows[idx][0] + "\n")
+    os.replace(tmp, out)
+    if config is not None:
+        _write_json(
+            _sidecar(out),
+            {
+                "format": _FORMAT_VERSION,
+                "columns": header.split("\t"),
+                "config": config,
+                "selection": None if selection is None else _selection_record(selection),
+                "shard": None,
+                "complete": True,
+            },
+        )
+    return read_results(out)
