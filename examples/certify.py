@@ -1,29 +1,26 @@
 """Certify a checkpoint of ``examples/train.py`` on a test split and report certified accuracy.
 
 Writes the standard tab-separated results file of the randomized-smoothing literature
-(``idx label predict radius correct time``; radius with 3 significant digits, ``correct`` =
-``int(predict == label)``, so an abstention counts as wrong), then prints the certified-accuracy
-table and the average certified radius (ACR). Example::
+(``idx label predict radius correct time``, then rsmooth's ``count n``; radius with 3 significant
+digits, ``correct`` = ``int(predict == label)``, so an abstention counts as wrong) with
+:func:`rsmooth.runner.certify_dataset`, then prints the certified-accuracy table and the average
+certified radius (ACR). Run it again with the same settings to resume an interrupted file.
+Example::
 
     python examples/certify.py checkpoints/fashion-mnist_lenet_smoothmix_sigma0.5.pt \\
         --skip 20 --n 100000 --out results/smoothmix.tsv --plot results/smoothmix.png
 
 As in the reference ``certify.py``, dataset index ``i`` is certified iff ``i % skip == 0``, and the
-loop stops at index ``max``. rsmooth certifies ``--chunk`` inputs per call (the engine fills its
-forward batches across inputs), so the ``time`` column is the chunk's time divided by its size.
+loop stops at index ``max``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/models.py
 
@@ -31,26 +28,14 @@ from models import load_checkpoint
 
 from rsmooth import SmoothedClassifier
 from rsmooth.datasets import DATASETS, load_dataset
-from rsmooth.metrics import CertificationResults, format_table, read_results
+from rsmooth.metrics import CertificationResults, format_table
+from rsmooth.plotting import plot_certified_accuracy, save_figure
+from rsmooth.runner import certify_dataset
 
-__all__ = ["HEADER", "RADII", "certify_checkpoint", "main", "plot_certified_accuracy"]
-
-HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+__all__ = ["RADII", "certify_checkpoint", "main", "save_plot"]
 
 #: Radii of the printed table (the Fashion-MNIST / MNIST sigma = 0.5 range).
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-def _completed_rows(path: Path) -> set[int]:
-    """Indices already in ``path``; drops a partly written last line so the file can be appended."""
-    if not path.is_file():
-        return set()
-    lines = path.read_text().splitlines()
-    if not lines or lines[0] != HEADER:
-        raise ValueError(f"{path} is not a results file (header {lines[:1]}); remove it first")
-    rows = [line for line in lines[1:] if len(line.split("\t")) == 6]
-    path.write_text("\n".join([HEADER, *rows]) + "\n")
-    return {int(line.split("\t")[0]) for line in rows}
 
 
 def certify_checkpoint(
@@ -66,91 +51,43 @@ def certify_checkpoint(
     n0: int = 100,
     alpha: float = 0.001,
     batch_size: int = 1000,
-    chunk: int = 100,
     seed: int = 0,
     device: str = "cpu",
-    resume: bool = False,
-    quiet: bool = False,
+    progress: bool = True,
 ) -> CertificationResults:
-    """Certify the model of ``checkpoint`` and write the results file ``out``; returns its rows."""
+    """Certify the model of ``checkpoint`` into the results file ``out``; returns its rows.
+
+    Thin over :func:`rsmooth.runner.certify_dataset`, so an interrupted run resumes where it
+    stopped when called again with the same settings.
+    """
     model, saved = load_checkpoint(checkpoint, map_location=device)
-    dataset = dataset or saved["dataset"]
-    images, labels = load_dataset(dataset, split, root=data_root, limit=max_index).tensors
-    indices = [i for i in range(len(labels)) if i % skip == 0]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _completed_rows(out) if resume else set()
-    if not resume or not out.is_file():
-        out.write_text(HEADER + "\n")
-    todo = [i for i in indices if i not in done]
+    data = load_dataset(dataset or saved["dataset"], split, root=data_root)
     smoothed = SmoothedClassifier(
         model, sigma=saved["sigma"], num_classes=saved["num_classes"], batch_size=batch_size
     )
-    generator = torch.Generator(device=device).manual_seed(seed)
-    if not quiet:
-        print(
-            f"certifying {len(todo)} of {len(indices)} {dataset} {split} images "
-            f"(sigma={saved['sigma']}, n={n}, n0={n0}, alpha={alpha}) -> {out}"
-        )
-    started = time.perf_counter()
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        tic = time.perf_counter()
-        x = images[part].to(device)
-        cert = smoothed.certify(x, n=n, n0=n0, alpha=alpha, generator=generator)
-        per_input = datetime.timedelta(seconds=(time.perf_counter() - tic) / len(part))
-        prediction, radius = cert.prediction.tolist(), cert.radius.tolist()
-        with out.open("a") as handle:
-            for j, i in enumerate(part):
-                label = int(labels[i])
-                handle.write(
-                    f"{i}\t{label}\t{prediction[j]}\t{radius[j]:.3}\t"
-                    f"{int(prediction[j] == label)}\t{per_input}\n"
-                )
-        if not quiet:
-            elapsed = time.perf_counter() - started
-            print(f"  {start + len(part)}/{len(todo)} certified, {elapsed:.1f} s")
-    return read_results(out)
+    return certify_dataset(
+        smoothed,
+        data,
+        out,
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        seed=seed,
+        skip=skip,
+        stop=max_index,
+        device=device,
+        progress=progress,
+    )
 
 
-def plot_certified_accuracy(
-    results: Mapping[str, CertificationResults],
-    path: str | os.PathLike[str],
-    *,
-    max_radius: float | None = None,
-    title: str | None = None,
-) -> bool:
-    """Save the certified-accuracy-vs-radius plot; returns False (with a message) without matplotlib."""
+def save_plot(results: Mapping[str, CertificationResults], path: str | os.PathLike[str]) -> bool:
+    """Save the certified-accuracy-vs-radius plot; without matplotlib, say so and return False."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            f"matplotlib is not installed, no plot written to {path} (pip install 'rsmooth[plot]')"
-        )
+        ax = plot_certified_accuracy(results)
+    except ImportError as error:
+        print(f"no plot written to {path}: {error}")
         return False
-    if max_radius is None:
-        max_radius = max(float(r.radius.max()) for r in results.values()) * 1.05 + 1e-3
-    grid = torch.linspace(0.0, max_radius, 400, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows in results.items():
-        correct = rows.correct & (rows.prediction >= 0)
-        curve = [(correct & (rows.radius >= r)).double().mean().item() for r in grid]
-        ax.plot(grid.numpy(), curve, label=name)
-    ax.set_xlabel("radius (L2)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlim(0.0, max_radius)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(ax, path)
     return True
 
 
@@ -171,13 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n0", type=int, default=100, help="selection samples N0")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=1000, help="forward batch size")
-    p.add_argument("--chunk", type=int, default=100, help="inputs per certify call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true", help="append to --out, skipping done rows")
     p.add_argument("--plot", default=None, help="also save the certified-accuracy plot here")
     args = p.parse_args(argv)
-    for flag in ("skip", "chunk", "batch", "n", "n0"):
+    for flag in ("skip", "batch", "n", "n0"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if args.max is not None and args.max < 1:
@@ -195,16 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         n0=args.n0,
         alpha=args.alpha,
         batch_size=args.batch,
-        chunk=args.chunk,
         seed=args.seed,
         device=args.device,
-        resume=args.resume,
     )
     name = Path(args.checkpoint).stem
     print()
     print(format_table({name: rows}, RADII, fmt="text"))
     if args.plot:
-        plot_certified_accuracy({name: rows}, args.plot)
+        save_plot({name: rows}, args.plot)
     return 0
 
 
