@@ -16,8 +16,8 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
   ``lr * 0.1 ** (e // lr_step)``. Defaults per dataset: MNIST-like 90 epochs, lr 0.01, step 30;
   CIFAR-10 150 epochs, lr 0.1, step 50;
 - warm-ups applied at the start of every epoch ``e`` (0-based) over ``--warmup`` epochs (10):
-  SmoothAdv's epsilon ``min(eps, (e + 1) * eps / 10)``; SmoothMix's eta factor and one-step cap
-  ``w_e = min(1, (e + 1) / 10)``; MACER with ``--deferred`` uses lambda 0 for the first
+  SmoothAdv's epsilon ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` attribute
+  ``w_e = min(1, (e + 1) / 10)``, which scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
   ``lr_step`` epochs;
 - SmoothAdv, Consistency and SmoothMix take one optimizer step per B/m examples in the official
   code, so the default loader batch is ``256 // num_noise`` for them (256 for the others).
@@ -133,6 +133,8 @@ def make_criterion(
     criterion = cls(**kwargs, generator=generator)
     hparams = dict(kwargs)
     for field in getattr(cls, "_repr_fields", ()):  # fill in the class defaults
+        if field == "warmup":  # a schedule (SmoothMix), set per epoch
+            continue
         value = getattr(criterion, field, None)
         if isinstance(value, (bool, int, float, str)):
             hparams.setdefault(field, value)
@@ -154,9 +156,9 @@ def apply_warmup(
         criterion.epsilon = min(hparams["epsilon"], w * hparams["epsilon"])
         changed["epsilon"] = criterion.epsilon
     elif name == "smoothmix":
-        criterion.eta_scale = w  # eta * w_e multiplies the mix term
-        criterion.one_step_cap = w * hparams["step_size"]  # x^(1) projected to radius w_e * alpha
-        changed["eta_scale"] = w
+        # w_e multiplies eta and, with the one-step adversary, caps ||x^(1) - x|| at w_e * alpha.
+        criterion.warmup = w
+        changed["warmup"] = w
     elif name == "macer" and args.deferred:
         criterion.lbd = 0.0 if epoch < args.lr_step else hparams["lbd"]
         changed["lbd"] = criterion.lbd
