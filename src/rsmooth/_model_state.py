@@ -35,7 +35,10 @@ def preserve_model_state(
     flags = [(param, param.requires_grad) for param in model.parameters()]
     try:
         if train is not None:
-            model.train(train)
+            try:
+                model.train(train)
+            except NotImplementedError:  # torch.export modules fix their mode when exported
+                pass
         if requires_grad is not None:
             for param, _ in flags:
                 param.requires_grad_(requires_grad)
