@@ -132,7 +132,9 @@ class CriterionChecks:
             assert all(isinstance(v, float) for v in criterion.last_terms.values())
 
     @staticmethod
-    def smoke(make: MakeCriterion, digits: tuple[torch.Tensor, torch.Tensor], steps: int = 30) -> None:
+    def smoke(
+        make: MakeCriterion, digits: tuple[torch.Tensor, torch.Tensor], steps: int = 30
+    ) -> None:
         x, y = digits
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -142,12 +144,17 @@ class CriterionChecks:
             return make(generator=torch.Generator().manual_seed(123))(model, x, y).item()
 
         criterion = make(generator=torch.Generator().manual_seed(0))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        # SGD with momentum 0.9, written out (torch.optim's first use imports torch._dynamo,
+        # which alone costs more than this whole test).
+        velocity = [torch.zeros_like(p) for p in model.parameters()]
         start = evaluate()
         for _ in range(steps):
-            optimizer.zero_grad()
+            model.zero_grad()
             criterion(model, x, y).backward()
-            optimizer.step()
+            with torch.no_grad():
+                for param, buf in zip(model.parameters(), velocity, strict=True):
+                    buf.mul_(0.9).add_(param.grad)
+                    param.sub_(0.1 * buf)
         end = evaluate()
         assert end < 0.8 * start, (start, end)
 
