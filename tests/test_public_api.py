@@ -6,8 +6,12 @@ import rsmooth
 EXPECTED_ALL = [
     "ABSTAIN",
     "Certificate",
+    "ConsistencyLoss",
+    "GaussianAugmentationLoss",
+    "MACERLoss",
     "SampleSizeWarning",
     "SmoothedClassifier",
+    "StabilityLoss",
     "__version__",
 ]
 

@@ -7,6 +7,12 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 
 from __future__ import annotations
 
+from rsmooth.losses import (
+    ConsistencyLoss,
+    GaussianAugmentationLoss,
+    MACERLoss,
+    StabilityLoss,
+)
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -14,7 +20,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ABSTAIN",
     "Certificate",
+    "ConsistencyLoss",
+    "GaussianAugmentationLoss",
+    "MACERLoss",
     "SampleSizeWarning",
     "SmoothedClassifier",
+    "StabilityLoss",
     "__version__",
 ]
