@@ -7,6 +7,7 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 
 from __future__ import annotations
 
+from rsmooth.attacks import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -15,6 +16,9 @@ __all__ = [
     "ABSTAIN",
     "Certificate",
     "SampleSizeWarning",
+    "SmoothDDNAttack",
+    "SmoothPGDAttack",
     "SmoothedClassifier",
+    "UnrestrictedSmoothAttack",
     "__version__",
 ]
