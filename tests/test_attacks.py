@@ -231,8 +231,15 @@ def test_ddn_returns_clean_when_never_adversarial():
             return torch.stack([10 + 0 * x.sum(1), 0 * x.sum(1)], 1)
 
     x = torch.full((3, 4), 0.5)
-    out = smooth_ddn_attack(AlwaysRight(), x, torch.zeros(3, dtype=torch.long), torch.zeros(3, 4),
-                            1.0, 5, generator=torch.Generator().manual_seed(0))
+    out = smooth_ddn_attack(
+        AlwaysRight(),
+        x,
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, 4),
+        1.0,
+        5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(out, x)
 
 

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from rsmooth.losses._base import SmoothingCriterion
+from rsmooth.losses.smoothmix import SmoothMixLoss
 
-__all__ = ["SmoothingCriterion"]
+__all__ = ["SmoothMixLoss", "SmoothingCriterion"]
