@@ -8,7 +8,7 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 from __future__ import annotations
 
 from rsmooth.attacks import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
-from rsmooth.losses import SmoothMixLoss
+from rsmooth.losses import SmoothAdvLoss, SmoothMixLoss
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -17,6 +17,7 @@ __all__ = [
     "ABSTAIN",
     "Certificate",
     "SampleSizeWarning",
+    "SmoothAdvLoss",
     "SmoothDDNAttack",
     "SmoothMixLoss",
     "SmoothPGDAttack",

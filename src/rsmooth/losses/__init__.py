@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rsmooth.losses._base import SmoothingCriterion
+from rsmooth.losses.smoothadv import SmoothAdvLoss
 from rsmooth.losses.smoothmix import SmoothMixLoss
 
-__all__ = ["SmoothMixLoss", "SmoothingCriterion"]
+__all__ = ["SmoothAdvLoss", "SmoothMixLoss", "SmoothingCriterion"]
