@@ -1,0 +1,174 @@
+"""Time one training step (forward + backward + SGD step) of each rsmooth criterion.
+
+LeNet (conv5x5 1->20, pool, conv5x5 20->50, pool, FC 800->500->10) on random 1x28x28 inputs in
+[0, 1], batch sizes 64 and 128. Times are medians over repeats after warm-up iterations, and are
+reported relative to GaussianAugmentationLoss measured in the same run (or, if that criterion is
+not installed, to a minimal Gaussian-augmentation step written here). SmoothMixLoss is also
+compared with a minimal hand-batched implementation of the same algorithm (target <= 1.1x).
+
+Usage::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/criteria_step.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIGMA = 0.5
+# MNIST configurations of the official code (algorithms.md, sections 4.6 and 5.6)
+CONFIGS: dict[str, tuple[tuple, dict]] = {
+    "GaussianAugmentationLoss": ((SIGMA,), {}),
+    "StabilityLoss": ((SIGMA,), {}),
+    "SmoothAdvLoss": ((SIGMA, 255 / 256, 10, 4), {}),
+    "MACERLoss": ((SIGMA,), {}),
+    "ConsistencyLoss": ((SIGMA,), {}),
+    "SmoothMixLoss": ((SIGMA, 1.0, 4, 4, 5.0), {}),
+}
+
+
+def lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
+    )
+
+
+def load_criteria() -> tuple[dict[str, nn.Module], list[str]]:
+    losses = importlib.import_module("rsmooth.losses")
+    found, missing = {}, []
+    for name, (args, kwargs) in CONFIGS.items():
+        cls = getattr(losses, name, None)
+        if cls is None:
+            missing.append(name)
+            continue
+        try:
+            found[name] = cls(*args, **kwargs)
+        except TypeError as err:  # a signature this benchmark does not know
+            missing.append(f"{name} ({err})")
+    return found, missing
+
+
+def gaussian_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Minimal Gaussian augmentation (m = 1): the fallback baseline."""
+    return F.cross_entropy(model(x + torch.randn_like(x) * SIGMA), y)
+
+
+def smoothmix_reference(
+    sigma: float, alpha: float, steps: int, m: int, eta: float
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A minimal hand-batched SmoothMix step (mix_step 0, no warm-up), no validation."""
+
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        noise = torch.randn((m * b, *x.shape[1:])) * sigma
+        ym = y.repeat(m)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        adv = x
+        for _ in range(steps):
+            adv = adv.detach().requires_grad_(True)
+            probs = model(adv.repeat(m, 1, 1, 1) + noise).softmax(1).reshape(m, b, -1).mean(0)
+            loss = F.nll_loss(probs.clamp(min=1e-20).log(), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, adv)
+            g = g / (g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-8)
+            adv = (adv + alpha * g).clamp(0, 1)
+        adv = adv.detach()
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        logits = model(x.repeat(m, 1, 1, 1) + noise)
+        natural = F.cross_entropy(logits, ym)
+        f_hat = logits.softmax(1).reshape(m, b, -1).mean(0)
+        lam = torch.rand(b) / 2
+        mixed = (1 - lam.view(-1, 1, 1, 1)) * x + lam.view(-1, 1, 1, 1) * adv
+        target = (1 - lam[:, None]) * f_hat + lam[:, None] / f_hat.shape[1]
+        correct = (f_hat.argmax(1) == y).float().repeat(m)
+        log_q = F.log_softmax(model(mixed.repeat(m, 1, 1, 1) + noise), 1)
+        kl = F.kl_div(log_q, target.repeat(m, 1), reduction="none").sum(1)
+        return natural + eta * (correct * kl).mean()
+
+    return step
+
+
+def time_step(
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: int,
+    warmup: int,
+    repeats: int,
+) -> float:
+    torch.manual_seed(0)
+    model = lenet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 3 repeats")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    warmup, repeats = (1, 3) if args.quick else (args.warmup, args.repeats)
+
+    criteria, missing = load_criteria()
+    for name in missing:
+        print(f"skipped (not available in this rsmooth): {name}")
+    entries: dict[str, Callable] = dict(criteria)
+    baseline = "GaussianAugmentationLoss"
+    if baseline not in entries:
+        baseline = "gaussian (hand-written, fallback baseline)"
+        entries = {baseline: gaussian_reference, **entries}
+    sm_args = CONFIGS["SmoothMixLoss"][0]
+    entries["SmoothMix (hand-batched reference)"] = smoothmix_reference(*sm_args)
+
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"warm-up {warmup}, repeats {repeats} (median)"
+    )
+    header = f"{'criterion':<46}{'batch':>6}{'ms/step':>10}{'x baseline':>12}"
+    print(header)
+    print("-" * len(header))
+    for batch in args.batch_sizes:
+        results = {name: time_step(fn, batch, warmup, repeats) for name, fn in entries.items()}
+        for name, seconds in results.items():
+            ratio = seconds / results[baseline]
+            print(f"{name:<46}{batch:>6}{1000 * seconds:>10.1f}{ratio:>12.2f}")
+        if "SmoothMixLoss" in results:
+            ratio = results["SmoothMixLoss"] / results["SmoothMix (hand-batched reference)"]
+            print(f"{'  SmoothMixLoss / hand-batched':<46}{batch:>6}{'':>10}{ratio:>12.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
