@@ -109,37 +109,43 @@ def smoothmix_reference(
     return step
 
 
-def time_step(
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+def time_steps(
+    entries: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]],
     batch: int,
     warmup: int,
     repeats: int,
-) -> float:
-    torch.manual_seed(0)
-    model = lenet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
-    times = []
+) -> dict[str, float]:
+    """Median seconds per step of every entry; the entries are interleaved (round-robin) so
+    that a slow period of a shared machine hits all of them alike."""
+    x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
+    setups = {}
+    for name in entries:
+        torch.manual_seed(0)
+        model = lenet()
+        setups[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    times: dict[str, list[float]] = {name: [] for name in entries}
     for i in range(warmup + repeats):
-        start = time.perf_counter()
-        opt.zero_grad()
-        loss_fn(model, x, y).backward()
-        opt.step()
-        elapsed = time.perf_counter() - start
-        if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times)
+        for name, loss_fn in entries.items():
+            model, opt = setups[name]
+            start = time.perf_counter()
+            opt.zero_grad()
+            loss_fn(model, x, y).backward()
+            opt.step()
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 5 repeats")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    warmup, repeats = (1, 3) if args.quick else (args.warmup, args.repeats)
+    warmup, repeats = (1, 5) if args.quick else (args.warmup, args.repeats)
 
     criteria, missing = load_criteria()
     for name in missing:
@@ -160,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for batch in args.batch_sizes:
-        results = {name: time_step(fn, batch, warmup, repeats) for name, fn in entries.items()}
+        results = time_steps(entries, batch, warmup, repeats)
         for name, seconds in results.items():
             ratio = seconds / results[baseline]
             print(f"{name:<46}{batch:>6}{1000 * seconds:>10.1f}{ratio:>12.2f}")
