@@ -10,8 +10,13 @@ EXPECTED_ALL = [
     "GaussianAugmentationLoss",
     "MACERLoss",
     "SampleSizeWarning",
+    "SmoothAdvLoss",
+    "SmoothDDNAttack",
+    "SmoothMixLoss",
+    "SmoothPGDAttack",
     "SmoothedClassifier",
     "StabilityLoss",
+    "UnrestrictedSmoothAttack",
     "__version__",
 ]
 

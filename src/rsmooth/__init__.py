@@ -7,10 +7,13 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 
 from __future__ import annotations
 
+from rsmooth.attacks import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
 from rsmooth.losses import (
     ConsistencyLoss,
     GaussianAugmentationLoss,
     MACERLoss,
+    SmoothAdvLoss,
+    SmoothMixLoss,
     StabilityLoss,
 )
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
@@ -24,7 +27,12 @@ __all__ = [
     "GaussianAugmentationLoss",
     "MACERLoss",
     "SampleSizeWarning",
+    "SmoothAdvLoss",
+    "SmoothDDNAttack",
+    "SmoothMixLoss",
+    "SmoothPGDAttack",
     "SmoothedClassifier",
     "StabilityLoss",
+    "UnrestrictedSmoothAttack",
     "__version__",
 ]
