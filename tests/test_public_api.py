@@ -6,8 +6,17 @@ import rsmooth
 EXPECTED_ALL = [
     "ABSTAIN",
     "Certificate",
+    "ConsistencyLoss",
+    "GaussianAugmentationLoss",
+    "MACERLoss",
     "SampleSizeWarning",
+    "SmoothAdvLoss",
+    "SmoothDDNAttack",
+    "SmoothMixLoss",
+    "SmoothPGDAttack",
     "SmoothedClassifier",
+    "StabilityLoss",
+    "UnrestrictedSmoothAttack",
     "__version__",
 ]
 

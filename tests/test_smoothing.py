@@ -403,3 +403,36 @@ def test_counts_always_sum_to_num(batch, num, batch_size):
     counts = smoothed.sample_counts(torch.rand(batch, 2), num, generator=torch.Generator().manual_seed(0))
     assert counts.shape == (batch, 3)
     assert bool((counts.sum(1) == num).all())
+
+
+def test_one_generator_per_input_is_public_and_matches_a_single_input_call():
+    smoothed = SmoothedClassifier(small_cnn(), 0.25, batch_size=128)
+    x = torch.rand(4, 1, 8, 8)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = smoothed.certify(x, n=200, n0=20, generator=gens([1, 2, 3, 4]))
+    single = smoothed.certify(x[2:3], n=200, n0=20, generator=gens([3]))
+    assert batch.count[2] == single.count[0]
+    counts = smoothed.sample_counts(x, 100, generator=tuple(gens([5, 6, 7, 8])))
+    assert torch.equal(counts[1:2], smoothed.sample_counts(x[1:2], 100, generator=gens([6])))
+
+
+@pytest.mark.parametrize(
+    ("generator", "exc", "match"),
+    [
+        ([torch.Generator()], ValueError, "a sequence of length 1 for 2 inputs"),
+        ([torch.Generator(), 3], TypeError, "generator must be a torch.Generator, got int"),
+        ([torch.Generator(), None], TypeError, "must not contain None"),
+    ],
+)
+def test_per_input_generator_errors(generator, exc, match):
+    with pytest.raises(exc, match=match):
+        GOOD.certify(torch.zeros(2, 3), n=20, generator=generator)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        GOOD.soft_predict(torch.zeros(2, 3), generator=[torch.Generator()] * 2)
+
+
+def test_exported_programs_can_be_smoothed():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    cert = SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100, n0=10)
+    assert cert.prediction.shape == (3,)

@@ -7,6 +7,15 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 
 from __future__ import annotations
 
+from rsmooth.attacks import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
+from rsmooth.losses import (
+    ConsistencyLoss,
+    GaussianAugmentationLoss,
+    MACERLoss,
+    SmoothAdvLoss,
+    SmoothMixLoss,
+    StabilityLoss,
+)
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -14,7 +23,16 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ABSTAIN",
     "Certificate",
+    "ConsistencyLoss",
+    "GaussianAugmentationLoss",
+    "MACERLoss",
     "SampleSizeWarning",
+    "SmoothAdvLoss",
+    "SmoothDDNAttack",
+    "SmoothMixLoss",
+    "SmoothPGDAttack",
     "SmoothedClassifier",
+    "StabilityLoss",
+    "UnrestrictedSmoothAttack",
     "__version__",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from torch import nn
 
@@ -35,7 +35,9 @@ def preserve_model_state(
     flags = [(param, param.requires_grad) for param in model.parameters()]
     try:
         if train is not None:
-            model.train(train)
+            # torch.export modules refuse train()/eval(): their mode is fixed when exported
+            with suppress(NotImplementedError):
+                model.train(train)
         if requires_grad is not None:
             for param, _ in flags:
                 param.requires_grad_(requires_grad)

@@ -108,7 +108,7 @@ def check_inputs(name: str, inputs: Any, *, unit_box: bool = False) -> Tensor:
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError(f"{name} must be finite, got a tensor containing NaN or inf")
     if unit_box:
-        lo, hi = float(inputs.min()), float(inputs.max())
+        lo, hi = float(inputs.detach().min()), float(inputs.detach().max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
                 f"{name} must lie in [0, 1] (pixel space), got values in [{lo:.4g}, {hi:.4g}]"

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -298,17 +298,6 @@ def _import_object(spec: str, option: str) -> Any:
     return target
 
 
-class _ExportedModel(nn.Module):
-    """Wraps a ``torch.export`` module, which refuses ``train()``/``eval()``, as a plain module."""
-
-    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        object.__setattr__(self, "_exported", module)  # not a submodule: train() stays local
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self._exported(inputs)  # type: ignore[operator]
-
-
 def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     path = Path(args.model)
     if path.is_file():
@@ -323,7 +312,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
                 raise _CommandError(
                     f"--model: {path} is not a torch.export file: {error}"
                 ) from None
-            return _ExportedModel(move_to_device_pass(program, device).module())
+            return move_to_device_pass(program, device).module()
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10
                 warnings.simplefilter("ignore", DeprecationWarning)

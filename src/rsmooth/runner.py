@@ -640,7 +640,9 @@ def certify_dataset(
                     torch.Generator(device=device).manual_seed(input_seed(seed, i)) for i in chunk
                 ]
                 began = time.perf_counter()
-                cert = smoothed._certify(inputs, n, n0, alpha, generators)
+                with warnings.catch_warnings():  # warned once above
+                    warnings.simplefilter("ignore", SampleSizeWarning)
+                    cert = smoothed.certify(inputs, n, n0, alpha, generator=generators)
                 predictions = cert.prediction.tolist()
                 radii = cert.radius.tolist()
                 counts = cert.count.tolist()

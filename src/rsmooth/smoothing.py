@@ -39,6 +39,8 @@ from rsmooth.stats import (
 
 __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
 #: when the smoothed classifier abstains.
 ABSTAIN: int = -1
@@ -151,9 +153,11 @@ class SmoothedClassifier:
 
     # ------------------------------------------------------------------ engine
     def _input_generators(
-        self, inputs: Tensor, generator: torch.Generator | None
+        self, inputs: Tensor, generator: torch.Generator | list[torch.Generator] | None
     ) -> list[torch.Generator]:
-        """One generator per input, seeded from ``generator`` (or the global RNG)."""
+        """One generator per input: given, or seeded from ``generator`` (or the global RNG)."""
+        if isinstance(generator, list):
+            return generator
         seed_device = generator.device if generator is not None else torch.device("cpu")
         seeds = torch.randint(
             0, 2**62, (inputs.shape[0],), generator=generator, device=seed_device
@@ -228,21 +232,33 @@ class SmoothedClassifier:
         return counts.view(batch, -1)
 
     def _validate_call(
-        self, inputs: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, torch.Generator | None]:
+        self, inputs: Tensor, generator: GeneratorArg
+    ) -> tuple[Tensor, torch.Generator | list[torch.Generator] | None]:
         inputs = check_inputs("inputs", inputs)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != inputs.shape[0]:
+                raise ValueError(
+                    "generator must be one torch.Generator or a sequence of one per input, got "
+                    f"a sequence of length {len(generator)} for {inputs.shape[0]} inputs"
+                )
+            checked = [check_generator(g, inputs.device) for g in generator]
+            if any(g is None for g in checked):
+                raise TypeError("generator must not contain None")
+            return inputs, [g for g in checked if g is not None]
         return inputs, check_generator(generator, inputs.device)
 
     # ------------------------------------------------------------------ public
     def sample_counts(
-        self, inputs: Tensor, num: int, *, generator: torch.Generator | None = None
+        self, inputs: Tensor, num: int, *, generator: GeneratorArg = None
     ) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
 
         Args:
             inputs: Batch ``[B, *]``.
             num: Noise draws per input.
-            generator: Optional ``torch.Generator`` on the inputs' device.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input (then input ``j``'s noise depends only on
+                ``generator[j]``, the sample sizes and ``batch_size``).
 
         Returns:
             ``int64`` counts ``[B, K]`` on the inputs' device; each row sums to ``num``.
@@ -263,7 +279,7 @@ class SmoothedClassifier:
         n: int = 100_000,
         alpha: float = 0.001,
         *,
-        generator: torch.Generator | None = None,
+        generator: GeneratorArg = None,
     ) -> Tensor:
         """PREDICT: the smoothed classifier's class, abstaining unless the vote is significant.
 
@@ -276,7 +292,9 @@ class SmoothedClassifier:
             inputs: Batch ``[B, *]``.
             n: Noise draws per input. Default: 100,000.
             alpha: Level of the abstain test. Default: 0.001.
-            generator: Optional ``torch.Generator`` on the inputs' device.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input (then input ``j``'s noise depends only on
+                ``generator[j]``, the sample sizes and ``batch_size``).
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -316,7 +334,7 @@ class SmoothedClassifier:
         n0: int = 100,
         alpha: float = 0.001,
         *,
-        generator: torch.Generator | None = None,
+        generator: GeneratorArg = None,
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
 
@@ -334,7 +352,9 @@ class SmoothedClassifier:
             n: Estimation draws per input. Default: 100,000.
             n0: Selection draws per input. Default: 100.
             alpha: Failure probability. Default: 0.001.
-            generator: Optional ``torch.Generator`` on the inputs' device.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input (then input ``j``'s noise depends only on
+                ``generator[j]``, the sample sizes and ``batch_size``).
 
         Returns:
             A :class:`Certificate` with tensors of shape ``[B]``.
@@ -419,7 +439,8 @@ class SmoothedClassifier:
             >>> smoothed.soft_predict(torch.zeros(4, 2), generator=g).shape
             torch.Size([4, 3])
         """
-        inputs, generator = self._validate_call(inputs, generator)
+        inputs = check_inputs("inputs", inputs)
+        generator = check_generator(generator, inputs.device)
         num_noise = check_int("num_noise", num_noise)
         noise = sample_noise(inputs, self.sigma, num_noise, generator=generator)
         with preserve_model_state(self.model, train=False):

@@ -1,0 +1,363 @@
+r"""Attacks on smoothed classifiers: ``x_adv = attack(model, inputs, targets)``.
+
+All three attacks work on the *soft* smoothed classifier
+:math:`\hat F(x) = \frac{1}{m}\sum_i \mathrm{softmax}(f(x + \delta_i))`, draw their ``m`` noise
+samples once per call (from the attack's ``generator``) and reuse them at every step. They run
+the model in ``eval()`` mode with its parameters frozen, restore every submodule's mode and every
+``requires_grad`` flag afterwards (also when they raise), and leave no ``.grad`` on parameters.
+Inputs must lie in :math:`[0, 1]` (pixel space); they are rejected, never clamped.
+
+The pure versions with the noise passed in are in :mod:`rsmooth.functional`
+(:func:`~rsmooth.functional.smooth_pgd_attack`, :func:`~rsmooth.functional.smooth_ddn_attack`,
+:func:`~rsmooth.functional.unrestricted_smooth_attack`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from rsmooth._model_state import preserve_model_state
+from rsmooth._validation import (
+    check_generator,
+    check_inputs,
+    check_int,
+    check_model,
+    check_nonnegative,
+    check_positive,
+    check_targets,
+)
+from rsmooth.functional import (
+    sample_noise,
+    smooth_ddn_attack,
+    smooth_pgd_attack,
+    unrestricted_smooth_attack,
+)
+
+__all__ = ["SmoothDDNAttack", "SmoothPGDAttack", "UnrestrictedSmoothAttack"]
+
+
+class _SmoothAttack(nn.Module):
+    """Shared plumbing: validation, noise, model-state guard, ``extra_repr``."""
+
+    _repr_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, sigma: float, num_noise: int, *, generator: torch.Generator | None
+    ) -> None:
+        super().__init__()
+        self.sigma = check_positive("sigma", sigma)
+        self.num_noise = check_int("num_noise", num_noise)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator = generator
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_fields)
+
+    def _prepare(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Validate a call and draw the noise ``[m * B, *]``."""
+        check_model(model)
+        check_inputs("inputs", inputs, unit_box=True)
+        check_targets("targets", targets, inputs.shape[0], inputs.device)
+        check_generator(self.generator, inputs.device)
+        return sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
+
+    def __getstate__(self) -> dict[str, Any]:  # generators do not pickle
+        state = self.__dict__.copy()
+        state["generator"] = None
+        return state
+
+
+class UnrestrictedSmoothAttack(_SmoothAttack):
+    r"""SmoothMix's unrestricted adversary :cite:`jeong2021smoothmix`.
+
+    From :math:`\tilde x^{(0)} = x`, ``T`` steps of normalized gradient ascent on the
+    cross-entropy of the soft smoothed classifier with respect to the true label, with the same
+    ``m`` noise samples at every step and only the box :math:`[0, 1]` as constraint (unless
+    ``max_norm`` is set):
+
+    .. math::
+
+        \tilde x^{(t+1)} = \Pi_{[0,1]}\Big(\tilde x^{(t)} + \alpha\,
+        \frac{\nabla L(\tilde x^{(t)})}{\|\nabla L(\tilde x^{(t)})\|_2 + 10^{-8}}\Big),\quad
+        L(x') = -\log \max\Big(\frac{1}{m}\sum_{i=1}^m
+        \mathrm{softmax}(f(x' + \delta_i))_y,\ 10^{-20}\Big).
+
+    :meth:`forward` returns :math:`\tilde x^{(T)}`. The one-step adversary
+    :math:`\tilde x^{(1)}` of the same trajectory is stored in :attr:`last_one_step` (detached;
+    cleared at the start of every call). Following the official snapshot rule it is the iterate
+    before update number 1, so with ``num_steps=1`` it equals ``x``; it is projected on the L2
+    ball of radius ``one_step_max_norm`` (default :math:`\alpha`, a no-op) around ``x``.
+
+    Cost: ``T`` forward and backward passes over ``m * B`` samples.
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        step_size: Step size :math:`\alpha` (official configs: 1.0 on MNIST, about
+            :math:`2\sigma` on CIFAR-10).
+        num_steps: Number of steps ``T`` (official: 2 to 8).
+        num_noise: Noise samples ``m`` (official: 4 on MNIST, 2 on CIFAR-10).
+        max_norm: Optional L2 radius around ``x`` for every iterate (the ``--maxnorm``
+            ablation). Default: ``None`` (unrestricted).
+        one_step_max_norm: L2 cap of :attr:`last_one_step` (``maxnorm_s``); ``None`` means
+            ``step_size``. A plain attribute. Default: ``None``.
+        generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B)`.
+        - output: :math:`(B, *)`, values in :math:`[0, 1]`.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For non-positive ``sigma``/``step_size``/``max_norm``, counts below 1, inputs
+            outside :math:`[0, 1]`, or mismatched targets.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, y = 0.25 + 0.5 * torch.rand(2, 1, 4, 4, generator=g), torch.tensor([0, 2])
+        >>> attack = UnrestrictedSmoothAttack(0.25, 0.5, 4, 2, generator=g)
+        >>> attack
+        UnrestrictedSmoothAttack(sigma=0.25, step_size=0.5, num_steps=4, num_noise=2, max_norm=None)
+        >>> x_adv = attack(model, x, y)
+        >>> step = (attack.last_one_step - x).flatten(1).norm(dim=1)
+        >>> x_adv.shape, [round(v, 3) for v in step.tolist()]
+        (torch.Size([2, 1, 4, 4]), [0.5, 0.5])
+    """
+
+    _repr_fields = ("sigma", "step_size", "num_steps", "num_noise", "max_norm")
+
+    def __init__(
+        self,
+        sigma: float,
+        step_size: float,
+        num_steps: int,
+        num_noise: int,
+        *,
+        max_norm: float | None = None,
+        one_step_max_norm: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.step_size = check_positive("step_size", step_size)
+        self.num_steps = check_int("num_steps", num_steps)
+        self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
+        self.one_step_max_norm = (
+            None
+            if one_step_max_norm is None
+            else check_nonnegative("one_step_max_norm", one_step_max_norm)
+        )
+        #: The one-step adversary :math:`\tilde x^{(1)}` of the last call (``None`` before).
+        self.last_one_step: Tensor | None = None
+
+    def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        r"""Attack ``model`` at ``inputs``; also sets :attr:`last_one_step`.
+
+        Args:
+            model: Base classifier returning logits ``[N, K]``.
+            inputs: Clean inputs ``[B, *]`` in ``[0, 1]``.
+            targets: True labels ``[B]``.
+
+        Returns:
+            :math:`\tilde x^{(T)}`, ``[B, *]``, detached.
+        """
+        self.last_one_step = None
+        noise = self._prepare(model, inputs, targets)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            one_step, x_adv = unrestricted_smooth_attack(
+                model,
+                inputs,
+                targets,
+                noise,
+                self.step_size,
+                self.num_steps,
+                mix_step=1,
+                max_norm=self.max_norm,
+                mix_step_max_norm=self.one_step_max_norm,
+            )
+        self.last_one_step = one_step
+        return x_adv
+
+
+class SmoothPGDAttack(_SmoothAttack):
+    r"""L2 PGD against the soft smoothed classifier (SmoothAdv's attack) :cite:`salman2019provably`.
+
+    .. math::
+
+        \max_{\|x' - x\|_2 \le \epsilon,\ x' \in [0,1]^d}
+        -\log \max\Big(\frac{1}{m}\sum_{i=1}^m \mathrm{softmax}(f(x' + \delta_i))_y,\ 10^{-20}\Big)
+
+    ``T`` steps of size :math:`2\epsilon/T` along the per-example normalized gradient from
+    :math:`x' = x` (no random start), same noise at every step, box projection then ball
+    projection. See :func:`rsmooth.functional.smooth_pgd_attack`; zero-gradient rows move along
+    a random direction drawn from ``generator``.
+
+    Cost: ``T`` forward and backward passes over ``m * B`` samples.
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        epsilon: L2 radius :math:`\epsilon` in input units (the official flags are integers
+            divided by 256: 64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0). A plain attribute.
+        num_steps: Number of steps ``T`` (official training: 1 to 10; evaluation: 20).
+        num_noise: Noise samples ``m``. Default: 1.
+        generator: Optional ``torch.Generator`` (on the inputs' device).
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B)`.
+        - output: :math:`(B, *)`, values in :math:`[0, 1]`.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For a non-positive ``sigma``, a negative ``epsilon``, counts below 1, inputs
+            outside :math:`[0, 1]`, or mismatched targets.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.rand(2, 4, generator=g), torch.tensor([0, 1])
+        >>> attack = SmoothPGDAttack(0.25, 0.5, 4, 2, generator=g)
+        >>> attack
+        SmoothPGDAttack(sigma=0.25, epsilon=0.5, num_steps=4, num_noise=2)
+        >>> x_adv = attack(model, x, y)
+        >>> x_adv.shape, bool(((x_adv - x).norm(dim=1) <= 0.5 + 1e-6).all())
+        (torch.Size([2, 4]), True)
+    """
+
+    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.epsilon = check_nonnegative("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps)
+
+    def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Attack ``model`` at ``inputs``.
+
+        Args:
+            model: Base classifier returning logits ``[N, K]``.
+            inputs: Clean inputs ``[B, *]`` in ``[0, 1]``.
+            targets: True labels ``[B]``.
+
+        Returns:
+            Adversarial inputs ``[B, *]``, detached.
+        """
+        epsilon = check_nonnegative("epsilon", self.epsilon)
+        noise = self._prepare(model, inputs, targets)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            return smooth_pgd_attack(
+                model, inputs, targets, noise, epsilon, self.num_steps, generator=self.generator
+            )
+
+
+class SmoothDDNAttack(_SmoothAttack):
+    r"""DDN against the soft smoothed classifier :cite:`rony2019decoupling,salman2019provably`.
+
+    Decoupled direction and norm: a normalized gradient step (cosine learning-rate schedule from
+    1 to 0.01), then a rescale to a per-example norm that shrinks by :math:`(1 - \gamma)` while
+    the smoothed prediction (the mode of the ``m`` per-copy predictions) is wrong and grows by
+    :math:`(1 + \gamma)` while it is right, with 256-level quantization. It returns the
+    smallest-norm misclassifying point found, projected on the ball of radius :math:`\epsilon`,
+    or ``x`` itself if none was found. See :func:`rsmooth.functional.smooth_ddn_attack`.
+
+    Cost: ``T`` forward and backward passes over ``m * B`` samples.
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        epsilon: Final L2 radius :math:`\epsilon` (official flags: integers divided by 256).
+            A plain attribute.
+        num_steps: Number of steps ``T``.
+        num_noise: Noise samples ``m``. Default: 1.
+        gamma: Norm update factor :math:`\gamma`. Default: 0.05 (training); the official
+            evaluation uses :math:`1 - (3/510/\epsilon)^{1/T}`.
+        init_norm: Initial norm. Default: 1.0 (SmoothAdv training overwrites it with the
+            warmed-up :math:`\epsilon`).
+        quantize: Quantize to 256 levels as the official code does. Default: ``True``.
+        generator: Optional ``torch.Generator`` (on the inputs' device).
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B)`.
+        - output: :math:`(B, *)`, values in :math:`[0, 1]`.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For a non-positive ``sigma``, negative ``epsilon``/``gamma``/``init_norm``,
+            ``gamma >= 1``, counts below 1, inputs outside :math:`[0, 1]`, or mismatched targets.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.rand(2, 4, generator=g), torch.tensor([0, 1])
+        >>> attack = SmoothDDNAttack(0.25, 0.5, 4, 2, generator=g)
+        >>> attack
+        SmoothDDNAttack(sigma=0.25, epsilon=0.5, num_steps=4, num_noise=2, gamma=0.05,
+                        init_norm=1.0)
+        >>> attack(model, x, y).shape
+        torch.Size([2, 4])
+    """
+
+    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise", "gamma", "init_norm")
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int = 1,
+        *,
+        gamma: float = 0.05,
+        init_norm: float = 1.0,
+        quantize: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.epsilon = check_nonnegative("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps)
+        self.gamma = check_nonnegative("gamma", gamma)
+        if self.gamma >= 1.0:
+            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
+        self.init_norm = check_nonnegative("init_norm", init_norm)
+        if not isinstance(quantize, bool):
+            raise TypeError(f"quantize must be a bool, got {type(quantize).__name__}")
+        self.quantize = quantize
+
+    def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Attack ``model`` at ``inputs``.
+
+        Args:
+            model: Base classifier returning logits ``[N, K]``.
+            inputs: Clean inputs ``[B, *]`` in ``[0, 1]``.
+            targets: True labels ``[B]``.
+
+        Returns:
+            Adversarial inputs ``[B, *]``, detached.
+        """
+        epsilon = check_nonnegative("epsilon", self.epsilon)
+        init_norm = check_nonnegative("init_norm", self.init_norm)
+        noise = self._prepare(model, inputs, targets)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            return smooth_ddn_attack(
+                model,
+                inputs,
+                targets,
+                noise,
+                epsilon,
+                self.num_steps,
+                gamma=self.gamma,
+                init_norm=init_norm,
+                quantize=self.quantize,
+                generator=self.generator,
+            )

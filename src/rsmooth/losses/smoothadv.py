@@ -1,0 +1,142 @@
+"""SmoothAdv :cite:`salman2019provably`."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from rsmooth._model_state import preserve_model_state
+from rsmooth._validation import check_int, check_nonnegative
+from rsmooth.functional import (
+    sample_noise,
+    smooth_ddn_attack,
+    smooth_pgd_attack,
+    smoothadv_loss,
+)
+from rsmooth.losses._base import SmoothingCriterion
+
+__all__ = ["SmoothAdvLoss"]
+
+
+class SmoothAdvLoss(SmoothingCriterion):
+    r"""SmoothAdv: adversarial training of the smoothed classifier :cite:`salman2019provably`.
+
+    For a chunk of ``B`` inputs, ``m`` noises :math:`\delta_1..\delta_m \sim \mathcal N(0,
+    \sigma^2 I)` are drawn once. An L2 attack on the soft smoothed classifier (PGD or DDN, in
+    eval mode with frozen parameters, the same noise at every step) finds
+
+    .. math::
+
+        x' \approx \arg\max_{\|x' - x\|_2 \le \epsilon}
+        -\log \frac{1}{m}\sum_{i=1}^m \mathrm{softmax}(f(x' + \delta_i))_y ,
+
+    and the loss, in the model's current mode and with the **same** noise, is the mean of the
+    cross-entropies (not the cross-entropy of the mean):
+
+    .. math::
+
+        \mathcal L = \frac{1}{mB}\sum_{j=1}^B\sum_{i=1}^m \mathrm{CE}(f(x'_j + \delta_i), y_j).
+
+    See :func:`rsmooth.functional.smooth_pgd_attack`,
+    :func:`rsmooth.functional.smooth_ddn_attack` and :func:`rsmooth.functional.smoothadv_loss`.
+
+    **Units and warm-up.** The official ``--epsilon`` flag is an integer divided by **256**
+    (64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0). The official loop warms
+    :math:`\epsilon` up per epoch: :math:`\epsilon_e = \min(\epsilon, (e+1)\epsilon/10)` at
+    epoch ``e`` (0-based); :attr:`epsilon` is a plain attribute, so do
+    ``criterion.epsilon = min(eps, (epoch + 1) * eps / 10)``. PGD's step :math:`2\epsilon/T` and
+    DDN's initial norm (set to :math:`\epsilon`, as the official training does) follow it.
+
+    **Batch size.** The official code takes one optimizer step per chunk of ``B/m`` examples of
+    a loader batch ``B``; with this criterion, use a loader batch of ``B/m`` to reproduce it.
+
+    Cost per call: :math:`T` forward+backward passes (attack) and 1 forward+backward pass
+    (loss), each over :math:`mB` samples.
+
+    ``last_terms`` key: ``"adversarial"`` (the loss itself).
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        epsilon: L2 radius :math:`\epsilon` in input units (official CIFAR-10:
+            64/256 to 512/256). A plain attribute.
+        num_steps: Attack steps :math:`T` (official CIFAR-10: 1 to 10).
+        num_noise: Noise samples :math:`m` (official CIFAR-10: 1, 2, 4 or 8).
+        attack: ``"pgd"`` or ``"ddn"`` (DDN with :math:`\gamma = 0.05`). Default: ``"pgd"``.
+        generator: Optional ``torch.Generator`` for the noise (and random directions).
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B)`.
+        - output: scalar.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For a non-positive ``sigma``, a negative ``epsilon``, counts below 1, an
+            unknown ``attack``, inputs outside :math:`[0, 1]`, or mismatched targets.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, y = torch.rand(4, 1, 4, 4, generator=g), torch.tensor([0, 1, 2, 0])
+        >>> criterion = SmoothAdvLoss(0.5, 255 / 256, 2, 2, generator=g)
+        >>> criterion
+        SmoothAdvLoss(sigma=0.5, epsilon=0.99609375, num_steps=2, num_noise=2, attack='pgd')
+        >>> criterion.epsilon = min(255 / 256, (0 + 1) * (255 / 256) / 10)  # warm-up, epoch 0
+        >>> loss = criterion(model, x, y)
+        >>> loss.shape, list(criterion.last_terms)
+        (torch.Size([]), ['adversarial'])
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("adversarial",)
+    _repr_fields: ClassVar[tuple[str, ...]] = (
+        "sigma",
+        "epsilon",
+        "num_steps",
+        "num_noise",
+        "attack",
+    )
+    _unit_box: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int,
+        *,
+        attack: Literal["pgd", "ddn"] = "pgd",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, generator=generator)
+        self.epsilon = check_nonnegative("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps)
+        self.num_noise = check_int("num_noise", num_noise)
+        if attack not in ("pgd", "ddn"):
+            raise ValueError(f"attack must be 'pgd' or 'ddn', got {attack!r}")
+        self.attack = attack
+
+    def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        epsilon = check_nonnegative("epsilon", self.epsilon)
+        inputs = inputs.detach()
+        noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            if self.attack == "pgd":
+                adversarial = smooth_pgd_attack(
+                    model, inputs, targets, noise, epsilon, self.num_steps, generator=self.generator
+                )
+            else:
+                adversarial = smooth_ddn_attack(
+                    model,
+                    inputs,
+                    targets,
+                    noise,
+                    epsilon,
+                    self.num_steps,
+                    init_norm=epsilon,
+                    generator=self.generator,
+                )
+        loss = smoothadv_loss(model, adversarial, targets, noise)
+        self._record(adversarial=loss)
+        return loss
