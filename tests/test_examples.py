@@ -315,3 +315,17 @@ def test_reproduce_tiny_budget(reproduce, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert reproduce.main(argv) == 0
     assert capsys.readouterr().out.count("is complete") == 2
+
+
+def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
+    flags = digits_flags(tmp_path, "smoothmix", "--epochs", "3", "--warmup", "10")
+    flags += ["--one-step-adversary"]
+    assert train.main(flags) == 0
+    _, checkpoint = train.load_checkpoint(tmp_path / "smoothmix.pt")
+    assert [r["warmup"] for r in checkpoint["history"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert "warmup" not in checkpoint["hparams"]  # a schedule, not a hyperparameter
+    assert checkpoint["hparams"]["eta"] == 5.0
+    args = train.build_parser().parse_args(flags)
+    criterion, hparams = train.make_criterion("smoothmix", args)
+    train.apply_warmup(criterion, "smoothmix", hparams, 0, args)
+    assert criterion.warmup == pytest.approx(0.1)  # w_e scales eta and the one-step cap
