@@ -7,7 +7,7 @@ CERTIFY (N = 10,000, N0 = 100, alpha = 0.001) on a fixed subset of the test set:
 
 - ``<method>.tsv``: the per-image results file (``idx label predict radius correct time count n``);
 - ``results.md``: ACR and certified accuracy at r = 0, 0.25, ..., 1.75, plus the exact command,
-  budget and wall times;
+  budget and wall times (``summary.rst.inc``: the same for ``docs/results.rst``);
 - ``certified_accuracy.png``: certified accuracy vs radius (needs matplotlib);
 - ``run.json``: the budget and the wall time of every method, accumulated over invocations.
 
@@ -192,7 +192,7 @@ def run_method(name: str, args: argparse.Namespace, run: dict[str, Any]) -> Cert
 
 
 def write_report(args: argparse.Namespace, run: dict[str, Any], argv: Sequence[str]) -> str:
-    """Write ``results.md`` and the plot from every complete results file; returns the table."""
+    """Write ``results.md``, ``summary.rst.inc`` and the plot from the results files; returns the table."""
     results_dir = Path(args.results_dir)
     results = {
         name: read_results(results_dir / f"{name}.tsv")
@@ -230,14 +230,52 @@ def write_report(args: argparse.Namespace, run: dict[str, Any], argv: Sequence[s
             f"{rec.get('certify_seconds', 0) / 60:.1f} |"
         )
     (results_dir / "results.md").write_text("\n".join(lines) + "\n")
+    plotted = False
     try:
         ax = plot_certified_accuracy(
             results, max_radius=2.0, title="Fashion-MNIST, LeNet, sigma = 0.5"
         )
         save_figure(ax, results_dir / "certified_accuracy.png")
+        plotted = True
     except ImportError as error:
         print(f"no plot written: {error}")
+    (results_dir / "summary.rst.inc").write_text(_rst_summary(results, run, plotted))
     return table
+
+
+def _rst_summary(results: dict[str, CertificationResults], run: dict[str, Any], plot: bool) -> str:
+    """The reStructuredText fragment included by ``docs/results.rst``."""
+    budget = run["budget"]
+    csv = format_table(results, RADII, fmt="csv").splitlines()
+    rows = [
+        line + f",{run['methods'].get(line.split(',')[0], {}).get('train_seconds', 0) / 60:.0f}"
+        f",{run['methods'].get(line.split(',')[0], {}).get('certify_seconds', 0) / 60:.0f}"
+        for line in csv[1:]
+    ]
+    lines = [
+        ".. csv-table:: Certified accuracy (%) at L2 radius r, ACR, and wall time (minutes)",
+        "   :header-rows: 1",
+        "",
+        "   " + csv[0] + ",train min,certify min",
+        *("   " + row for row in rows),
+        "",
+        f"- Command: ``{run['command']}``",
+        f"- Training: {budget['epochs']} epochs on {budget['train_images']} training images, "
+        f"StepLR step {budget['lr_step']}, warm-up {budget['warmup']} epochs, seed "
+        f"{budget['seed']}.",
+        f"- Certification: {budget['num_certify']} test images (every {budget['skip']}-th), "
+        f"N = {budget['n']}, N0 = {budget['n0']}, alpha = {budget['alpha']} (largest possible "
+        f"radius {budget['max_radius']:.3f}).",
+        f"- Machine: {budget['machine']}.",
+        "",
+    ]
+    if plot:
+        lines += [
+            ".. image:: /results/certified_accuracy.png",
+            "   :alt: certified accuracy against radius for each method",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
