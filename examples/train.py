@@ -312,7 +312,9 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             args, info, hparams, model, optimizer, scheduler, epoch + 1, history
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, out)
+        partial = out.with_name(out.name + ".partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, out)  # an interrupted save never leaves a broken checkpoint
     if not checkpoint:  # nothing left to train (resumed a finished run)
         checkpoint = _checkpoint(
             args, info, hparams, model, optimizer, scheduler, start_epoch, history

@@ -295,7 +295,6 @@ def test_reproduce_tiny_budget(reproduce, tmp_path, monkeypatch, capsys):
     if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)")
     # Two cheap methods with a 1-step, 1-noise budget keep this test short.
-    monkeypatch.setitem(reproduce.METHODS, "smoothmix", [*reproduce.METHODS["smoothmix"]])
     monkeypatch.setitem(
         reproduce.METHODS,
         "smoothmix",
