@@ -408,7 +408,7 @@ def test_counts_always_sum_to_num(batch, num, batch_size):
 def test_one_generator_per_input_is_public_and_matches_a_single_input_call():
     smoothed = SmoothedClassifier(small_cnn(), 0.25, batch_size=128)
     x = torch.rand(4, 1, 8, 8)
-    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
     batch = smoothed.certify(x, n=200, n0=20, generator=gens([1, 2, 3, 4]))
     single = smoothed.certify(x[2:3], n=200, n0=20, generator=gens([3]))
     assert batch.count[2] == single.count[0]
