@@ -47,8 +47,7 @@ import torch
 
 from rsmooth._validation import check_inputs, check_int, check_open_unit
 from rsmooth.metrics import CertificationResults, read_results
-from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier
-from rsmooth.stats import min_samples_to_certify
+from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier, _warn_sample_size
 
 __all__ = [
     "COLUMNS",
@@ -600,14 +599,7 @@ def certify_dataset(
         shard = Shard(shard[0], shard[1], "argument")
     device = _default_device(smoothed) if device is None else torch.device(device)
     selection = _select(len(dataset), indices, skip, stop)
-    needed = min_samples_to_certify(alpha)
-    if n < needed:
-        warnings.warn(
-            f"certify with n={n} at alpha={alpha} always abstains: at least n={needed} "
-            "samples are needed for a lower bound above 1/2",
-            SampleSizeWarning,
-            stacklevel=2,
-        )
+    _warn_sample_size("certify", n, alpha, stacklevel=2)
 
     out = Path(out)
     path = part_path(out, shard)

@@ -85,6 +85,21 @@ class Certificate:
         return int(self.prediction.shape[0])
 
 
+def _warn_sample_size(task: str, n: int, alpha: float, *, stacklevel: int) -> None:
+    """Warn with :class:`SampleSizeWarning` when ``n`` can never predict/certify at ``alpha``."""
+    if task == "predict":
+        needed, why = min_samples_to_predict(alpha), "for the binomial test to reject"
+    else:
+        needed, why = min_samples_to_certify(alpha), "for a lower bound above 1/2"
+    if n < needed:
+        warnings.warn(
+            f"{task} with n={n} at alpha={alpha} always abstains: at least n={needed} "
+            f"samples are needed {why}",
+            SampleSizeWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
@@ -311,14 +326,7 @@ class SmoothedClassifier:
         inputs, generator = self._validate_call(inputs, generator)
         n = check_int("n", n)
         alpha = check_open_unit("alpha", alpha)
-        needed = min_samples_to_predict(alpha)
-        if n < needed:
-            warnings.warn(
-                f"predict with n={n} at alpha={alpha} always abstains: at least n={needed} "
-                "samples are needed for the binomial test to reject",
-                SampleSizeWarning,
-                stacklevel=2,
-            )
+        _warn_sample_size("predict", n, alpha, stacklevel=2)
         counts = self._counts(inputs, n, self._input_generators(inputs, generator))
         top_counts, top_classes = counts.topk(2, dim=1)
         top = top_counts.cpu().tolist()
@@ -373,14 +381,7 @@ class SmoothedClassifier:
         n = check_int("n", n)
         n0 = check_int("n0", n0)
         alpha = check_open_unit("alpha", alpha)
-        needed = min_samples_to_certify(alpha)
-        if n < needed:
-            warnings.warn(
-                f"certify with n={n} at alpha={alpha} always abstains: at least n={needed} "
-                "samples are needed for a lower bound above 1/2",
-                SampleSizeWarning,
-                stacklevel=2,
-            )
+        _warn_sample_size("certify", n, alpha, stacklevel=2)
         return self._certify(inputs, n, n0, alpha, self._input_generators(inputs, generator))
 
     def _certify(
