@@ -304,6 +304,8 @@ def _rst_summary(results: dict[str, CertificationResults], run: dict[str, Any], 
         f"- Training: {budget['epochs']} epochs on {budget['train_images']} training images, "
         f"StepLR step {budget['lr_step']}, warm-up {budget['warmup']} epochs, seed "
         f"{budget['seed']}.",
+        f"- Configurations: {budget.get('configs', 'cpu')} (cpu: SmoothAdv PGD T=4, m=2; MACER "
+        "m=8; SmoothMix m=2, T=4; the rest as in the papers).",
         f"- Certification: {budget['num_certify']} test images (every {budget['skip']}-th), "
         f"N = {budget['n']}, N0 = {budget['n0']}, alpha = {budget['alpha']} (largest possible "
         f"radius {budget['max_radius']:.3f}).",
