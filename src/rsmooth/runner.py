@@ -753,7 +753,7 @@ def merge_results(
     paths = _discover_parts(out) if parts is None else [Path(p) for p in parts]
     if not paths:
         raise ValueError("parts must name at least one file, got none")
-    header: str | None = None
+    header = ""  # set from the first part
     rows: dict[int, tuple[str, Path]] = {}
     config: dict[str, Any] | None = None
     selection: list[int] | None = None
@@ -766,7 +766,7 @@ def merge_results(
             lines = lines[:-1]  # half-written last line
         if not lines or lines[0] == "":
             raise ValueError(f"{part}: the file is empty, expected a header line")
-        if header is None:
+        if not header:
             header = lines[0]
         elif lines[0] != header:
             raise ValueError(f"{part}: header {lines[0]!r} differs from {header!r} in {paths[0]}")
@@ -814,7 +814,6 @@ def merge_results(
                 f"{len(missing)} rows missing from the parts (gaps), e.g. idx {missing[:10]}; "
                 "finish (resume) the shards that own them, then merge again"
             )
-    assert header is not None
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8", newline="") as handle:
         handle.write(header + "\n")

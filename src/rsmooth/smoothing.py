@@ -243,7 +243,8 @@ class SmoothedClassifier:
                     chunk.append((j, size))
                     filled += size
             flush()
-        assert counts is not None
+        if counts is None:  # unreachable: num >= 1 and the batch is non-empty
+            raise RuntimeError("no noise samples were drawn")
         return counts.view(batch, -1)
 
     def _validate_call(
