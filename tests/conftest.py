@@ -65,3 +65,35 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
 
 def small_mlp(in_features: int = 6, num_classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, num_classes))
+
+
+class Spy(nn.Module):
+    """Wraps a model and records (a copy of) every batch it is given."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+class Mixed(nn.Module):
+    """Mixes train/eval submodules and a frozen parameter; records (training, head trainable) per
+    call and raises on call ``fail_on_call``."""
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        super().__init__()
+        self.body = small_mlp(6, 3)
+        self.body[1].eval()
+        self.body[0].bias.requires_grad_(False)
+        self.fail_on_call = fail_on_call
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, any(p.requires_grad for p in self.body[3].parameters())))
+        if self.fail_on_call is not None and len(self.seen) >= self.fail_on_call:
+            raise RuntimeError("boom")
+        return self.body(x)

@@ -18,7 +18,7 @@ from rsmooth.functional import (
     smooth_pgd_attack,
     unrestricted_smooth_attack,
 )
-from tests.conftest import LinearTwoClass, small_cnn, small_mlp
+from tests.conftest import LinearTwoClass, Spy, small_cnn, small_mlp
 
 ATTACKS = {
     "unrestricted": lambda g=None: UnrestrictedSmoothAttack(0.25, 0.3, 3, 2, generator=g),
@@ -43,17 +43,6 @@ def row_norms(t):
     return t.flatten(1).norm(dim=1)
 
 
-class Spy(nn.Module):
-    """Records (a copy of) every input given to the wrapped model."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.detach().clone())
-        return self.model(x)
 
 
 class MixedModel(nn.Module):

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import LinearTwoClass, small_cnn, small_mlp
+from conftest import LinearTwoClass, Spy, small_cnn, small_mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom, norm
@@ -14,19 +14,6 @@ from torch import nn
 
 from rsmooth import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 from rsmooth.stats import certified_radius, clopper_pearson_lower, max_certified_radius
-
-
-class Recorder(nn.Module):
-    """Wraps a model and records every forward batch."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.batches: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(x.clone())
-        return self.inner(x)
 
 
 class Constant(nn.Module):
@@ -198,25 +185,25 @@ def test_predict_abstains_on_the_boundary():
 
 # ---------------------------------------------------------------- engine
 def test_forward_batches_are_bounded_and_filled_across_inputs():
-    rec = Recorder(small_mlp(4, 3))
+    rec = Spy(small_mlp(4, 3))
     smoothed = SmoothedClassifier(rec, 0.5, batch_size=64)
     counts = smoothed.sample_counts(torch.rand(10, 4), 16)
-    sizes = [b.shape[0] for b in rec.batches]
+    sizes = [b.shape[0] for b in rec.seen]
     assert max(sizes) <= 64
     assert sizes == [64, 64, 32]  # 4 inputs x 16 samples per forward
     assert bool((counts.sum(1) == 16).all())
-    rec.batches.clear()
+    rec.seen.clear()
     smoothed.sample_counts(torch.rand(1, 4), 1000)
-    assert max(b.shape[0] for b in rec.batches) == 64
-    assert sum(b.shape[0] for b in rec.batches) == 1000
+    assert max(b.shape[0] for b in rec.seen) == 64
+    assert sum(b.shape[0] for b in rec.seen) == 1000
 
 
 def test_noise_is_centred_on_each_input_and_has_scale_sigma():
-    rec = Recorder(small_mlp(2, 3))
+    rec = Spy(small_mlp(2, 3))
     smoothed = SmoothedClassifier(rec, 0.3, batch_size=500)
     x = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
     smoothed.sample_counts(x, 2000, generator=torch.Generator().manual_seed(0))
-    rows = torch.cat(rec.batches)
+    rows = torch.cat(rec.seen)
     first, second = rows[(rows[:, 0] > 0)], rows[(rows[:, 0] < 0)]
     assert first.shape[0] == second.shape[0] == 2000
     assert torch.allclose(first.mean(0), x[0], atol=0.05)
@@ -252,11 +239,11 @@ def test_any_input_shape(shape):
 
 def test_dtype_and_device_follow_the_inputs(device):
     model = small_mlp(4, 3).double().to(device)
-    rec = Recorder(model)
+    rec = Spy(model)
     smoothed = SmoothedClassifier(rec, 0.5)
     x = torch.rand(3, 4, dtype=torch.float64, device=device)
     cert = smoothed.certify(x, n=50, n0=5, generator=torch.Generator(device).manual_seed(0))
-    assert rec.batches[0].dtype == torch.float64 and rec.batches[0].device == x.device
+    assert rec.seen[0].dtype == torch.float64 and rec.seen[0].device == x.device
     assert cert.prediction.device == x.device and cert.radius.dtype == torch.float64
 
 

@@ -18,7 +18,7 @@ from rsmooth.functional import (
     smooth_pgd_attack,
     smoothadv_loss,
 )
-from tests.conftest import small_cnn, small_mlp
+from tests.conftest import Mixed, Spy, small_cnn, small_mlp
 
 
 def plain_mlp(dtype=torch.float32):
@@ -30,15 +30,6 @@ def state_of(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-class Spy(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.detach().clone())
-        return self.model(x)
 
 
 def test_loss_matches_reference_loop():
@@ -145,20 +136,6 @@ def test_no_gradient_into_attack_or_inputs(attack):
     assert all(p.grad is not None for p in model.parameters())
 
 
-class Mixed(nn.Module):
-    def __init__(self, fail_on_call=None):
-        super().__init__()
-        self.body = small_mlp(6, 3)
-        self.body[1].eval()
-        self.body[0].bias.requires_grad_(False)
-        self.fail_on_call = fail_on_call
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append((self.training, any(p.requires_grad for p in self.body[3].parameters())))
-        if self.fail_on_call is not None and len(self.seen) >= self.fail_on_call:
-            raise RuntimeError("boom")
-        return self.body(x)
 
 
 @pytest.mark.parametrize("attack", ["pgd", "ddn"])

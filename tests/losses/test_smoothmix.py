@@ -13,7 +13,7 @@ from torch import nn
 
 from rsmooth import SmoothMixLoss
 from rsmooth.functional import sample_noise, smoothmix_terms, unrestricted_smooth_attack
-from tests.conftest import small_cnn, small_mlp
+from tests.conftest import Mixed, small_cnn, small_mlp
 
 
 def plain_mlp(dtype=torch.float32):
@@ -213,20 +213,6 @@ def test_no_gradient_into_attack_or_inputs():
     assert all(p.grad is not None for p in model.parameters())
 
 
-class Mixed(nn.Module):
-    def __init__(self, fail_on_call=None):
-        super().__init__()
-        self.body = small_mlp(6, 3)
-        self.body[1].eval()
-        self.body[0].bias.requires_grad_(False)
-        self.fail_on_call = fail_on_call
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append((self.training, any(p.requires_grad for p in self.body[3].parameters())))
-        if self.fail_on_call is not None and len(self.seen) >= self.fail_on_call:
-            raise RuntimeError("boom")
-        return self.body(x)
 
 
 @pytest.mark.parametrize("fail_on_call", [None, 1, 3])
