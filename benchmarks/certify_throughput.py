@@ -36,9 +36,16 @@ from rsmooth import SmoothedClassifier
 
 def lenet() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10),
+        nn.Conv2d(1, 20, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
     )
 
 
@@ -46,11 +53,15 @@ class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.skip = (
-            nn.Identity() if stride == 1 and cin == cout
+            nn.Identity()
+            if stride == 1 and cin == cout
             else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         )
 
@@ -61,9 +72,15 @@ class Block(nn.Module):
 def small_resnet() -> nn.Module:
     """A CIFAR ResNet-8 (one BasicBlock per stage, widths 16/32/64)."""
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        Block(16, 16, 1),
+        Block(16, 32, 2),
+        Block(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
 
 
@@ -104,7 +121,9 @@ def floor(model: nn.Module, x: torch.Tensor, total: int, batch_size: int, sigma:
             done += k
 
 
-def per_input_loop(model: nn.Module, x: torch.Tensor, n0: int, n: int, batch_size: int, sigma: float) -> None:
+def per_input_loop(
+    model: nn.Module, x: torch.Tensor, n0: int, n: int, batch_size: int, sigma: float
+) -> None:
     """The reference code's pattern: one input at a time, n0 then n samples."""
     with torch.inference_mode():
         for i in range(x.shape[0]):
@@ -136,12 +155,20 @@ def throughput_rows(args: argparse.Namespace, device: torch.device) -> list[dict
             t_floor = timed(lambda: floor(model, x, total, args.batch_size, args.sigma), device)
             g = torch.Generator(device).manual_seed(0)
             t_ours = timed(lambda: smoothed.certify(x, n=n, n0=args.n0, generator=g), device)
-            t_loop = timed(lambda: per_input_loop(model, x, args.n0, n, args.batch_size, args.sigma), device)
+            t_loop = timed(
+                lambda: per_input_loop(model, x, args.n0, n, args.batch_size, args.sigma), device
+            )
             rows.append(
                 {
-                    "model": name, "n": n, "inputs": inputs, "samples": total,
-                    "floor/s": total / t_floor, "certify/s": total / t_ours, "loop/s": total / t_loop,
-                    "certify/floor": t_floor / t_ours, "certify/loop": t_loop / t_ours,
+                    "model": name,
+                    "n": n,
+                    "inputs": inputs,
+                    "samples": total,
+                    "floor/s": total / t_floor,
+                    "certify/s": total / t_ours,
+                    "loop/s": total / t_loop,
+                    "certify/floor": t_floor / t_ours,
+                    "certify/loop": t_loop / t_ours,
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -192,8 +219,11 @@ def peak_memory(device: torch.device, batch_size: int, n: int, what: str) -> flo
     import os
 
     code = MEMORY_SNIPPET.format(
-        bench_dir=os.path.dirname(os.path.abspath(__file__)), device=str(device),
-        batch_size=batch_size, n=n, what=what,
+        bench_dir=os.path.dirname(os.path.abspath(__file__)),
+        device=str(device),
+        batch_size=batch_size,
+        n=n,
+        what=what,
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"] / 2**30
@@ -212,14 +242,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.memory_n = 5_000
     device = torch.device(args.device)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"batch_size={args.batch_size} n0={args.n0}")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"batch_size={args.batch_size} n0={args.n0}"
+    )
     rows = throughput_rows(args, device)
-    header = ["model", "n", "inputs", "floor/s", "certify/s", "loop/s", "certify/floor", "certify/loop"]
+    header = [
+        "model",
+        "n",
+        "inputs",
+        "floor/s",
+        "certify/s",
+        "loop/s",
+        "certify/floor",
+        "certify/loop",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        cells = [str(row[h]) if h in ("model", "n", "inputs") else f"{row[h]:,.0f}" if h.endswith("/s") else f"{row[h]:.3f}" for h in header]
+        cells = [
+            str(row[h])
+            if h in ("model", "n", "inputs")
+            else f"{row[h]:,.0f}"
+            if h.endswith("/s")
+            else f"{row[h]:.3f}"
+            for h in header
+        ]
         print("| " + " | ".join(cells) + " |")
     for batch_size in sorted({args.batch_size, 400}):
         ours = peak_memory(device, batch_size, args.memory_n, "certify")

@@ -52,7 +52,9 @@ def lenet() -> nn.Module:
 
 def load_criteria() -> dict[str, nn.Module]:
     losses = importlib.import_module("rsmooth.losses")
-    return {name: getattr(losses, name)(*args, **kwargs) for name, (args, kwargs) in CONFIGS.items()}
+    return {
+        name: getattr(losses, name)(*args, **kwargs) for name, (args, kwargs) in CONFIGS.items()
+    }
 
 
 def smoothmix_reference(

@@ -135,10 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument(
-        "--batch", type=int, default=200, help="forward batch of the certifier (200 is fastest on CPU)"
+        "--batch",
+        type=int,
+        default=200,
+        help="forward batch of the certifier (200 is fastest on CPU)",
     )
     p.add_argument(
-        "--paper-configs", action="store_true",
+        "--paper-configs",
+        action="store_true",
         help="the papers' m and T for every method (about 2.5x the training time)",
     )
     p.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,9 @@ from rsmooth import SmoothedClassifier
 from rsmooth.metrics import format_table
 
 
-def load_digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_digits_split(
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -55,10 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     smoothed = SmoothedClassifier(model, sigma=args.sigma, batch_size=10_000)
     x, y = x_test[: args.num_certify], y_test[: args.num_certify]
     start = time.perf_counter()
-    cert = smoothed.certify(x, n=args.n, n0=100, alpha=0.001, generator=torch.Generator().manual_seed(0))
-    print(f"certified {len(y)} test images with n={args.n} in {time.perf_counter() - start:.1f} s\n")
+    cert = smoothed.certify(
+        x, n=args.n, n0=100, alpha=0.001, generator=torch.Generator().manual_seed(0)
+    )
+    print(
+        f"certified {len(y)} test images with n={args.n} in {time.perf_counter() - start:.1f} s\n"
+    )
     radii = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-    print(format_table({f"gaussian sigma={args.sigma}": cert}, radii, targets={f"gaussian sigma={args.sigma}": y}))
+    print(
+        format_table(
+            {f"gaussian sigma={args.sigma}": cert},
+            radii,
+            targets={f"gaussian sigma={args.sigma}": y},
+        )
+    )
     return 0
 
 

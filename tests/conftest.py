@@ -64,7 +64,9 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
 
 
 def small_mlp(in_features: int = 6, num_classes: int = 3) -> nn.Module:
-    return nn.Sequential(nn.Linear(in_features, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_features, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, num_classes)
+    )
 
 
 class Spy(nn.Module):

@@ -43,8 +43,6 @@ def row_norms(t):
     return t.flatten(1).norm(dim=1)
 
 
-
-
 class MixedModel(nn.Module):
     """Mixes train/eval submodules and frozen params; can raise on a chosen call."""
 

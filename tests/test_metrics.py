@@ -43,8 +43,14 @@ def test_reproduces_the_reference_logs(name):
 def make_cert(prediction, radius):
     n = len(prediction)
     return Certificate(
-        prediction=torch.tensor(prediction), radius=torch.tensor(radius, dtype=torch.float64),
-        p_lower=torch.zeros(n), count=torch.zeros(n, dtype=torch.long), n=100, n0=10, alpha=0.001, sigma=0.5,
+        prediction=torch.tensor(prediction),
+        radius=torch.tensor(radius, dtype=torch.float64),
+        p_lower=torch.zeros(n),
+        count=torch.zeros(n, dtype=torch.long),
+        n=100,
+        n0=10,
+        alpha=0.001,
+        sigma=0.5,
     )
 
 
@@ -68,7 +74,10 @@ def write(tmp_path, text, name="r.tsv"):
 
 
 def test_read_results_optional_columns(tmp_path):
-    path = write(tmp_path, "idx\tlabel\tpredict\tradius\tcount\tn\n0\t1\t1\t0.5\t90\t100\n3\t2\t-1\t0.0\t40\t100\n\n")
+    path = write(
+        tmp_path,
+        "idx\tlabel\tpredict\tradius\tcount\tn\n0\t1\t1\t0.5\t90\t100\n3\t2\t-1\t0.0\t40\t100\n\n",
+    )
     res = read_results(path)
     assert res.idx.tolist() == [0, 3]
     assert res.correct.tolist() == [True, False]
@@ -82,7 +91,10 @@ def test_read_results_optional_columns(tmp_path):
         ("", "empty"),
         ("idx\tlabel\tradius\n", r"missing \['predict'\]"),
         ("idx\tlabel\tpredict\tradius\n0\t1\t1\n", "line 2: expected 4"),
-        ("idx\tlabel\tpredict\tradius\n0\t1\tx\t0.5\n", "line 2: column 'predict' must be int, got 'x'"),
+        (
+            "idx\tlabel\tpredict\tradius\n0\t1\tx\t0.5\n",
+            "line 2: column 'predict' must be int, got 'x'",
+        ),
         ("idx\tlabel\tpredict\tradius\n0\t1\t1\tnan\n", "must be finite"),
         ("idx\tlabel\tpredict\tradius\n0\t1\t1\t-0.5\n", "non-negative"),
     ],
@@ -101,12 +113,26 @@ def test_read_results_missing_file(tmp_path):
     ("call", "exc", "match"),
     [
         (lambda c: certified_accuracy(c, None), TypeError, "targets are required"),
-        (lambda c: certified_accuracy(c, torch.zeros(3, dtype=torch.long)), ValueError, "targets must have shape"),
+        (
+            lambda c: certified_accuracy(c, torch.zeros(3, dtype=torch.long)),
+            ValueError,
+            "targets must have shape",
+        ),
         (lambda c: certified_accuracy(c, [0, 0]), TypeError, "targets must be a torch.Tensor"),
-        (lambda c: certified_accuracy(c, torch.zeros(2, dtype=torch.long), [-0.1]), ValueError, "radii must be non-negative"),
+        (
+            lambda c: certified_accuracy(c, torch.zeros(2, dtype=torch.long), [-0.1]),
+            ValueError,
+            "radii must be non-negative",
+        ),
         (lambda c: certified_accuracy(object(), None), TypeError, "cert must be a Certificate"),
         (lambda c: format_table({}), ValueError, "at least one"),
-        (lambda c: format_table({"a": c}, fmt="html", targets={"a": torch.zeros(2, dtype=torch.long)}), ValueError, "fmt must be"),
+        (
+            lambda c: format_table(
+                {"a": c}, fmt="html", targets={"a": torch.zeros(2, dtype=torch.long)}
+            ),
+            ValueError,
+            "fmt must be",
+        ),
     ],
 )
 def test_errors(call, exc, match):

@@ -17,7 +17,9 @@ def snapshot(m):
     return [x.training for x in m.modules()], [p.requires_grad for p in m.parameters()]
 
 
-@pytest.mark.parametrize(("train", "requires_grad"), [(True, True), (False, False), (None, None), (False, None)])
+@pytest.mark.parametrize(
+    ("train", "requires_grad"), [(True, True), (False, False), (None, None), (False, None)]
+)
 def test_sets_inside_and_restores_after(train, requires_grad):
     m = model()
     before = snapshot(m)

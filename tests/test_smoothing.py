@@ -73,9 +73,10 @@ def test_certify_is_sound_and_unbiased_on_linear_classifier(margin, sigma):
     mean_a = (binom.pmf(k, n, p_a) * radius_k).sum()
     mean_b = (binom.pmf(k, n, 1 - p_a) * radius_k).sum()
     expected = p_select_a * mean_a + (1 - p_select_a) * mean_b
-    second = p_select_a * (binom.pmf(k, n, p_a) * radius_k**2).sum() + (1 - p_select_a) * (
-        binom.pmf(k, n, 1 - p_a) * radius_k**2
-    ).sum()
+    second = (
+        p_select_a * (binom.pmf(k, n, p_a) * radius_k**2).sum()
+        + (1 - p_select_a) * (binom.pmf(k, n, 1 - p_a) * radius_k**2).sum()
+    )
     std_error = math.sqrt(max(second - expected**2, 0.0) / trials)
     assert float(cert.radius.mean()) == pytest.approx(expected, abs=5 * std_error + 1e-9)
 
@@ -113,12 +114,16 @@ def test_radius_is_capped_and_abstains_on_the_boundary():
     smoothed = SmoothedClassifier(model, 0.5)
     cert = smoothed.certify(torch.zeros(3, 5), n=1000, n0=10, alpha=0.001)
     assert cert.prediction.tolist() == [2, 2, 2]
-    assert torch.allclose(cert.radius, torch.full((3,), max_certified_radius(1000, 0.001, 0.5), dtype=torch.float64))
+    assert torch.allclose(
+        cert.radius, torch.full((3,), max_certified_radius(1000, 0.001, 0.5), dtype=torch.float64)
+    )
     assert cert.count.tolist() == [1000] * 3
     # a point on the decision boundary: p_A = 1/2 -> abstains (with prob >= 1 - alpha)
     lin, _, _ = linear_case(0.0, 1.0)
     x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(50, -1).clone()
-    cert = SmoothedClassifier(lin, 1.0).certify(x, n=2000, n0=20, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    cert = SmoothedClassifier(lin, 1.0).certify(
+        x, n=2000, n0=20, alpha=0.001, generator=torch.Generator().manual_seed(0)
+    )
     assert bool(cert.abstained.all())
     assert bool((cert.radius == 0).all())
     assert bool((cert.prediction == ABSTAIN).all())
@@ -160,7 +165,10 @@ def test_selection_ties_go_to_the_lowest_class(monkeypatch):
     assert float(cert.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
 
 
-@pytest.mark.parametrize(("counts", "expected"), [((510, 490), ABSTAIN), ((600, 400), 0), ((50, 50), ABSTAIN), ((0, 20), 1)])
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [((510, 490), ABSTAIN), ((600, 400), 0), ((50, 50), ABSTAIN), ((0, 20), 1)],
+)
 def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
     smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
     c = torch.tensor([[counts[0], counts[1], 0]])
@@ -179,7 +187,9 @@ def test_predict_on_linear_classifier():
 def test_predict_abstains_on_the_boundary():
     lin, _, _ = linear_case(0.0, 1.0)
     x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(40, -1).clone()
-    pred = SmoothedClassifier(lin, 1.0).predict(x, n=1000, generator=torch.Generator().manual_seed(2))
+    pred = SmoothedClassifier(lin, 1.0).predict(
+        x, n=1000, generator=torch.Generator().manual_seed(2)
+    )
     assert bool((pred == ABSTAIN).all())
 
 
@@ -317,7 +327,9 @@ def test_sample_size_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert smoothed.predict(torch.zeros(1, 3), n=11, alpha=0.001).tolist() == [1]
-        assert smoothed.certify(torch.zeros(1, 3), n=10, n0=5, alpha=0.001).prediction.tolist() == [1]
+        assert smoothed.certify(torch.zeros(1, 3), n=10, n0=5, alpha=0.001).prediction.tolist() == [
+            1
+        ]
 
 
 # ---------------------------------------------------------------- errors
@@ -327,32 +339,106 @@ GOOD = SmoothedClassifier(Constant(0), 0.5)
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
-        (lambda: SmoothedClassifier(lambda x: x, 0.5), TypeError, "model must be a torch.nn.Module"),
-        (lambda: SmoothedClassifier(Constant(0), 0.0), ValueError, "sigma must be positive and finite, got 0.0"),
+        (
+            lambda: SmoothedClassifier(lambda x: x, 0.5),
+            TypeError,
+            "model must be a torch.nn.Module",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0), 0.0),
+            ValueError,
+            "sigma must be positive and finite, got 0.0",
+        ),
         (lambda: SmoothedClassifier(Constant(0), -1), ValueError, "sigma must be positive"),
         (lambda: SmoothedClassifier(Constant(0), math.inf), ValueError, "sigma must be positive"),
         (lambda: SmoothedClassifier(Constant(0), math.nan), ValueError, "sigma must be positive"),
-        (lambda: SmoothedClassifier(Constant(0), "0.5"), TypeError, "sigma must be a real number, got str"),
-        (lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
-        (lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5), TypeError, "batch_size must be an integer, got float"),
-        (lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1), ValueError, "num_classes must be an integer >= 2, got 1"),
-        (lambda: GOOD.certify(torch.zeros(2, 3), n=0), ValueError, "n must be a positive integer, got 0"),
-        (lambda: GOOD.certify(torch.zeros(2, 3), n=100, n0=0), ValueError, "n0 must be a positive integer, got 0"),
-        (lambda: GOOD.certify(torch.zeros(2, 3), n=True), TypeError, "n must be an integer, got bool"),
-        (lambda: GOOD.certify(torch.zeros(2, 3), alpha=0.0), ValueError, r"alpha must be in the open interval \(0, 1\), got 0.0"),
-        (lambda: GOOD.predict(torch.zeros(2, 3), alpha=1.0), ValueError, "alpha must be in the open interval"),
+        (
+            lambda: SmoothedClassifier(Constant(0), "0.5"),
+            TypeError,
+            "sigma must be a real number, got str",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=0),
+            ValueError,
+            "batch_size must be a positive integer, got 0",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5),
+            TypeError,
+            "batch_size must be an integer, got float",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1),
+            ValueError,
+            "num_classes must be an integer >= 2, got 1",
+        ),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3), n=0),
+            ValueError,
+            "n must be a positive integer, got 0",
+        ),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3), n=100, n0=0),
+            ValueError,
+            "n0 must be a positive integer, got 0",
+        ),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3), n=True),
+            TypeError,
+            "n must be an integer, got bool",
+        ),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3), alpha=0.0),
+            ValueError,
+            r"alpha must be in the open interval \(0, 1\), got 0.0",
+        ),
+        (
+            lambda: GOOD.predict(torch.zeros(2, 3), alpha=1.0),
+            ValueError,
+            "alpha must be in the open interval",
+        ),
         (lambda: GOOD.certify(torch.zeros(0, 3)), ValueError, "inputs must be a non-empty batch"),
-        (lambda: GOOD.certify(torch.zeros(2, 3, dtype=torch.long)), TypeError, "inputs must be a floating-point tensor"),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3, dtype=torch.long)),
+            TypeError,
+            "inputs must be a floating-point tensor",
+        ),
         (lambda: GOOD.certify(torch.tensor(1.0)), ValueError, "0-d tensor"),
         (lambda: GOOD.certify([[0.0]]), TypeError, "inputs must be a torch.Tensor, got list"),
         (lambda: GOOD.certify(torch.tensor([[0.0, math.nan]])), ValueError, "NaN or inf"),
         (lambda: GOOD.predict(torch.tensor([[0.0, math.inf]])), ValueError, "NaN or inf"),
-        (lambda: GOOD.certify(torch.zeros(2, 3), generator=0), TypeError, "generator must be a torch.Generator, got int"),
-        (lambda: GOOD.soft_predict(torch.zeros(2, 3), num_noise=0), ValueError, "num_noise must be a positive integer"),
-        (lambda: GOOD.sample_counts(torch.zeros(2, 3), 0), ValueError, "num must be a positive integer"),
-        (lambda: SmoothedClassifier(Constant(0, 4), 0.5, num_classes=3).certify(torch.zeros(1, 2), n=20), ValueError, "num_classes is 3 but the model returned 4"),
-        (lambda: SmoothedClassifier(nn.Identity(), 0.5).certify(torch.zeros(2, 3, 4), n=20), ValueError, "logits of shape"),
-        (lambda: SmoothedClassifier(Constant(0, 1), 0.5).certify(torch.zeros(2, 3), n=20), ValueError, "at least 2 logits"),
+        (
+            lambda: GOOD.certify(torch.zeros(2, 3), generator=0),
+            TypeError,
+            "generator must be a torch.Generator, got int",
+        ),
+        (
+            lambda: GOOD.soft_predict(torch.zeros(2, 3), num_noise=0),
+            ValueError,
+            "num_noise must be a positive integer",
+        ),
+        (
+            lambda: GOOD.sample_counts(torch.zeros(2, 3), 0),
+            ValueError,
+            "num must be a positive integer",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0, 4), 0.5, num_classes=3).certify(
+                torch.zeros(1, 2), n=20
+            ),
+            ValueError,
+            "num_classes is 3 but the model returned 4",
+        ),
+        (
+            lambda: SmoothedClassifier(nn.Identity(), 0.5).certify(torch.zeros(2, 3, 4), n=20),
+            ValueError,
+            "logits of shape",
+        ),
+        (
+            lambda: SmoothedClassifier(Constant(0, 1), 0.5).certify(torch.zeros(2, 3), n=20),
+            ValueError,
+            "at least 2 logits",
+        ),
     ],
 )
 def test_errors(call, exc, match):
@@ -384,10 +470,16 @@ def test_any_alpha_in_open_unit_interval_is_accepted(alpha):
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(min_value=1, max_value=7), st.integers(min_value=1, max_value=300), st.integers(min_value=1, max_value=128))
+@given(
+    st.integers(min_value=1, max_value=7),
+    st.integers(min_value=1, max_value=300),
+    st.integers(min_value=1, max_value=128),
+)
 def test_counts_always_sum_to_num(batch, num, batch_size):
     smoothed = SmoothedClassifier(nn.Linear(2, 3), 0.5, batch_size=batch_size)
-    counts = smoothed.sample_counts(torch.rand(batch, 2), num, generator=torch.Generator().manual_seed(0))
+    counts = smoothed.sample_counts(
+        torch.rand(batch, 2), num, generator=torch.Generator().manual_seed(0)
+    )
     assert counts.shape == (batch, 3)
     assert bool((counts.sum(1) == num).all())
 
@@ -420,6 +512,10 @@ def test_per_input_generator_errors(generator, exc, match):
 
 def test_exported_programs_can_be_smoothed():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
-    exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
-    cert = SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100, n0=10)
+    exported = torch.export.export(
+        model, (torch.rand(2, 1, 2, 2),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    ).module()
+    cert = SmoothedClassifier(exported, 0.5, batch_size=64).certify(
+        torch.rand(3, 1, 2, 2), n=100, n0=10
+    )
     assert cert.prediction.shape == (3,)

@@ -124,7 +124,11 @@ def test_radius_formula(p, sigma):
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
-        (lambda: clopper_pearson_lower(5, 10, 0.0), ValueError, "alpha must be in the open interval"),
+        (
+            lambda: clopper_pearson_lower(5, 10, 0.0),
+            ValueError,
+            "alpha must be in the open interval",
+        ),
         (lambda: clopper_pearson_lower(5, 10, 1.5), ValueError, "alpha"),
         (lambda: clopper_pearson_lower(11, 10, 0.1), ValueError, "count must be in"),
         (lambda: clopper_pearson_lower(-1, 10, 0.1), ValueError, "count must be in"),
@@ -133,8 +137,16 @@ def test_radius_formula(p, sigma):
         (lambda: certified_radius(0.7, 0.0), ValueError, "sigma must be positive"),
         (lambda: certified_radius(1.5, 1.0), ValueError, "p_lower"),
         (lambda: certified_radius(math.nan, 1.0), ValueError, "p_lower"),
-        (lambda: max_certified_radius(0, 0.001, 1.0), ValueError, "n must be a positive integer, got 0"),
-        (lambda: max_certified_radius(10.0, 0.001, 1.0), TypeError, "n must be an integer, got float"),
+        (
+            lambda: max_certified_radius(0, 0.001, 1.0),
+            ValueError,
+            "n must be a positive integer, got 0",
+        ),
+        (
+            lambda: max_certified_radius(10.0, 0.001, 1.0),
+            TypeError,
+            "n must be an integer, got float",
+        ),
         (lambda: binomial_pvalue(-1, 3), ValueError, "top1"),
         (lambda: min_samples_to_predict(1.0), ValueError, "alpha"),
     ],

@@ -44,9 +44,7 @@ class _SmoothAttack(nn.Module):
 
     _repr_fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self, sigma: float, num_noise: int, *, generator: torch.Generator | None
-    ) -> None:
+    def __init__(self, sigma: float, num_noise: int, *, generator: torch.Generator | None) -> None:
         super().__init__()
         self.sigma = check_positive("sigma", sigma)
         self.num_noise = check_int("num_noise", num_noise)

@@ -264,9 +264,7 @@ class SmoothedClassifier:
         return inputs, check_generator(generator, inputs.device)
 
     # ------------------------------------------------------------------ public
-    def sample_counts(
-        self, inputs: Tensor, num: int, *, generator: GeneratorArg = None
-    ) -> Tensor:
+    def sample_counts(self, inputs: Tensor, num: int, *, generator: GeneratorArg = None) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
 
         Args:

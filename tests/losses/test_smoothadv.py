@@ -30,8 +30,6 @@ def state_of(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-
-
 def test_loss_matches_reference_loop():
     g = torch.Generator().manual_seed(0)
     model = plain_mlp(torch.float64)
@@ -134,8 +132,6 @@ def test_no_gradient_into_attack_or_inputs(attack):
     loss.backward()
     assert x.grad is None
     assert all(p.grad is not None for p in model.parameters())
-
-
 
 
 @pytest.mark.parametrize("attack", ["pgd", "ddn"])

@@ -213,8 +213,6 @@ def test_no_gradient_into_attack_or_inputs():
     assert all(p.grad is not None for p in model.parameters())
 
 
-
-
 @pytest.mark.parametrize("fail_on_call", [None, 1, 3])
 def test_model_state_restored_and_modes(fail_on_call):
     model = Mixed(fail_on_call)
