@@ -50,13 +50,14 @@ def replicate(inputs: Tensor, num_noise: int) -> Tensor:
         num_noise: Number of copies ``m``.
 
     Returns:
-        Tensor ``[m * B, *]`` whose row ``i * B + j`` is ``inputs[j]``.
+        Tensor ``[m * B, *]`` whose row ``i * B + j`` is ``inputs[j]``, in the memory format of
+        ``inputs`` (a ``channels_last`` batch stays ``channels_last``).
 
     Example:
         >>> replicate(torch.tensor([[1.0], [2.0]]), 3).flatten().tolist()
         [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
     """
-    return inputs.repeat((num_noise,) + (1,) * (inputs.dim() - 1))
+    return _match_memory_format(inputs.repeat((num_noise,) + (1,) * (inputs.dim() - 1)), inputs)
 
 
 def split_copies(values: Tensor, num_noise: int) -> Tensor:
@@ -78,7 +79,9 @@ def sample_noise(
 ) -> Tensor:
     r"""Draw isotropic Gaussian noise :math:`\delta \sim \mathcal{N}(0, \sigma^2 I)` for ``m`` copies.
 
-    The noise is drawn on ``inputs.device`` in ``inputs.dtype``.
+    The noise is drawn on ``inputs.device`` in ``inputs.dtype`` and returned in the memory format
+    of ``inputs`` (``channels_last`` stays ``channels_last``). The values do not depend on the
+    memory format: they are drawn in the standard layout and then laid out like ``inputs``.
 
     Args:
         inputs: Batch ``[B, *]`` (only its shape, device and dtype are used).
@@ -96,7 +99,32 @@ def sample_noise(
     """
     shape = (num_noise * inputs.shape[0],) + tuple(inputs.shape[1:])
     noise = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
-    return noise.mul_(sigma)
+    return _match_memory_format(noise.mul_(sigma), inputs)
+
+
+def _match_memory_format(values: Tensor, like: Tensor) -> Tensor:
+    """Lay ``values`` out in ``like``'s channels-last format when ``like`` uses one."""
+    if like.is_contiguous():  # also true for 4-D tensors with C = 1 or H = W = 1
+        return values
+    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
+        return values.contiguous(memory_format=torch.channels_last)
+    if like.dim() == 5 and like.is_contiguous(memory_format=torch.channels_last_3d):
+        return values.contiguous(memory_format=torch.channels_last_3d)
+    return values
+
+
+def _logits(model: nn.Module, batch: Tensor) -> Tensor:
+    r"""``model(batch)``, with reduced-precision logits upcast to float32 for the loss maths.
+
+    Under :func:`torch.autocast` (or with a float16/bfloat16 model) the logits come out in a
+    16-bit type. The softmax normalisations, logs, KL terms and :math:`\Phi^{-1}` that follow
+    need float32: the constants ``1e-10`` and ``1e-20`` underflow to zero in float16, and
+    bfloat16 keeps only 8 significant bits. float32 and float64 logits are returned unchanged.
+    """
+    logits = model(batch)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
 
 
 def soft_smoothed_probs(model: nn.Module, inputs: Tensor, noise: Tensor) -> Tensor:
@@ -121,7 +149,7 @@ def soft_smoothed_probs(model: nn.Module, inputs: Tensor, noise: Tensor) -> Tens
         (torch.Size([2, 3]), True)
     """
     num_noise = noise.shape[0] // inputs.shape[0]
-    logits = model(replicate(inputs, num_noise) + noise)
+    logits = _logits(model, replicate(inputs, num_noise) + noise)
     return split_copies(logits.softmax(dim=1), num_noise).mean(dim=0)
 
 
@@ -240,7 +268,7 @@ def gaussian_augmentation_loss(
         1.0986
     """
     num_noise = _num_copies(inputs, noise)
-    logits = model(replicate(inputs, num_noise) + noise)
+    logits = _logits(model, replicate(inputs, num_noise) + noise)
     natural = F.cross_entropy(logits, replicate(targets, num_noise))
     return GaussianAugmentationTerms(natural, natural)
 
@@ -292,8 +320,8 @@ def stability_loss(
         raise ValueError(
             f"noise must have the shape of inputs {tuple(inputs.shape)}, got {tuple(noise.shape)}"
         )
-    clean_logits = model(inputs)
-    noisy_logits = model(inputs + noise)
+    clean_logits = _logits(model, inputs)
+    noisy_logits = _logits(model, inputs + noise)
     natural = F.cross_entropy(clean_logits, targets)
     soft_target = clean_logits.softmax(dim=1)
     if detach_target:
@@ -360,7 +388,7 @@ def macer_loss(
     beta = check_positive("beta", beta)
     num_noise = _num_copies(inputs, noise)
     batch = inputs.shape[0]
-    logits = split_copies(model(replicate(inputs, num_noise) + noise), num_noise)  # [m, B, K]
+    logits = split_copies(_logits(model, replicate(inputs, num_noise) + noise), num_noise)
     if logits.shape[-1] < 2:
         raise ValueError(f"MACER needs at least 2 classes, got logits of shape {logits.shape}")
 
@@ -432,7 +460,7 @@ def consistency_loss(
     lbd = check_nonnegative("lbd", lbd)
     eta = check_nonnegative("eta", eta)
     num_noise = _num_copies(inputs, noise)
-    logits = model(replicate(inputs, num_noise) + noise)
+    logits = _logits(model, replicate(inputs, num_noise) + noise)
     natural = F.cross_entropy(logits, replicate(targets, num_noise))
     log_probs = split_copies(logits.log_softmax(dim=1), num_noise)  # [m, B, K]
     mean_probs = split_copies(logits.softmax(dim=1), num_noise).mean(dim=0)  # [B, K]
@@ -455,8 +483,10 @@ def _expand_rows(values: Tensor, like: Tensor) -> Tensor:
 
 
 def _row_norms(values: Tensor) -> Tensor:
-    """Per-example L2 norms ``[B]`` of ``values`` ``[B, *]``."""
-    return values.flatten(1).norm(p=2, dim=1)
+    """Per-example L2 norms ``[B]`` of ``values`` ``[B, *]``, accumulated in at least float32."""
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(values.flatten(1), ord=2, dim=1, dtype=dtype)
+    return norms.to(values.dtype)
 
 
 def _smoothed_nll(model: nn.Module, points: Tensor, targets: Tensor, noise: Tensor) -> Tensor:
@@ -644,7 +674,7 @@ def smooth_ddn_attack(
             lr = 0.01 + 0.99 * (1.0 + math.cos(math.pi * (t + 1) / num_steps)) / 2.0
             l2 = _row_norms(delta)
             delta.requires_grad_(True)
-            logits = model(replicate(x + delta, num_noise) + noise)
+            logits = _logits(model, replicate(x + delta, num_noise) + noise)
             avg = split_copies(logits.softmax(dim=1), num_noise).mean(dim=0)
             loss = F.nll_loss(avg.clamp(min=1e-20).log(), targets)
             (grad,) = torch.autograd.grad(loss, delta)
@@ -788,7 +818,7 @@ def smoothadv_loss(model: nn.Module, adversarial: Tensor, targets: Tensor, noise
         torch.Size([])
     """
     num_noise = _num_copies(adversarial, noise)
-    logits = model(replicate(adversarial, num_noise) + noise)
+    logits = _logits(model, replicate(adversarial, num_noise) + noise)
     return F.cross_entropy(logits, targets.repeat(num_noise))
 
 
@@ -848,7 +878,7 @@ def smoothmix_terms(
         (torch.Size([]), True)
     """
     num_noise = _num_copies(clean, noise)
-    clean_logits = model(replicate(clean, num_noise) + noise)
+    clean_logits = _logits(model, replicate(clean, num_noise) + noise)
     natural = F.cross_entropy(clean_logits, targets.repeat(num_noise))
     smoothed = split_copies(clean_logits.softmax(dim=1), num_noise).mean(dim=0)
     if detach_target:
@@ -859,7 +889,7 @@ def smoothmix_terms(
     mixed = (1.0 - _expand_rows(lam, clean)) * clean + _expand_rows(lam, clean) * adversarial
     num_classes = smoothed.shape[1]
     mix_target = (1.0 - lam[:, None]) * smoothed + lam[:, None] / num_classes
-    log_q = model(replicate(mixed, num_noise) + noise).log_softmax(dim=1)
+    log_q = _logits(model, replicate(mixed, num_noise) + noise).log_softmax(dim=1)
     kl = F.kl_div(log_q, replicate(mix_target, num_noise), reduction="none").sum(dim=1)
     mix = (replicate(correct, num_noise) * kl).mean()
     return natural, mix
