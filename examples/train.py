@@ -22,6 +22,12 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
 - SmoothAdv, Consistency and SmoothMix take one optimizer step per B/m examples in the official
   code, so the default loader batch is ``256 // num_noise`` for them (256 for the others).
 
+Under ``torchrun`` (``torchrun --nproc-per-node 4 examples/train.py ...``) every process trains on
+its share of each batch (``--batch-size`` is the global batch, split evenly over the processes, with
+a ``DistributedSampler``) with ``DistributedDataParallel`` and its own noise seed; rank 0 alone
+logs and writes the checkpoint. ``--amp`` trains under autocast (bfloat16 on CPU, float16 with a
+gradient scaler on CUDA) and ``--compile`` compiles the model with ``torch.compile``.
+
 The checkpoint (``--out``) records sigma, the criterion and its hyperparameters, the architecture,
 the normalisation, the dataset, the epoch, the per-epoch log and the state dicts;
 ``load_checkpoint(path)`` rebuilds the model. ``--resume`` continues an interrupted run.
@@ -30,6 +36,7 @@ the normalisation, the dataset, the epoch, the per-epoch log and the state dicts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,7 +48,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/models.py
 
@@ -49,7 +56,19 @@ from models import ARCHS, CHECKPOINT_FORMAT, build_model, load_checkpoint
 
 from rsmooth.datasets import DATASETS, dataset_info, load_dataset
 
-__all__ = ["CHUNKED", "CRITERIA", "Criterion", "apply_warmup", "load_checkpoint", "main", "train"]
+__all__ = [
+    "CHUNKED",
+    "CRITERIA",
+    "Criterion",
+    "amp_settings",
+    "apply_warmup",
+    "load_checkpoint",
+    "main",
+    "noise_seed",
+    "split_batch",
+    "train",
+    "training_step",
+]
 
 Criterion = nn.Module
 Factory = Callable[[argparse.Namespace], tuple[type, dict[str, Any]]]
@@ -189,6 +208,85 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.out = f"checkpoints/{args.dataset}_{args.arch}_{args.criterion}_sigma{args.sigma}.pt"
 
 
+def amp_settings(device_type: str) -> tuple[torch.dtype, bool]:
+    """``--amp`` on ``device_type``: the autocast dtype, and whether a ``GradScaler`` is needed.
+
+    float16 with loss scaling on CUDA; bfloat16 (float32's exponent range, no scaler) elsewhere.
+    """
+    if device_type == "cuda":
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def noise_seed(seed: int, rank: int) -> int:
+    """The criterion's noise seed on ``rank``: ``seed + 1`` on rank 0 (as in a single process),
+    offset by ``rank * 2**32`` elsewhere, so that no two ranks (or seeds below 2**32) share noise."""
+    return seed + 1 + (rank << 32)
+
+
+def split_batch(
+    num_examples: int, batch_size: int, world_size: int, *, explicit: bool = True
+) -> int:
+    """The per-process batch for a global ``batch_size`` over ``world_size`` processes.
+
+    Raises ``SystemExit`` with a message (on every rank, before any collective call, so nothing
+    hangs) when the data cannot be split: fewer examples than processes, or an explicit
+    ``--batch-size`` that is not a multiple of the world size. A default batch size is rounded
+    down to a multiple of the world size instead.
+    """
+    if world_size <= 1:
+        return batch_size
+    if num_examples < world_size:
+        raise SystemExit(
+            f"cannot split {num_examples} training examples over {world_size} processes: "
+            "each process needs at least one (raise --limit or use fewer processes)"
+        )
+    if batch_size % world_size:
+        if explicit:
+            raise SystemExit(
+                f"--batch-size {batch_size} is the global batch and must be a multiple of the "
+                f"world size {world_size} (e.g. {max(1, batch_size // world_size) * world_size})"
+            )
+        batch_size = max(world_size, batch_size - batch_size % world_size)
+    return batch_size // world_size
+
+
+def training_step(
+    criterion: Criterion,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """One optimizer step: the loss under autocast (if ``amp_dtype``), backward through the scaler.
+
+    A disabled ``scaler`` (bfloat16, float32) is a plain ``backward()`` and ``optimizer.step()``;
+    an enabled one (float16) scales the loss, skips steps with non-finite gradients and adapts
+    its scale. Returns the detached loss.
+    """
+    autocast = (
+        contextlib.nullcontext()
+        if amp_dtype is None
+        else torch.autocast(inputs.device.type, dtype=amp_dtype)
+    )
+    with autocast:
+        loss = criterion(model, inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def _distributed() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the launcher's environment (torchrun sets them)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world_size, int(os.environ.get("LOCAL_RANK", str(rank)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
@@ -228,23 +326,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="checkpoint path (default under checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    s = p.add_argument_group("scale (mixed precision, compile, torchrun)")
+    s.add_argument(
+        "--amp",
+        action="store_true",
+        help="autocast: bfloat16 on CPU, float16 with a GradScaler on CUDA",
+    )
+    s.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the model (backend: inductor unless given)",
+    )
+    s.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        help="under torchrun on GPUs, convert BatchNorm layers to SyncBatchNorm",
+    )
     return p
 
 
 def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """Run the training described by parsed ``args``; returns ``(model, checkpoint)``."""
     _resolve_defaults(args)
+    rank, world_size, local_rank = _distributed()
     device = torch.device(args.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    if args.sync_batchnorm and world_size > 1 and device.type != "cuda":
+        raise SystemExit(
+            f"--sync-batchnorm needs CUDA devices; SyncBatchNorm does not run on {device}"
+        )
     torch.manual_seed(args.seed)
     info = dataset_info(args.dataset)
     data = load_dataset(args.dataset, "train", root=args.data_root, limit=args.limit)
-    noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+    noise = torch.Generator(device=device).manual_seed(noise_seed(args.seed, rank))
     criterion, hparams = make_criterion(args.criterion, args, noise)
     m = int(hparams.get("num_noise", 1))
+    explicit_batch = args.batch_size is not None
     if args.batch_size is None:
         args.batch_size = max(1, 256 // m) if args.criterion in CHUNKED else 256
+    # Checked on every rank before the process group starts: a clear error, never a hang.
+    local_batch = split_batch(len(data), args.batch_size, world_size, explicit=explicit_batch)
+    args.batch_size, args.world_size = local_batch * world_size, world_size
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    amp_dtype, needs_scaler = amp_settings(device.type)
+    amp_dtype = amp_dtype if args.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and needs_scaler)
 
     model = build_model(args.arch, info.input_shape, info.num_classes, info.mean, info.std)
+    if args.sync_batchnorm and world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
@@ -258,39 +394,57 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, history = saved["epoch"], saved["history"]
+        if scaler.is_enabled() and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+    net: nn.Module = model  # what the criterion calls; `model` is what the checkpoint saves
+    if world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if args.compile:
+        net = torch.compile(net, backend=args.compile)
 
-    loader_generator = torch.Generator().manual_seed(args.seed + 2 + start_epoch)
+    loader_generator = torch.Generator().manual_seed(args.seed + 2 + start_epoch + (rank << 32))
+    dataset = TensorDataset(*data.tensors)
+    sampler = None
+    if world_size > 1:  # each rank its own len(data) // world_size examples per epoch
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, seed=args.seed + 2, drop_last=True
+        )
     loader = DataLoader(
-        TensorDataset(*data.tensors),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(data) > args.batch_size,  # no size-1 BatchNorm batches
+        dataset,
+        batch_size=local_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(data) // world_size > local_batch,  # no size-1 BatchNorm batches
         generator=loader_generator,
     )
     augment = info.mean is not None  # CIFAR-10: random crop + flip
-    log = (lambda _: None) if args.quiet else print
+    log = (lambda _: None) if args.quiet or rank != 0 else print
     log(
         f"training {args.arch} on {args.dataset} ({len(data)} examples) with {criterion!r}, "
         f"batch {args.batch_size}, {args.epochs} epochs, lr {args.lr} (step {args.lr_step})"
+        + (f", {world_size} processes" if world_size > 1 else "")
+        + (f", autocast {amp_dtype}" if amp_dtype is not None else "")
     )
     checkpoint: dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         schedule = apply_warmup(criterion, args.criterion, hparams, epoch, args)
-        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
         started = time.perf_counter()
         total, count, terms = 0.0, 0, {}
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
             if augment:
                 inputs = _augment_cifar(inputs, loader_generator)
-            loss = criterion(model, inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(targets)
+            loss = training_step(criterion, net, inputs, targets, optimizer, scaler, amp_dtype)
+            total += float(loss) * len(targets)
             count += len(targets)
             for key, value in getattr(criterion, "last_terms", {}).items():
                 terms[key] = terms.get(key, 0.0) + value * len(targets)
+        if world_size > 1:  # log the global averages, the same on every rank
+            total, count, terms = _sum_over_ranks(total, count, terms, device)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record = {
@@ -311,6 +465,10 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         checkpoint = _checkpoint(
             args, info, hparams, model, optimizer, scheduler, epoch + 1, history
         )
+        if scaler.is_enabled():
+            checkpoint["scaler"] = scaler.state_dict()
+        if rank != 0:  # rank 0 alone writes the checkpoint
+            continue
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         torch.save(checkpoint, partial)
@@ -321,6 +479,18 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         )
     model.eval()
     return model, checkpoint
+
+
+def _sum_over_ranks(
+    total: float, count: int, terms: dict[str, float], device: torch.device
+) -> tuple[float, int, dict[str, float]]:
+    """All-reduce the epoch's loss sums and example count (one small collective per epoch)."""
+    keys = sorted(terms)
+    stats = torch.tensor([total, count, *(terms[k] for k in keys)], dtype=torch.float64)
+    stats = stats.to(device)
+    torch.distributed.all_reduce(stats)
+    values = stats.tolist()
+    return values[0], int(values[1]), dict(zip(keys, values[2:], strict=True))
 
 
 def _checkpoint(args, info, hparams, model, optimizer, scheduler, epoch, history) -> dict[str, Any]:
@@ -353,8 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"--limit must be a positive integer, got {args.limit}")
-    _, checkpoint = train(args)
-    print(f"saved {args.out} (epoch {checkpoint['epoch']}): {json.dumps(checkpoint['hparams'])}")
+    rank, world_size, _ = _distributed()
+    owns_group = world_size > 1 and not torch.distributed.is_initialized()
+    try:
+        _, checkpoint = train(args)
+    finally:
+        if owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(
+            f"saved {args.out} (epoch {checkpoint['epoch']}): {json.dumps(checkpoint['hparams'])}"
+        )
     return 0
 
 
