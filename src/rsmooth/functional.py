@@ -122,7 +122,7 @@ def _logits(model: nn.Module, batch: Tensor) -> Tensor:
     bfloat16 keeps only 8 significant bits. float32 and float64 logits are returned unchanged.
     """
     logits = model(batch)
-    if logits.dtype in (torch.float16, torch.bfloat16):
+    if isinstance(logits, Tensor) and logits.dtype in (torch.float16, torch.bfloat16):
         return logits.float()
     return logits
 
