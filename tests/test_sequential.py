@@ -259,3 +259,34 @@ def test_max_n_message_names_a_max_n_that_works():
     linear().certify_radius(at([3.0]), [0.25, 1.0], max_n=needed)  # accepted
     with pytest.raises(ValueError, match="max_n must be at least"):
         linear().certify_radius(at([3.0]), [0.25, 1.0], max_n=needed - 1)
+
+
+# ---------------------------------------------------------------------------- certify(bound=)
+def test_certify_randomized_bound_uses_the_input_stream_and_is_never_below_clopper_pearson():
+    from rsmooth.smoothing import _auxiliary_uniform
+    from rsmooth.stats import randomized_clopper_pearson_lower
+
+    smoothed = linear(0.5)
+    x = at([0.3, 0.8, 3.0])
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+
+    plain = smoothed.certify(x, n=500, n0=50, alpha=0.01, generator=gens())
+    randomized = smoothed.certify(x, n=500, n0=50, alpha=0.01, generator=gens(), bound="randomized")
+    again = smoothed.certify(x, n=500, n0=50, alpha=0.01, generator=gens(), bound="randomized")
+    assert torch.equal(plain.count, randomized.count)
+    assert torch.equal(randomized.p_lower, again.p_lower)
+    assert (randomized.p_lower >= plain.p_lower).all()
+    assert (randomized.p_lower > plain.p_lower).any()
+    seeds = smoothed._input_seeds(x, gens())
+    expected = randomized_clopper_pearson_lower(
+        randomized.count.numpy(), 500, 0.01, _auxiliary_uniform(seeds)
+    )
+    np.testing.assert_array_equal(randomized.p_lower.numpy(), expected)
+    assert float(randomized.radius[2]) < float("inf")  # the draw is kept away from 0
+
+
+def test_certify_rejects_an_unknown_bound():
+    with pytest.raises(ValueError, match="bound must be 'clopper-pearson' or 'randomized'"):
+        linear().certify(at([0.3]), n=100, bound="exact")

@@ -159,7 +159,7 @@ def test_selection_and_estimation_draws_are_independent():
 def test_selection_ties_go_to_the_lowest_class(monkeypatch):
     smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
     calls = iter([torch.tensor([[0, 5, 5]]), torch.tensor([[0, 100, 0]])])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args: next(calls))
+    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: next(calls))
     cert = smoothed.certify(torch.zeros(1, 2), n=100, n0=10)
     assert cert.prediction.tolist() == [1]
     assert float(cert.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
@@ -172,7 +172,7 @@ def test_selection_ties_go_to_the_lowest_class(monkeypatch):
 def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
     smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
     c = torch.tensor([[counts[0], counts[1], 0]])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args: c)
+    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: c)
     assert smoothed.predict(torch.zeros(1, 2), n=sum(counts), alpha=0.001).tolist() == [expected]
 
 
@@ -231,8 +231,8 @@ def test_generator_reproducibility_and_independence_from_other_inputs():
     assert not torch.equal(a.count, c.count)
     # with per-input generators, input j's result does not depend on the other inputs
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
-    full = smoothed._certify(x, 300, 30, 0.001, gens([11, 12, 13, 14, 15]))
-    alone = smoothed._certify(x[3:4], 300, 30, 0.001, gens([14]))
+    full = smoothed.certify(x, n=300, n0=30, generator=gens([11, 12, 13, 14, 15]))
+    alone = smoothed.certify(x[3:4], n=300, n0=30, generator=gens([14]))
     assert full.count[3] == alone.count[0]
 
 

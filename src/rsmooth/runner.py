@@ -9,8 +9,8 @@ readable by the reference ``analyze.py`` scripts and by :func:`rsmooth.metrics.r
 Properties the runner guarantees:
 
 - **Deterministic per input.** Input ``i``'s noise depends only on ``(seed, i)`` (and on ``n``,
-  ``n0``, the smoothed classifier's ``batch_size`` and the device type), never on which other
-  inputs were certified with it. A result is the same whether the dataset was certified in one
+  ``n0`` and the device type), never on which other inputs were certified with it, nor on the
+  smoothed classifier's ``batch_size``. A result is the same whether the dataset was certified in one
   process or many, in one run or resumed.
 - **Resumable.** Rerunning with the same ``out`` skips the rows already written, truncates a
   half-written last line (from a killed process) and appends the rest. A file written with
@@ -45,6 +45,7 @@ from typing import Any, Protocol, TextIO
 
 import torch
 
+from rsmooth._seeding import splitmix64 as _splitmix64
 from rsmooth._validation import check_inputs, check_int, check_open_unit, check_real
 from rsmooth.metrics import CertificationResults, read_results
 from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier, _warn_sample_size
@@ -69,7 +70,9 @@ COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "tim
 
 _HEADER = "\t".join(COLUMNS) + "\n"
 _FORMAT_VERSION = 1
-_CONFIG_KEYS = ("sigma", "n", "n0", "alpha", "seed", "batch_size")
+#: Settings that change the results; a resume or merge must match them. The batch size is
+#: recorded too (it does not change the results).
+_CONFIG_KEYS = ("sigma", "n", "n0", "alpha", "seed")
 #: Settings of a sequential (``radii=``) run, recorded with ``"mode": "sequential"``.
 _SEQUENTIAL_KEYS = ("mode", "radii", "max_n", "beta", "growth", "looks")
 _PART_RE = re.compile(r"\.part-(\d{5,})-of-(\d{5,})$")
@@ -83,13 +86,6 @@ class _Dataset(Protocol):
 
 
 # ---------------------------------------------------------------------------- seeds and shards
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
 def input_seed(seed: int, index: int) -> int:
     """The seed of input ``index``'s noise generator in a run seeded with ``seed``.
 
@@ -516,9 +512,9 @@ def certify_dataset(
     ``certify.py``'s ``--skip`` and ``--max``), or the given ``indices``; certifies them in
     calls of ``inputs_per_call`` inputs, seeding input ``i``'s noise generator with
     :func:`input_seed` ``(seed, i)``; and appends a row per input to ``out`` (columns
-    :data:`COLUMNS`, flushed per row). The settings (``sigma``, ``n``, ``n0``, ``alpha``,
-    ``seed`` and the smoothed classifier's ``batch_size``, which all change the results) are
-    recorded in ``<out>.json``.
+    :data:`COLUMNS`, flushed per row). The settings that change the results (``sigma``, ``n``,
+    ``n0``, ``alpha`` and ``seed``) are recorded in ``<out>.json``, with the smoothed
+    classifier's ``batch_size``, which does not change them (a run may resume with another).
 
     **Resuming.** If ``out`` exists, its rows are kept and only missing inputs are certified; a
     half-written last line is truncated first. The settings must match the recorded ones
@@ -668,7 +664,7 @@ def certify_dataset(
                     continue
                 with warnings.catch_warnings():  # warned once above
                     warnings.simplefilter("ignore", SampleSizeWarning)
-                    cert = smoothed.certify(inputs, n, n0, alpha, generator=generators)
+                    cert = smoothed.certify(inputs, n=n, n0=n0, alpha=alpha, generator=generators)
                 predictions = cert.prediction.tolist()
                 radii = cert.radius.tolist()
                 counts = cert.count.tolist()

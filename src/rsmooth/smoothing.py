@@ -10,15 +10,20 @@ implements PREDICT of :cite:`cohen2019certified`.
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
+from rsmooth._seeding import mix
 from rsmooth._validation import (
     check_generator,
     check_inputs,
@@ -35,11 +40,26 @@ from rsmooth.stats import (
     max_certified_radius,
     min_samples_to_certify,
     min_samples_to_predict,
+    randomized_clopper_pearson_lower,
 )
+
+if TYPE_CHECKING:
+    from rsmooth.sequential import RadiusCertificate
 
 __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+NonFinitePolicy = Literal["raise", "count_against"]
+
+#: Independent noise streams of every input: CERTIFY selects its candidate on SELECTION samples,
+#: estimates on ESTIMATION samples (PREDICT too), and draws any uniform variates from AUXILIARY.
+SELECTION, ESTIMATION, AUXILIARY = 0, 1, 2
+
+_SEED_HIGH = 2**63 - 1
+#: A noise block holds about this many elements: BLOCK = clamp(_BLOCK_ELEMENTS // numel, 1, 512).
+_BLOCK_ELEMENTS = 2**16
+_MAX_BLOCK = 512
+_NONFINITE_POLICIES = ("raise", "count_against")
 
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
 #: when the smoothed classifier abstains.
@@ -65,6 +85,9 @@ class Certificate:
         n0: Number of selection samples per input.
         alpha: Failure probability of the certificate.
         sigma: Noise level the certificate is for.
+        nonfinite: Number of the ``n0 + n`` samples per input whose logits were not finite
+            (``int64`` ``[B]``), counted for no class under ``nonfinite="count_against"``;
+            None for a certificate built by hand.
     """
 
     prediction: Tensor
@@ -75,6 +98,7 @@ class Certificate:
     n0: int
     alpha: float
     sigma: float
+    nonfinite: Tensor | None = None
 
     @property
     def abstained(self) -> Tensor:
@@ -102,6 +126,127 @@ def _warn_sample_size(task: str, n: int, alpha: float, *, stacklevel: int) -> No
 
 def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _block_size(numel: int) -> int:
+    """Samples per noise block for inputs of ``numel`` elements (never depends on batch_size)."""
+    return max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(numel, 1)))
+
+
+def _memory_format(inputs: Tensor) -> torch.memory_format | None:
+    """``channels_last`` (or its 3-D form) when the inputs use it, else None."""
+    if inputs.is_contiguous():
+        return None
+    if inputs.dim() == 4 and inputs.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if inputs.dim() == 5 and inputs.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _to_device(values: Tensor, device: torch.device) -> Tensor:
+    """Copy a small host tensor to ``device`` without blocking the host (pinned on CUDA)."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
+def _auxiliary_uniform(seeds: Sequence[int]) -> np.ndarray:
+    """One uniform variate in ``(0, 1]`` per input seed, from the AUXILIARY stream.
+
+    Input ``j``'s variate depends only on ``seeds[j]`` (a generator seeded with
+    ``mix(seed, AUXILIARY, 0)``), never on the other inputs or on the device.
+
+    Example:
+        >>> u = _auxiliary_uniform([1, 2, 1])
+        >>> u.dtype, bool(u[0] == u[2]), bool(u[0] != u[1]), bool(((u > 0) & (u <= 1)).all())
+        (dtype('float64'), True, True, True)
+    """
+    values = np.empty(len(seeds), dtype=np.float64)
+    for j, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(mix(seed, AUXILIARY, 0))
+        values[j] = 1.0 - float(torch.rand((), generator=generator, dtype=torch.float64))
+    return values
+
+
+def _output_type_message(output: object) -> str:
+    name = type(output).__name__
+    if isinstance(output, (tuple, list)):
+        how = "e.g. `return model(x)[0]` if the logits come first"
+    elif isinstance(output, dict):
+        how = 'e.g. `return model(x)["logits"]`'
+    elif isinstance(getattr(output, "logits", None), Tensor):
+        how = "e.g. `return model(x).logits` (Hugging Face-style outputs)"
+    else:
+        how = "a tensor of logits"
+    return (
+        f"model must return a tensor of logits [N, num_classes], got a {name}; wrap it in a "
+        f"module whose forward returns the logits, {how} (see the how-to 'Use your own model')"
+    )
+
+
+def _unbatched_hint(inputs: Tensor) -> str:
+    if inputs.dim() != 3:
+        return ""
+    return (
+        f". inputs has shape {tuple(inputs.shape)}, read as a batch of {inputs.shape[0]} inputs "
+        f"of shape {tuple(inputs.shape[1:])}: if it is one image [C, H, W], add the batch "
+        "dimension with inputs.unsqueeze(0)"
+    )
+
+
+def _forward_error_hint(model: nn.Module, error: BaseException, inputs: Tensor) -> str | None:
+    """A hint for an error raised by the model, or None to re-raise it unchanged."""
+    text = str(error)
+    if isinstance(model, torch.fx.GraphModule) and (
+        "Guard failed" in text or "shape[0]" in text or ".size()[0]" in text
+    ):
+        return (
+            "the model (a torch.export program) was exported with a fixed batch size, but the "
+            "engine feeds it batches of other sizes; export it with a dynamic batch dimension, "
+            "e.g. torch.export.export(model, (x,), dynamic_shapes=({0: "
+            "torch.export.Dim('batch')},))"
+        )
+    if inputs.dim() == 3 and isinstance(error, RuntimeError):
+        return (
+            f"the model failed on inputs of shape {tuple(inputs.shape)}, which is read as a "
+            f"batch of {inputs.shape[0]} inputs of shape {tuple(inputs.shape[1:])}; if it is "
+            "one image [C, H, W], add the batch dimension with inputs.unsqueeze(0)"
+        )
+    return None
+
+
+class _Progress:
+    """Progress of one call in samples: tqdm when installed, else a line on stderr now and then."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self._bar = None
+            self._began = self._shown = time.perf_counter()
+        else:
+            self._bar = tqdm(total=total, desc=desc, unit="sample", unit_scale=True)
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        if self._bar is not None:
+            self._bar.update(amount)
+            return
+        now = time.perf_counter()
+        if now - self._shown >= 5.0 or self.done >= self.total:
+            self._shown = now
+            rate = self.done / max(now - self._began, 1e-9)
+            print(
+                f"{self.desc}: {self.done:,}/{self.total:,} samples ({rate:,.0f} samples/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class SmoothedClassifier:
@@ -152,6 +297,7 @@ class SmoothedClassifier:
         *,
         num_classes: int | None = None,
         batch_size: int = 1000,
+        nonfinite: NonFinitePolicy = "raise",
     ) -> None:
         self.model = check_model(model)
         self.sigma = check_positive("sigma", sigma)
@@ -159,31 +305,46 @@ class SmoothedClassifier:
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
         )
         self.batch_size = check_int("batch_size", batch_size)
+        if nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_POLICIES))}, "
+                f"got {nonfinite!r}"
+            )
+        self.nonfinite: NonFinitePolicy = nonfinite
 
     def __repr__(self) -> str:
+        extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
-            f"batch_size={self.batch_size})"
+            f"batch_size={self.batch_size}{extra})"
         )
 
     # ------------------------------------------------------------------ engine
-    def _input_generators(
-        self, inputs: Tensor, generator: torch.Generator | list[torch.Generator] | None
-    ) -> list[torch.Generator]:
-        """One generator per input: given, or seeded from ``generator`` (or the global RNG)."""
-        if isinstance(generator, list):
-            return generator
-        seed_device = generator.device if generator is not None else torch.device("cpu")
-        seeds = torch.randint(
-            0, 2**62, (inputs.shape[0],), generator=generator, device=seed_device
-        ).tolist()
-        return [torch.Generator(device=inputs.device).manual_seed(s) for s in seeds]
+    def _input_seeds(self, inputs: Tensor, generator: GeneratorArg) -> list[int]:
+        """One 63-bit seed per input, the root of that input's noise streams.
 
-    def _check_logits(self, logits: Tensor, rows: int) -> int:
+        ``generator=None`` draws from the global torch RNG, a ``torch.Generator`` gives ``B``
+        draws from it, and a sequence of ``B`` generators gives one draw from each (so input
+        ``j``'s seed depends only on ``generator[j]``).
+        """
+        if generator is None or isinstance(generator, torch.Generator):
+            device = generator.device if generator is not None else torch.device("cpu")
+            draws = torch.randint(
+                0, _SEED_HIGH, (inputs.shape[0],), generator=generator, device=device
+            )
+            return [int(seed) for seed in draws.tolist()]
+        return [
+            int(torch.randint(0, _SEED_HIGH, (1,), generator=g, device=g.device).item())
+            for g in generator
+        ]
+
+    def _check_logits(self, logits: object, rows: int, inputs: Tensor) -> int:
+        if not isinstance(logits, Tensor):
+            raise TypeError(_output_type_message(logits))
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(
                 f"model must return logits of shape [N, num_classes] for N inputs, got shape "
-                f"{tuple(logits.shape)} for N={rows}"
+                f"{tuple(logits.shape)} for N={rows}{_unbatched_hint(inputs)}"
             )
         classes = int(logits.shape[1])
         if self.num_classes is not None and classes != self.num_classes:
@@ -194,58 +355,133 @@ class SmoothedClassifier:
             raise ValueError(f"the model must return at least 2 logits, got {classes}")
         return classes
 
-    def _counts(self, inputs: Tensor, num: int, generators: Sequence[torch.Generator]) -> Tensor:
-        """Class counts ``[B, K]`` of ``argmax f(x_j + delta)`` over ``num`` draws per input.
+    def _forward(self, batch: Tensor, inputs: Tensor) -> Tensor:
+        """The model's logits on one forward batch, with hints for the usual mistakes."""
+        try:
+            logits = self.model(batch)
+        except (RuntimeError, AssertionError, ValueError) as error:
+            hint = _forward_error_hint(self.model, error, inputs)
+            if hint is None:
+                raise
+            raise ValueError(
+                f"{hint} (the model raised {type(error).__name__}: {error})"
+            ) from error
+        self._check_logits(logits, batch.shape[0], inputs)
+        return logits
 
-        Input ``j``'s noise is drawn from ``generators[j]`` in pieces of ``min(num, batch_size)``
-        samples, so it depends only on that generator, ``num`` and ``batch_size``, not on the
-        other inputs of the call. Whole pieces are packed into forward batches of at most
-        ``batch_size`` samples.
+    def _counts(
+        self,
+        inputs: Tensor,
+        seeds: Sequence[int],
+        *,
+        stream: int,
+        start: int,
+        stop: int,
+        progress: _Progress | None = None,
+    ) -> Tensor:
+        """``int64`` counts ``[B, K]`` of ``argmax f(x_j + delta_{j,s})`` over ``s`` in ``[start, stop)``.
+
+        Sample ``s`` of stream ``stream`` of input ``j`` depends only on ``(seeds[j], stream,
+        s)``: row ``s % BLOCK`` of noise block ``s // BLOCK``, one ``normal_`` of shape
+        ``[BLOCK, *input_shape]`` drawn from a generator seeded with ``mix(seeds[j], stream,
+        s // BLOCK)``, where ``BLOCK`` depends only on the input's number of elements. So the
+        counts do not depend on ``batch_size``, on how ``[0, n)`` is split into calls, or on the
+        other inputs of the call. Forward batches of ``batch_size`` samples are filled across
+        inputs and samples.
+
+        Only samples whose logit row is finite are counted, so ``(stop - start) -
+        counts.sum(1)`` is the number of non-finite samples per input (``nonfinite="raise"``
+        raises ``ValueError`` instead).
         """
-        device, batch = inputs.device, inputs.shape[0]
-        piece = min(num, self.batch_size)
-        sizes = [piece] * (num // piece) + ([num % piece] if num % piece else [])
-        buffer = torch.empty(
-            (min(self.batch_size, num * batch),) + tuple(inputs.shape[1:]),
-            dtype=inputs.dtype,
-            device=device,
-        )
+        batch = inputs.shape[0]
+        device, dtype = inputs.device, inputs.dtype
+        sample_shape = tuple(inputs.shape[1:])
+        block = _block_size(math.prod(sample_shape))
+        rows = min(self.batch_size, batch * (stop - start))
+        memory_format = _memory_format(inputs)
+        buffer = torch.empty((rows, *sample_shape), dtype=dtype, device=device)
+        if memory_format is not None:
+            buffer = buffer.contiguous(memory_format=memory_format)
+        noise = torch.empty((block, *sample_shape), dtype=dtype, device=device)
+        noise_generator = torch.Generator(device=device)
+        held: tuple[int, int] | None = None  # (input, block) whose noise is in `noise`
         counts: Tensor | None = None
-        chunk: list[tuple[int, int]] = []
+        nonfinite = torch.zeros(batch + 1, dtype=torch.long, device=device)
+        owners: list[int] = []
+        lengths: list[int] = []
         filled = 0
 
+        def fill(j: int, first: int, last: int, offset: int) -> None:
+            nonlocal held
+            s = first
+            while s < last:
+                index = s // block
+                end = min(last, (index + 1) * block)
+                if held != (j, index):
+                    noise_generator.manual_seed(mix(seeds[j], stream, index))
+                    noise.normal_(0.0, self.sigma, generator=noise_generator)
+                    held = (j, index)
+                row = s - index * block
+                torch.add(
+                    noise[row : row + end - s], inputs[j], out=buffer[offset : offset + end - s]
+                )
+                offset += end - s
+                s = end
+
         def flush() -> None:
-            nonlocal counts, chunk, filled
-            offset = 0
-            for j, size in chunk:
-                segment = buffer[offset : offset + size]
-                segment.normal_(0.0, self.sigma, generator=generators[j])
-                segment.add_(inputs[j])
-                offset += size
-            logits = self.model(buffer[:filled])
-            classes = self._check_logits(logits, filled)
+            nonlocal counts, filled
+            logits = self._forward(buffer[:filled], inputs)
+            classes = int(logits.shape[1])
             if counts is None:
-                counts = torch.zeros(batch * classes, dtype=torch.long, device=device)
-            owners = torch.repeat_interleave(
-                torch.tensor([j for j, _ in chunk], device=device),
-                torch.tensor([size for _, size in chunk], device=device),
-                output_size=filled,
+                counts = torch.zeros((batch + 1) * classes, dtype=torch.long, device=device)
+            owner = _to_device(
+                torch.repeat_interleave(torch.tensor(owners), torch.tensor(lengths)), device
             )
-            flat = owners * classes + logits.argmax(dim=1)
-            counts.index_add_(0, flat, torch.ones_like(flat))
-            chunk, filled = [], 0
+            finite = torch.isfinite(logits).all(dim=1)
+            flat = owner * classes + logits.argmax(dim=1)
+            counts.index_add_(0, flat, finite.long())
+            nonfinite.index_add_(0, owner, (~finite).long())
+            if progress is not None:
+                progress.update(filled)
+            owners.clear()
+            lengths.clear()
+            filled = 0
 
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             for j in range(batch):
-                for size in sizes:
-                    if filled + size > self.batch_size:
+                s = start
+                while s < stop:
+                    take = min(stop - s, rows - filled)
+                    fill(j, s, s + take, filled)
+                    owners.append(j)
+                    lengths.append(take)
+                    filled += take
+                    s += take
+                    if filled == rows:
                         flush()
-                    chunk.append((j, size))
-                    filled += size
-            flush()
-        if counts is None:  # unreachable: num >= 1 and the batch is non-empty
+            if filled:
+                flush()
+        if counts is None:  # unreachable: stop > start and the batch is non-empty
             raise RuntimeError("no noise samples were drawn")
-        return counts.view(batch, -1)
+        self._check_nonfinite(nonfinite[:batch], stop - start)
+        return counts.view(batch + 1, -1)[:batch]
+
+    def _check_nonfinite(self, nonfinite: Tensor, num: int) -> None:
+        """Raise under ``nonfinite="raise"`` when some samples gave non-finite logits."""
+        if self.nonfinite != "raise" or not bool(nonfinite.any()):
+            return
+        bad = torch.nonzero(nonfinite).flatten().tolist()
+        amounts = nonfinite[bad].tolist()
+        listed = ", ".join(
+            f"input {j}: {k} of {num}" for j, k in zip(bad[:10], amounts[:10], strict=True)
+        )
+        more = f", and {len(bad) - 10} more inputs" if len(bad) > 10 else ""
+        raise ValueError(
+            f"the model returned non-finite logits (NaN or inf) for some noisy samples "
+            f"({listed}{more}); a non-finite logit row is not a vote. Fix the model, or pass "
+            "nonfinite='count_against' to SmoothedClassifier to count such samples against "
+            "every class (the certificate stays sound, with fewer votes)"
+        )
 
     def _validate_call(
         self, inputs: Tensor, generator: GeneratorArg
@@ -272,7 +508,7 @@ class SmoothedClassifier:
             num: Noise draws per input.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
 
         Returns:
             ``int64`` counts ``[B, K]`` on the inputs' device; each row sums to ``num``.
@@ -285,7 +521,8 @@ class SmoothedClassifier:
         """
         inputs, generator = self._validate_call(inputs, generator)
         num = check_int("num", num)
-        return self._counts(inputs, num, self._input_generators(inputs, generator))
+        seeds = self._input_seeds(inputs, generator)
+        return self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=num)
 
     def predict(
         self,
@@ -308,7 +545,7 @@ class SmoothedClassifier:
             alpha: Level of the abstain test. Default: 0.001.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -326,7 +563,8 @@ class SmoothedClassifier:
         n = check_int("n", n)
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("predict", n, alpha, stacklevel=2)
-        counts = self._counts(inputs, n, self._input_generators(inputs, generator))
+        seeds = self._input_seeds(inputs, generator)
+        counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
         top_counts, top_classes = counts.topk(2, dim=1)
         top = top_counts.cpu().tolist()
         keep = [binomial_pvalue(c1, c2) <= alpha for c1, c2 in top]
@@ -342,6 +580,7 @@ class SmoothedClassifier:
         alpha: float = 0.001,
         *,
         generator: GeneratorArg = None,
+        bound: Literal["clopper-pearson", "randomized"] = "clopper-pearson",
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
 
@@ -361,7 +600,12 @@ class SmoothedClassifier:
             alpha: Failure probability. Default: 0.001.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            bound: ``"clopper-pearson"`` (CERTIFY's bound, reproduces published numbers) or
+                ``"randomized"``: the exact randomized bound
+                :func:`~rsmooth.stats.randomized_clopper_pearson_lower`, never smaller, with its
+                uniform draw taken from the input's own noise stream (reproducible). It helps
+                mostly at the radius cap (all votes for the class). Default: ``"clopper-pearson"``.
 
         Returns:
             A :class:`Certificate` with tensors of shape ``[B]``.
@@ -381,7 +625,10 @@ class SmoothedClassifier:
         n0 = check_int("n0", n0)
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("certify", n, alpha, stacklevel=2)
-        return self._certify(inputs, n, n0, alpha, self._input_generators(inputs, generator))
+        if bound not in ("clopper-pearson", "randomized"):
+            raise ValueError(f"bound must be 'clopper-pearson' or 'randomized', got {bound!r}")
+        seeds = self._input_seeds(inputs, generator)
+        return self._certify(inputs, n, n0, alpha, seeds, randomized=bound == "randomized")
 
     def _certify(
         self,
@@ -389,14 +636,21 @@ class SmoothedClassifier:
         n: int,
         n0: int,
         alpha: float,
-        generators: Sequence[torch.Generator],
+        seeds: Sequence[int],
+        *,
+        randomized: bool = False,
     ) -> Certificate:
-        """CERTIFY with one generator per input (the dataset runner seeds them per index)."""
-        selection = self._counts(inputs, n0, generators)
+        """CERTIFY with one seed per input (see :meth:`_input_seeds`)."""
+        selection = self._counts(inputs, seeds, stream=SELECTION, start=0, stop=n0)
         candidate = selection.argmax(dim=1)
-        estimation = self._counts(inputs, n, generators)
+        estimation = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
+        nonfinite = (n0 - selection.sum(dim=1)) + (n - estimation.sum(dim=1))
         count = estimation.gather(1, candidate[:, None])[:, 0]
-        p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
+        if randomized:
+            u = _auxiliary_uniform(seeds)
+            p_lower = randomized_clopper_pearson_lower(count.cpu().numpy(), n, alpha, u)
+        else:
+            p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
         radius = certified_radius(p_lower, self.sigma)
         abstain = p_lower < 0.5
         device, dtype = inputs.device, _float_dtype(inputs.device)
@@ -411,6 +665,7 @@ class SmoothedClassifier:
             n0=n0,
             alpha=alpha,
             sigma=self.sigma,
+            nonfinite=nonfinite,
         )
 
     def soft_predict(
@@ -454,3 +709,92 @@ class SmoothedClassifier:
             1.906
         """
         return max_certified_radius(n, alpha, self.sigma)
+
+    def certify_radius(
+        self,
+        inputs: Tensor,
+        radius: float | Sequence[float],
+        *,
+        alpha: float = 0.001,
+        max_n: int = 100_000,
+        n0: int = 100,
+        beta: float | None = None,
+        growth: float = 1.5,
+        candidates: Tensor | None = None,
+        generator: GeneratorArg = None,
+    ) -> RadiusCertificate:
+        r"""Sequential certification at one radius or a grid: "certified at r?" with few samples.
+
+        One candidate class per input (from ``n0`` fresh selection samples, or ``candidates``);
+        its votes are counted cumulatively at the looks
+        :func:`~rsmooth.stats.sequential_looks` ``(max_n, alpha, Phi(min(radius)/sigma),
+        growth)``, and radius :math:`r_j` is certified at look :math:`k` once the
+        Clopper–Pearson lower bound at level :math:`\alpha/K` reaches
+        :math:`\Phi(r_j/\sigma)` (integer thresholds, :func:`~rsmooth.stats.sequential_thresholds`),
+        or ruled out once the upper bound at :math:`\beta/K` falls below it. An input stops
+        when every radius is decided (stopped inputs draw no more samples; the others keep the
+        forward batches full); radii still open at ``max_n`` are undecided
+        :cite:`horvath2022boosting,voracek2024confidence`.
+
+        **Guarantee.** For each input, with probability at least ``1 - alpha``, every claim it
+        reports holds at once: the smoothed classifier predicts ``prediction`` and is constant
+        on the L2 ball of radius ``radius`` (so of every certified radius). With
+        ``candidates``, a claim is made only when that class is the smoothed prediction.
+        "Ruled out" is not a certificate of non-robustness. The guarantee holds at the pre-set
+        looks; it does not extend past ``max_n``. Use :meth:`certify` for ACR.
+
+        Input ``j``'s result depends only on its noise stream (its seed), the arguments and the
+        schedule, not on ``batch_size`` or the other inputs of the call.
+
+        Args:
+            inputs: Batch ``[B, *]``.
+            radius: One radius, or a sorted sequence of radii (the grid), all ``>= 0``.
+            alpha: Failure probability of the certificates. Default: 0.001.
+            max_n: Largest number of estimation samples per input (the last look).
+                Default: 100,000.
+            n0: Selection samples per input (unused with ``candidates``). Default: 100.
+            beta: Failure probability of the "ruled out" decisions (only affects cost).
+                Default: ``alpha``.
+            growth: Ratio of consecutive looks, ``> 1``. Default: 1.5.
+            candidates: Classes to test instead of selecting them (``int64`` ``[B]``, e.g. the
+                labels when measuring certified accuracy). Default: None.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input.
+
+        Returns:
+            A :class:`~rsmooth.sequential.RadiusCertificate` (tensors ``[B]`` and ``[B, J]``).
+
+        Raises:
+            ValueError: Negative or unsorted radii, ``max_n`` too small for the largest radius
+                (the message names the smallest that works), ``growth <= 1``, ``beta`` or
+                ``alpha`` outside (0, 1), ``candidates`` of the wrong shape or class range.
+            TypeError: ``candidates`` is not an integer tensor, or an argument has the wrong type.
+
+        Example:
+            >>> model = nn.Linear(2, 2)
+            >>> with torch.no_grad():
+            ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+            ...     _ = model.bias.zero_()
+            >>> smoothed = SmoothedClassifier(model, sigma=0.5)
+            >>> x = torch.tensor([[2.0, 0.0], [0.4, 0.0]])  # true radii 2.0 and 0.4
+            >>> g = torch.Generator().manual_seed(0)
+            >>> cert = smoothed.certify_radius(x, [0.25, 0.5], max_n=20_000, generator=g)
+            >>> cert.certified.tolist()
+            [[True, True], [True, False]]
+            >>> cert.num_samples.tolist()[0] < 100  # 20,000 allowed, a few dozen needed
+            True
+        """
+        from rsmooth.sequential import certify_radius
+
+        return certify_radius(
+            self,
+            inputs,
+            radius,
+            alpha=alpha,
+            max_n=max_n,
+            n0=n0,
+            beta=beta,
+            growth=growth,
+            candidates=candidates,
+            generator=generator,
+        )

@@ -1,0 +1,253 @@
+"""The sampling engine: batch-size-free noise streams, non-finite logits, forward-pass hints."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import Spy, small_cnn
+from torch import nn
+
+import rsmooth.smoothing as smoothing
+from rsmooth import ABSTAIN, SmoothedClassifier
+from rsmooth.smoothing import (
+    AUXILIARY,
+    ESTIMATION,
+    SELECTION,
+    _auxiliary_uniform,
+    _block_size,
+)
+
+
+def cnn(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)  # test-only: fixed random weights, so counts spread over classes
+    return small_cnn(num_classes).eval()
+
+
+def flat_model(numel: int, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)  # test-only: fixed random weights
+    return nn.Sequential(nn.Flatten(), nn.Linear(numel, num_classes)).eval()
+
+
+def gens(seeds, device="cpu"):
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+# ---------------------------------------------------------------- noise determinism
+def test_block_size_depends_only_on_the_number_of_elements():
+    assert _block_size(2) == 512
+    assert _block_size(64) == 512
+    assert _block_size(784) == 2**16 // 784
+    assert _block_size(3 * 224 * 224) == 1
+    assert len({SELECTION, ESTIMATION, AUXILIARY}) == 3
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
+def test_results_do_not_depend_on_the_batch_size(batch_size):
+    x = torch.rand(2, 1, 8, 8)
+    reference = SmoothedClassifier(cnn(), 0.5, batch_size=4096)
+    smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=batch_size)
+    expected = reference.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
+    counts = smoothed.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(counts, expected)
+    assert len(expected.unique()) > 3  # a model whose votes spread, so noise changes show
+    a = reference.certify(x, n=50, n0=10, generator=gens([1, 2]))
+    b = smoothed.certify(x, n=50, n0=10, generator=gens([1, 2]))
+    assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
+    assert torch.equal(a.radius, b.radius)
+
+
+def test_the_noisy_samples_themselves_do_not_depend_on_the_batch_size():
+    x = torch.rand(2, 3, 4, 4)  # 48 elements: blocks of 512 samples
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    seen = {}
+    for batch_size in (5, 333, 2000):
+        spy = Spy(model)
+        SmoothedClassifier(spy, 0.5, batch_size=batch_size).sample_counts(
+            x, 700, generator=gens([4, 5])
+        )
+        seen[batch_size] = torch.cat(spy.seen)
+        assert max(b.shape[0] for b in spy.seen) <= batch_size
+    assert torch.equal(seen[5], seen[333]) and torch.equal(seen[5], seen[2000])
+
+
+def split_counts(smoothed, x, seeds, stream, cuts):
+    return sum(
+        smoothed._counts(x, seeds, stream=stream, start=a, stop=b)
+        for a, b in itertools.pairwise(cuts)
+    )
+
+
+@pytest.mark.parametrize("batch_size", [13, 1000])
+def test_counts_over_split_ranges_add_up(batch_size):
+    x = torch.rand(2, 1, 16, 16)  # 256 elements: blocks of 256 samples, so cuts fall inside
+    smoothed = SmoothedClassifier(flat_model(256), 2.0, batch_size=batch_size)
+    seeds = [11, 12]
+    whole = smoothed._counts(x, seeds, stream=ESTIMATION, start=0, stop=700)
+    assert torch.equal(split_counts(smoothed, x, seeds, ESTIMATION, [0, 300, 700]), whole)
+    assert torch.equal(split_counts(smoothed, x, seeds, ESTIMATION, [0, 1, 256, 513, 700]), whole)
+    assert int(whole.sum()) == 1400
+
+
+def test_an_input_gets_the_same_counts_alone_and_in_a_batch():
+    x = torch.rand(4, 1, 8, 8)
+    smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=50)
+    together = smoothed._counts(x, [5, 6, 7, 8], stream=ESTIMATION, start=0, stop=300)
+    for j, seed in enumerate([5, 6, 7, 8]):
+        alone = smoothed._counts(x[j : j + 1], [seed], stream=ESTIMATION, start=0, stop=300)
+        assert torch.equal(alone[0], together[j])
+    # the same holds through the public per-input generators
+    cert = smoothed.certify(x, n=300, n0=20, generator=gens([1, 2, 3, 4]))
+    single = smoothed.certify(x[2:3], n=300, n0=20, generator=gens([3]))
+    assert cert.count[2] == single.count[0]
+
+
+def test_selection_and_estimation_streams_are_independent():
+    x = torch.zeros(1, 4)
+    spy = Spy(nn.Linear(4, 2))
+    smoothed = SmoothedClassifier(spy, 1.0, batch_size=4000)
+    smoothed._counts(x, [9], stream=SELECTION, start=0, stop=2000)
+    smoothed._counts(x, [9], stream=ESTIMATION, start=0, stop=2000)
+    smoothed._counts(x, [9], stream=SELECTION, start=0, stop=2000)
+    selection, estimation, again = (s.flatten() for s in spy.seen)
+    assert torch.equal(selection, again)
+    assert not torch.isclose(selection, estimation).any()
+    correlation = np.corrcoef(selection.numpy(), estimation.numpy())[0, 1]
+    assert abs(correlation) < 4 / math.sqrt(selection.numel())  # 4 standard errors
+
+
+def test_each_noise_block_is_generated_once(monkeypatch):
+    calls = []
+    real = smoothing.mix
+    monkeypatch.setattr(smoothing, "mix", lambda *v: calls.append(v) or real(*v))
+    x = torch.rand(2, 1, 16, 16)  # blocks of 256 samples; 700 samples touch 3 blocks
+    SmoothedClassifier(flat_model(256), 0.5, batch_size=7)._counts(
+        x, [1, 2], stream=ESTIMATION, start=0, stop=700
+    )
+    assert sorted(calls) == [(s, ESTIMATION, b) for s in (1, 2) for b in range(3)]
+
+
+def test_input_seeds_forms():
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    x = torch.zeros(3, 2)
+    one = smoothed._input_seeds(x, torch.Generator().manual_seed(0))
+    assert one == smoothed._input_seeds(x, torch.Generator().manual_seed(0))
+    assert len(set(one)) == 3 and all(0 <= s < 2**63 for s in one)
+    per_input = smoothed._input_seeds(x, gens([1, 2, 1]))
+    assert per_input[0] == per_input[2] != per_input[1]
+    assert per_input[1] == smoothed._input_seeds(x[:1], gens([2]))[0]
+    torch.manual_seed(5)  # test-only: the global RNG is the documented default
+    first = smoothed._input_seeds(x, None)
+    torch.manual_seed(5)
+    assert smoothed._input_seeds(x, None) == first
+
+
+def test_auxiliary_uniform_is_per_seed_and_in_the_half_open_unit_interval():
+    u = _auxiliary_uniform(list(range(2000)))
+    assert u.dtype == np.float64 and u.shape == (2000,)
+    assert bool(((u > 0) & (u <= 1)).all())
+    assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / 2000)
+    assert np.array_equal(_auxiliary_uniform([7, 3]), u[[7, 3]])
+
+
+# ---------------------------------------------------------------- non-finite logits
+class NaNFor(nn.Module):
+    """Class 0 everywhere, NaN logits for inputs whose first coordinate is > 0.5 and for
+    every `every`-th row of the others."""
+
+    def __init__(self, every: int = 0) -> None:
+        super().__init__()
+        self.every, self.rows = every, 0
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3)
+        out[:, 0] = 1.0
+        bad = x[:, 0] > 0.5
+        if self.every:
+            bad |= torch.arange(self.rows, self.rows + x.shape[0]) % self.every == 0
+        self.rows += x.shape[0]
+        out[bad] = torch.tensor([math.nan, 0.0, math.inf])
+        return out
+
+
+def test_nonfinite_logits_raise_naming_inputs_and_counts():
+    x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
+    smoothed = SmoothedClassifier(NaNFor(), 0.1)
+    with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
+        smoothed.sample_counts(x, 50)
+    with pytest.raises(ValueError, match="nonfinite='count_against'"):
+        smoothed.certify(x, n=100, n0=10)
+    with pytest.raises(ValueError, match="input 1: 100 of 100"):
+        smoothed.predict(x, n=100)
+
+
+def test_count_against_counts_nonfinite_samples_for_no_class():
+    x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
+    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
+    counts = smoothed.sample_counts(x, 400)
+    assert counts[1].sum() == 0
+    assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
+    cert = smoothed.certify(x, n=1000, n0=100)
+    assert cert.nonfinite.tolist() == [275, 1100]
+    assert cert.prediction.tolist()[1] == ABSTAIN and float(cert.radius[1]) == 0.0
+    # sound: 750 of 1000 votes bound p_A below 0.75, however clean the other votes are
+    assert float(cert.p_lower[0]) < 0.75 and int(cert.count[0]) == 750
+    assert "count_against" in repr(smoothed)
+
+
+def test_nonfinite_policy_is_validated():
+    with pytest.raises(ValueError, match="nonfinite must be one of 'raise', 'count_against'"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, nonfinite="ignore")
+
+
+# ---------------------------------------------------------------- model-output hints
+class Returns(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.linear, self.kind = nn.Linear(2, 3), kind
+
+    def forward(self, x):
+        logits = self.linear(x)
+        if self.kind == "tuple":
+            return logits, x
+        if self.kind == "dict":
+            return {"logits": logits}
+
+        class Output:
+            pass
+
+        output = Output()
+        output.logits = logits
+        return output
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("tuple", r"got a tuple.*model\(x\)\[0\]"),
+        ("dict", r"got a dict.*model\(x\)\[\"logits\"\]"),
+        ("object", r"got a Output.*model\(x\)\.logits"),
+    ],
+)
+def test_a_model_returning_a_container_gets_a_hint(kind, match):
+    with pytest.raises(TypeError, match=match):
+        SmoothedClassifier(Returns(kind), 0.5).certify(torch.zeros(2, 2), n=20)
+
+
+def test_one_unbatched_image_gets_the_unsqueeze_hint():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"inputs\.unsqueeze\(0\)") as info:
+        SmoothedClassifier(model, 0.5).predict(torch.zeros(1, 8, 8), n=20)
+    assert "channels" in str(info.value)  # the model's own message is kept
+    with pytest.raises(ValueError, match=r"unsqueeze\(0\)"):
+        SmoothedClassifier(nn.Identity(), 0.5).certify(torch.zeros(3, 4, 4), n=20)
+
+
+@pytest.mark.slow
+def test_an_export_with_a_fixed_batch_size_gets_the_dynamic_batch_hint():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),)).module()
+    with pytest.raises(ValueError, match=r"dynamic batch dimension.*Dim\('batch'\)"):
+        SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100)
