@@ -744,7 +744,7 @@ def _plan_from(
         raise _CommandError(
             f"--from {path}: needs the count and n columns (files written by rsmooth certify)"
         )
-    p_values = _plug_in_probabilities(
+    p_values, correct = _plug_in_probabilities(
         results.count.numpy(), results.n.numpy(), results.label.numpy(),
         results.prediction.numpy(),
     )  # fmt: skip
@@ -765,12 +765,14 @@ def _plan_from(
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for j, r in enumerate(radii):
         print(
-            f"| {r:g} | {100 * cost['certify_sequential'][:, j].mean():.2f} | "
-            f"{100 * cost['certify_certify'][:, j].mean():.2f} | {100 * float(measured[j]):.2f} |"
+            f"| {r:g} | {100 * (correct * cost['certify_sequential'][:, j]).mean():.2f} | "
+            f"{100 * (correct * cost['certify_certify'][:, j]).mean():.2f} | "
+            f"{100 * float(measured[j]):.2f} |"
         )
     print(
         "\ncertified accuracy (%); p_A per input is the plug-in (count + 1/2) / (n + 1) of the "
-        "true class (1 - that for wrong predictions), selection assumed correct"
+        "class CERTIFY selected (the sequential certifier selects the same class), counted "
+        "where that class is the label"
     )
     return 0
 

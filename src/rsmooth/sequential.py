@@ -314,15 +314,16 @@ def _run(
 
 def _plug_in_probabilities(
     count: np.ndarray, n: np.ndarray, label: np.ndarray, prediction: np.ndarray
-) -> np.ndarray:
-    """Plug-in vote share of the true class per row of a CERTIFY results file.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plug-in vote share of the candidate class per row of a CERTIFY results file.
 
-    ``(count + 1/2) / (n + 1)`` for correct rows and abstentions, ``1 -`` that for wrong rows
-    (another class took that share, so the true class has at most the rest).
+    Returns ``(p, correct)``: ``p = (count + 1/2) / (n + 1)`` is the share of the class CERTIFY
+    selected (the sequential certifier selects the same class from the same selection samples),
+    which sets the cost; a certificate counts for certified accuracy only where that class is the
+    label (``correct``; abstentions count as wrong).
     """
     share = (count + 0.5) / (n + 1.0)
-    wrong = (prediction != label) & (prediction >= 0)
-    return np.where(wrong, 1.0 - share, share)
+    return share, (prediction == label) & (prediction >= 0)
 
 
 def _expected_cost(
