@@ -698,7 +698,7 @@ def _sequential_config(
     growth: float,
 ) -> dict[str, Any] | None:
     """The sequential-mode settings recorded in the sidecar, or None in CERTIFY mode."""
-    from rsmooth.sequential import _check_radii, sequential_schedule
+    from rsmooth.sequential import _check_radii, _grid_schedule
 
     if radii is None:
         if max_n is not None or beta is not None:
@@ -710,7 +710,7 @@ def _sequential_config(
     growth = check_real("growth", growth)
     if not growth > 1:
         raise ValueError(f"growth must be greater than 1, got {growth}")
-    looks, _, _ = sequential_schedule(grid, smoothed.sigma, alpha, beta, max_n, growth)
+    looks, _, _ = _grid_schedule(grid, smoothed.sigma, alpha, beta, max_n, growth)
     return {
         "mode": "sequential",
         "radii": list(grid),

@@ -139,7 +139,7 @@ def _check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
     return radii
 
 
-def sequential_schedule(
+def _grid_schedule(
     radii: Sequence[float], sigma: float, alpha: float, beta: float, max_n: int, growth: float
 ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     """Looks and thresholds of a grid; ``ValueError`` naming the smallest ``max_n`` if too small."""
@@ -157,7 +157,7 @@ def sequential_schedule(
     return looks, cert, fut
 
 
-def certify_radius(
+def _certify_radius(
     smoothed: SmoothedClassifier,
     inputs: Tensor,
     radius: float | Sequence[float],
@@ -200,7 +200,7 @@ def certify_radius(
                 f"candidates must be classes in [0, {limit if limit is not None else 'K'}), "
                 f"got {bad}"
             )
-    looks, cert, fut = sequential_schedule(radii, smoothed.sigma, alpha, beta, max_n, growth)
+    looks, cert, fut = _grid_schedule(radii, smoothed.sigma, alpha, beta, max_n, growth)
     seeds = smoothed._input_seeds(inputs, generator)
     return _run(
         smoothed, inputs, seeds, radii, alpha, beta, n0, growth, looks, cert, fut, candidates
@@ -345,7 +345,7 @@ def _expected_cost(
 
     from rsmooth.stats import sequential_operating_characteristic
 
-    looks, cert, fut = sequential_schedule(radii, sigma, alpha, beta, max_n, growth)
+    looks, cert, fut = _grid_schedule(radii, sigma, alpha, beta, max_n, growth)
     targets = radius_to_probability(np.asarray(radii), sigma)
     certify_threshold, _ = sequential_thresholds((certify_n,), targets, alpha, beta)
     unique, inverse = np.unique(np.asarray(p_values, dtype=np.float64), return_inverse=True)

@@ -784,9 +784,9 @@ class SmoothedClassifier:
             >>> cert.num_samples.tolist()[0] < 100  # 20,000 allowed, a few dozen needed
             True
         """
-        from rsmooth.sequential import certify_radius
+        from rsmooth.sequential import _certify_radius
 
-        return certify_radius(
+        return _certify_radius(
             self,
             inputs,
             radius,
