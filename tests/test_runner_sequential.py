@@ -175,3 +175,56 @@ def test_report_refuses_what_a_sequential_file_cannot_give(tmp_path, dataset, ca
     capsys.readouterr()
     assert main(["report", str(out), *extra]) == 2
     assert match in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- rsmooth plan
+def test_plan_prints_the_schedule_and_the_exact_table(capsys):
+    from rsmooth.stats import (
+        radius_to_probability,
+        sequential_looks,
+        sequential_operating_characteristic,
+        sequential_thresholds,
+    )
+
+    argv = ["plan", "--sigma", "0.5", "--radii", "0.25", "0.5", "--alpha", "0.01"]
+    assert main([*argv, "--max-n", "5000", "--p", "0.9", "0.6"]) == 0
+    out = capsys.readouterr().out
+    targets = radius_to_probability([0.25, 0.5], 0.5)
+    looks = sequential_looks(5000, 0.01, float(targets[0]))
+    assert f"schedule: {len(looks)} looks at {looks[0]:,}" in out
+    cert, fut = sequential_thresholds(looks, targets, 0.01, 0.01)
+    oc = sequential_operating_characteristic(0.9, looks, cert, fut)
+    row = next(line for line in out.splitlines() if line.startswith("| 0.9000"))
+    assert f"| {oc.expected_samples:,.0f} |" in row
+    assert out.index("| 0.6000") < out.index("| 0.9000")
+
+
+def test_plan_from_a_certify_file_predicts_its_cost(tmp_path, dataset, capsys):
+    out = tmp_path / "r.tsv"
+    certify_dataset(smoothed(), dataset, out, progress=False, n0=20, n=500, alpha=0.01)
+    capsys.readouterr()
+    argv = ["plan", "--sigma", "0.25", "--radii", "0.1", "0.2", "--alpha", "0.01"]
+    assert main([*argv, "--max-n", "500", "--n0", "20", "--from", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "24 inputs of r.tsv: expected samples per input" in text
+    assert "against CERTIFY's 520" in text
+    seq = tmp_path / "seq.tsv"
+    certify_dataset(smoothed(), dataset, seq, progress=False, stop=2, **SEQ)
+    capsys.readouterr()
+    assert main([*argv, "--from", str(seq)]) == 2
+    assert "a sequential results file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--radii", "0.5", "0.25"], "radius must be sorted"),
+        (["--radii", "0.5", "--alpha", "2"], "--alpha must be in (0, 1)"),
+        (["--radii", "2.0", "--max-n", "100"], "max_n must be at least"),
+        (["--radii", "0.5", "--p", "1.5"], "--p must be probabilities"),
+        (["--radii", "0.5", "--p", "0.9", "--from", "x.tsv"], "either --p or --from"),
+    ],
+)
+def test_plan_errors(capsys, extra, match):
+    assert main(["plan", "--sigma", "0.5", *extra]) == 2
+    assert match in capsys.readouterr().err
