@@ -762,7 +762,7 @@ class SmoothedClassifier:
                 ``B`` generators, one per input.
 
         Returns:
-            A :class:`~rsmooth.sequential.RadiusCertificate` (tensors ``[B]`` and ``[B, J]``).
+            A :class:`~rsmooth.RadiusCertificate` (tensors ``[B]`` and ``[B, J]``).
 
         Raises:
             ValueError: Negative or unsorted radii, ``max_n`` too small for the largest radius
