@@ -48,8 +48,8 @@ def test_results_do_not_depend_on_the_batch_size(batch_size):
     x = torch.rand(2, 1, 8, 8)
     reference = SmoothedClassifier(cnn(), 0.5, batch_size=4096)
     smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=batch_size)
-    expected = reference.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
-    counts = smoothed.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
+    expected = reference.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
+    counts = smoothed.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
     assert torch.equal(counts, expected)
     assert len(expected.unique()) > 3  # a model whose votes spread, so noise changes show
     a = reference.certify(x, n=50, n0=10, generator=gens([1, 2]))
@@ -65,7 +65,7 @@ def test_the_noisy_samples_themselves_do_not_depend_on_the_batch_size():
     for batch_size in (5, 333, 2000):
         spy = Spy(model)
         SmoothedClassifier(spy, 0.5, batch_size=batch_size).sample_counts(
-            x, 700, generator=gens([4, 5])
+            x, num=700, generator=gens([4, 5])
         )
         seen[batch_size] = torch.cat(spy.seen)
         assert max(b.shape[0] for b in spy.seen) <= batch_size
@@ -175,7 +175,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
     smoothed = SmoothedClassifier(NaNFor(), 0.1)
     with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
-        smoothed.sample_counts(x, 50)
+        smoothed.sample_counts(x, num=50)
     with pytest.raises(ValueError, match="nonfinite='count_against'"):
         smoothed.certify(x, n=100, n0=10)
     with pytest.raises(ValueError, match="input 1: 100 of 100"):
@@ -185,7 +185,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
 def test_count_against_counts_nonfinite_samples_for_no_class():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
     smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
-    counts = smoothed.sample_counts(x, 400)
+    counts = smoothed.sample_counts(x, num=400)
     assert counts[1].sum() == 0
     assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
     cert = smoothed.certify(x, n=1000, n0=100)
@@ -251,3 +251,21 @@ def test_an_export_with_a_fixed_batch_size_gets_the_dynamic_batch_hint():
     exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),)).module()
     with pytest.raises(ValueError, match=r"dynamic batch dimension.*Dim\('batch'\)"):
         SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100)
+
+
+# ---------------------------------------------------------------- keyword-only sampling arguments
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, x: s.certify(x, 100, 2000, 0.001),  # Cohen's positional order (x, n0, n, alpha)
+        lambda s, x: s.certify(x, 100),
+        lambda s, x: s.predict(x, 100, 0.001),
+        lambda s, x: s.sample_counts(x, 50),
+        lambda s, x: s.soft_predict(x, 8),
+        lambda s, x: s.max_radius(1000, 0.001),
+    ],
+)
+def test_sampling_arguments_are_keyword_only(call):
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    with pytest.raises(TypeError, match="positional argument"):
+        call(smoothed, torch.zeros(1, 2))

@@ -496,7 +496,7 @@ class SmoothedClassifier:
         return inputs, check_generator(generator, inputs.device)
 
     # ------------------------------------------------------------------ public
-    def sample_counts(self, inputs: Tensor, num: int, *, generator: GeneratorArg = None) -> Tensor:
+    def sample_counts(self, inputs: Tensor, *, num: int, generator: GeneratorArg = None) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
 
         Args:
@@ -512,7 +512,7 @@ class SmoothedClassifier:
         Example:
             >>> smoothed = SmoothedClassifier(nn.Linear(3, 4), sigma=0.5)
             >>> g = torch.Generator().manual_seed(0)
-            >>> smoothed.sample_counts(torch.zeros(2, 3), 50, generator=g).sum(1).tolist()
+            >>> smoothed.sample_counts(torch.zeros(2, 3), num=50, generator=g).sum(1).tolist()
             [50, 50]
         """
         inputs, generator = self._validate_call(inputs, generator)
@@ -523,9 +523,9 @@ class SmoothedClassifier:
     def predict(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
     ) -> Tensor:
         """PREDICT: the smoothed classifier's class, abstaining unless the vote is significant.
@@ -571,10 +571,10 @@ class SmoothedClassifier:
     def certify(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         n0: int = 100,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
@@ -647,8 +647,8 @@ class SmoothedClassifier:
     def soft_predict(
         self,
         inputs: Tensor,
-        num_noise: int = 8,
         *,
+        num_noise: int = 8,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""The soft smoothed classifier :math:`\hat F(x) = \frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
@@ -677,7 +677,7 @@ class SmoothedClassifier:
         with preserve_model_state(self.model, train=False):
             return soft_smoothed_probs(self.model, inputs, noise)
 
-    def max_radius(self, n: int = 100_000, alpha: float = 0.001) -> float:
+    def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
         """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
 
         Example:
