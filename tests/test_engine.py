@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -269,3 +270,29 @@ def test_sampling_arguments_are_keyword_only(call):
     smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
     with pytest.raises(TypeError, match="positional argument"):
         call(smoothed, torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------- progress
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    cert = smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    err = capsys.readouterr().err
+    assert "certify" in err and "330" in err  # 3 inputs x (10 + 100) samples
+    assert cert.prediction.shape == (3,)
+    smoothed.predict(torch.zeros(2, 2), n=50, progress=True)
+    assert "predict" in capsys.readouterr().err
+
+
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if not installed
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    assert "certify: 330/330 samples" in capsys.readouterr().err
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10)
+    assert capsys.readouterr().err == ""  # off by default
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(TypeError, match="progress must be a bool, got str"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5).certify(torch.zeros(1, 2), n=20, progress="yes")

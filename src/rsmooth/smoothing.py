@@ -165,6 +165,12 @@ def _auxiliary_uniform(seeds: Sequence[int]) -> np.ndarray:
     return values
 
 
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def _output_type_message(output: object) -> str:
     name = type(output).__name__
     if isinstance(output, (tuple, list)):
@@ -177,7 +183,8 @@ def _output_type_message(output: object) -> str:
         how = "a tensor of logits"
     return (
         f"model must return a tensor of logits [N, num_classes], got a {name}; wrap it in a "
-        f"module whose forward returns the logits, {how} (see the how-to 'Use your own model')"
+        f"module whose forward returns the logits, {how} (docs: how-to 'Certify a dataset', "
+        "'Models that do not return logits')"
     )
 
 
@@ -527,6 +534,7 @@ class SmoothedClassifier:
         n: int = 100_000,
         alpha: float = 0.001,
         generator: GeneratorArg = None,
+        progress: bool = False,
     ) -> Tensor:
         """PREDICT: the smoothed classifier's class, abstaining unless the vote is significant.
 
@@ -542,6 +550,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -560,7 +570,12 @@ class SmoothedClassifier:
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("predict", n, alpha, stacklevel=2)
         seeds = self._input_seeds(inputs, generator)
-        counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
+        bar = _Progress(n * len(seeds), "predict") if _check_bool("progress", progress) else None
+        try:
+            counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         top_counts, top_classes = counts.topk(2, dim=1)
         top = top_counts.cpu().tolist()
         keep = [binomial_pvalue(c1, c2) <= alpha for c1, c2 in top]
@@ -576,6 +591,7 @@ class SmoothedClassifier:
         n0: int = 100,
         alpha: float = 0.001,
         generator: GeneratorArg = None,
+        progress: bool = False,
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
 
@@ -596,6 +612,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
 
         Returns:
             A :class:`Certificate` with tensors of shape ``[B]``.
@@ -615,15 +633,33 @@ class SmoothedClassifier:
         n0 = check_int("n0", n0)
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("certify", n, alpha, stacklevel=2)
-        return self._certify(inputs, n, n0, alpha, self._input_seeds(inputs, generator))
+        seeds = self._input_seeds(inputs, generator)
+        total = (n0 + n) * len(seeds)
+        bar = _Progress(total, "certify") if _check_bool("progress", progress) else None
+        try:
+            return self._certify(inputs, n, n0, alpha, seeds, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _certify(
-        self, inputs: Tensor, n: int, n0: int, alpha: float, seeds: Sequence[int]
+        self,
+        inputs: Tensor,
+        n: int,
+        n0: int,
+        alpha: float,
+        seeds: Sequence[int],
+        *,
+        progress: _Progress | None = None,
     ) -> Certificate:
         """CERTIFY with one seed per input (see :meth:`_input_seeds`)."""
-        selection = self._counts(inputs, seeds, stream=SELECTION, start=0, stop=n0)
+        selection = self._counts(
+            inputs, seeds, stream=SELECTION, start=0, stop=n0, progress=progress
+        )
         candidate = selection.argmax(dim=1)
-        estimation = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
+        estimation = self._counts(
+            inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=progress
+        )
         nonfinite = (n0 - selection.sum(dim=1)) + (n - estimation.sum(dim=1))
         count = estimation.gather(1, candidate[:, None])[:, 0]
         p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
