@@ -365,7 +365,7 @@ GOOD = SmoothedClassifier(Constant(0), 0.5)
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5),
             TypeError,
-            "batch_size must be an integer, got float",
+            "batch_size must be an integer or 'auto', got float",
         ),
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1),

@@ -538,7 +538,8 @@ def certify_dataset(
         stop: Certify only inputs with index ``< stop``. Default: all.
         indices: Explicit dataset indices instead of ``skip``/``stop``.
         inputs_per_call: Inputs certified per engine call. Default:
-            ``max(1, smoothed.batch_size // n)``, which fills the forward batches when ``n``
+            ``max(1, batch_size // n)`` (with ``batch_size="auto"``, the size chosen for this
+            run, which the sidecar records), which fills the forward batches when ``n``
             is small and keeps one input per call (fine-grained progress and resumption)
             when it is large. It does not change the results.
         device: Device for the inputs and the noise. Default: the model's.
@@ -582,9 +583,8 @@ def certify_dataset(
     n = check_int("n", n)
     alpha = check_open_unit("alpha", alpha)
     seed = check_int("seed", seed, min=0)
-    if inputs_per_call is None:
-        inputs_per_call = max(1, smoothed.batch_size // n)
-    inputs_per_call = check_int("inputs_per_call", inputs_per_call)
+    if inputs_per_call is not None:
+        inputs_per_call = check_int("inputs_per_call", inputs_per_call)
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path, got {type(out).__name__}")
     if shard is None:
@@ -597,6 +597,11 @@ def certify_dataset(
     selection = _select(len(dataset), indices, skip, stop)
     _warn_sample_size("certify", n, alpha, stacklevel=2)
 
+    mine = selection[shard.index :: shard.count]
+    batch_size = _batch_size_for_run(smoothed, dataset, mine, (n + n0) * len(mine), device)
+    if inputs_per_call is None:
+        inputs_per_call = max(1, batch_size // n)
+
     out = Path(out)
     path = part_path(out, shard)
     config = {
@@ -605,9 +610,10 @@ def certify_dataset(
         "n0": n0,
         "alpha": alpha,
         "seed": seed,
-        "batch_size": smoothed.batch_size,
+        "batch_size": batch_size,
     }
-    mine = selection[shard.index :: shard.count]
+    if smoothed.batch_size == "auto":
+        config["batch_size_auto"] = True
     handle, done = _open_for_append(path, config, selection, shard)
     todo = [i for i in mine if i not in done]
     show = progress and os.environ.get("LOCAL_RANK", "0") == "0"
@@ -653,6 +659,23 @@ def certify_dataset(
     if not merge:
         return read_results(path)
     return _merge_after_run(out, path, shard)
+
+
+def _batch_size_for_run(
+    smoothed: SmoothedClassifier,
+    dataset: _Dataset,
+    mine: Sequence[int],
+    total: int,
+    device: torch.device,
+) -> int:
+    """The smoothed classifier's forward batch size for this run (``"auto"`` resolved once)."""
+    if smoothed.batch_size != "auto":
+        return smoothed.batch_size
+    if not mine:
+        return smoothed._resolve_batch_size(torch.zeros(1, 1, device=device), 0)
+    example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
+    check_inputs("dataset inputs", example)
+    return smoothed._resolve_batch_size(example, total)
 
 
 def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:
