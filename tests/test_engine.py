@@ -1,7 +1,11 @@
 """The sampling engine: batch-size-free noise streams, non-finite logits, forward-pass hints."""
 
 import itertools
+import json
 import math
+import re
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -48,8 +52,8 @@ def test_results_do_not_depend_on_the_batch_size(batch_size):
     x = torch.rand(2, 1, 8, 8)
     reference = SmoothedClassifier(cnn(), 0.5, batch_size=4096)
     smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=batch_size)
-    expected = reference.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
-    counts = smoothed.sample_counts(x, 60, generator=torch.Generator().manual_seed(3))
+    expected = reference.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
+    counts = smoothed.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
     assert torch.equal(counts, expected)
     assert len(expected.unique()) > 3  # a model whose votes spread, so noise changes show
     a = reference.certify(x, n=50, n0=10, generator=gens([1, 2]))
@@ -65,7 +69,7 @@ def test_the_noisy_samples_themselves_do_not_depend_on_the_batch_size():
     for batch_size in (5, 333, 2000):
         spy = Spy(model)
         SmoothedClassifier(spy, 0.5, batch_size=batch_size).sample_counts(
-            x, 700, generator=gens([4, 5])
+            x, num=700, generator=gens([4, 5])
         )
         seen[batch_size] = torch.cat(spy.seen)
         assert max(b.shape[0] for b in spy.seen) <= batch_size
@@ -175,7 +179,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
     smoothed = SmoothedClassifier(NaNFor(), 0.1)
     with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
-        smoothed.sample_counts(x, 50)
+        smoothed.sample_counts(x, num=50)
     with pytest.raises(ValueError, match="nonfinite='count_against'"):
         smoothed.certify(x, n=100, n0=10)
     with pytest.raises(ValueError, match="input 1: 100 of 100"):
@@ -185,7 +189,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
 def test_count_against_counts_nonfinite_samples_for_no_class():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
     smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
-    counts = smoothed.sample_counts(x, 400)
+    counts = smoothed.sample_counts(x, num=400)
     assert counts[1].sum() == 0
     assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
     cert = smoothed.certify(x, n=1000, n0=100)
@@ -251,3 +255,312 @@ def test_an_export_with_a_fixed_batch_size_gets_the_dynamic_batch_hint():
     exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),)).module()
     with pytest.raises(ValueError, match=r"dynamic batch dimension.*Dim\('batch'\)"):
         SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100)
+
+
+# ---------------------------------------------------------------- keyword-only sampling arguments
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, x: s.certify(x, 100, 2000, 0.001),  # Cohen's positional order (x, n0, n, alpha)
+        lambda s, x: s.certify(x, 100),
+        lambda s, x: s.predict(x, 100, 0.001),
+        lambda s, x: s.sample_counts(x, 50),
+        lambda s, x: s.soft_predict(x, 8),
+        lambda s, x: s.max_radius(1000, 0.001),
+    ],
+)
+def test_sampling_arguments_are_keyword_only(call):
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    with pytest.raises(TypeError, match="positional argument"):
+        call(smoothed, torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------- progress
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    cert = smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    err = capsys.readouterr().err
+    assert "certify" in err and "330" in err  # 3 inputs x (10 + 100) samples
+    assert cert.prediction.shape == (3,)
+    smoothed.predict(torch.zeros(2, 2), n=50, progress=True)
+    assert "predict" in capsys.readouterr().err
+
+
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if not installed
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    assert "certify: 330/330 samples" in capsys.readouterr().err
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10)
+    assert capsys.readouterr().err == ""  # off by default
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(TypeError, match="progress must be a bool, got str"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5).certify(torch.zeros(1, 2), n=20, progress="yes")
+
+
+# ---------------------------------------------------------------- batch_size="auto"
+class RowCounter(nn.Module):
+    """A linear model that counts the rows of every forward pass; optionally runs out of memory
+    on batches larger than `memory`."""
+
+    def __init__(self, numel: int, memory: int | None = None, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(numel, 3)
+        self.memory, self.sleep, self.sizes, self.refused = memory, sleep, [], []
+
+    def forward(self, x):
+        if self.memory is not None and x.shape[0] > self.memory:
+            self.refused.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.sizes.append(x.shape[0])
+        time.sleep(self.sleep)  # a fixed cost per call: larger batches are always faster
+        return self.linear(x.flatten(1))
+
+
+def test_auto_is_the_default_tuned_once_per_shape_and_bounded_in_cost():
+    model = RowCounter(16)
+    smoothed = SmoothedClassifier(model, 0.5)
+    assert smoothed.batch_size == "auto" and "batch_size='auto'" in repr(smoothed)
+    x = torch.rand(4, 1, 4, 4)
+    smoothed.sample_counts(x, num=10_000)
+    total = 4 * 10_000
+    tuning = sum(model.sizes) - total
+    assert 0 < tuning <= 0.02 * total  # real forward passes, at most 2% of the call's rows
+    (key, chosen), *others = smoothed._auto_batch_sizes.items()
+    assert not others and key == ((1, 4, 4), torch.float32, "cpu")
+    assert max(model.sizes[-(total // chosen) :]) == chosen  # the call used the choice
+    assert f"'auto' (chosen: {chosen} for [1, 4, 4] float32 on cpu)" in repr(smoothed)
+    model.sizes.clear()
+    smoothed.sample_counts(x, num=10_000)
+    assert sum(model.sizes) == total  # cached: no more tuning
+    smoothed.sample_counts(torch.rand(2, 16), num=20_000)  # another shape: tuned again
+    assert len(smoothed._auto_batch_sizes) == 2
+
+
+def test_auto_uses_the_device_default_when_the_call_is_too_small_to_tune():
+    model = RowCounter(2)
+    smoothed = SmoothedClassifier(model, 0.5)
+    smoothed.sample_counts(torch.rand(3, 2), num=300)
+    assert sum(model.sizes) == 900 and max(model.sizes) == 256
+    assert smoothed._auto_batch_sizes == {}
+
+
+def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
+    x = torch.rand(3, 1, 8, 8)
+    auto = SmoothedClassifier(cnn(), 0.5)
+    fixed = SmoothedClassifier(cnn(), 0.5, batch_size=97)
+    a = auto.sample_counts(x, num=5000, generator=gens([1, 2, 3]))
+    assert auto._auto_batch_sizes  # it did tune
+    assert torch.equal(a, fixed.sample_counts(x, num=5000, generator=gens([1, 2, 3])))
+
+
+def test_auto_backs_off_when_tuning_runs_out_of_memory():
+    model = RowCounter(4, memory=300, sleep=0.02)
+    smoothed = SmoothedClassifier(model, 0.5)
+    assert smoothed._tune_batch_size(torch.rand(2, 4), 10**6) == 256
+    assert model.refused == [512] and max(model.sizes) == 256
+
+
+def test_auto_halves_the_batch_size_when_a_call_runs_out_of_memory():
+    x = torch.rand(2, 4)
+    model = RowCounter(4)
+    expected = SmoothedClassifier(model, 0.5, batch_size=64).sample_counts(
+        x, num=3000, generator=gens([1, 2])
+    )
+    model.memory, model.sizes = 300, []
+    smoothed = SmoothedClassifier(model, 0.5)
+    key = ((4,), torch.float32, "cpu")
+    smoothed._auto_batch_sizes[key] = 2048  # as if tuned with more memory free
+    counts = smoothed.sample_counts(x, num=3000, generator=gens([1, 2]))
+    assert smoothed._auto_batch_sizes[key] == 256 and max(model.sizes) == 256
+    assert torch.equal(counts, expected)  # the same noise, whatever the batch size
+
+
+def test_an_explicit_batch_size_does_not_back_off():
+    smoothed = SmoothedClassifier(RowCounter(4, memory=300), 0.5, batch_size=1000)
+    with pytest.raises(torch.OutOfMemoryError):
+        smoothed.sample_counts(torch.rand(2, 4), num=3000)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("big", ValueError, "batch_size must be a positive integer or 'auto', got 'big'"),
+        (0, ValueError, "batch_size must be a positive integer, got 0"),
+        (-5, ValueError, "batch_size must be a positive integer, got -5"),
+        (2.5, TypeError, "batch_size must be an integer or 'auto', got float"),
+        (True, TypeError, "batch_size must be an integer or 'auto', got bool"),
+        (None, TypeError, "batch_size must be an integer or 'auto', got NoneType"),
+    ],
+)
+def test_batch_size_validation(value, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=value)
+
+
+def test_the_runner_records_the_resolved_batch_size(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from rsmooth.runner import certify_dataset
+
+    data = TensorDataset(torch.rand(4, 3), torch.tensor([0, 1, 0, 1]))
+    smoothed = SmoothedClassifier(nn.Linear(3, 2), 0.5)
+    certify_dataset(smoothed, data, tmp_path / "a.tsv", n0=10, n=100, progress=False)
+    config = json.loads((tmp_path / "a.tsv.json").read_text())["config"]
+    assert config["batch_size"] == 256 and config["batch_size_auto"] is True  # too small to tune
+    smoothed._auto_batch_sizes[((3,), torch.float32, "cpu")] = 48
+    certify_dataset(smoothed, data, tmp_path / "b.tsv", n0=10, n=100, progress=False)
+    assert json.loads((tmp_path / "b.tsv.json").read_text())["config"]["batch_size"] == 48
+    fixed = SmoothedClassifier(nn.Linear(3, 2), 0.5, batch_size=64)
+    certify_dataset(fixed, data, tmp_path / "c.tsv", n0=10, n=100, progress=False)
+    config = json.loads((tmp_path / "c.tsv.json").read_text())["config"]
+    assert config["batch_size"] == 64 and "batch_size_auto" not in config
+
+
+# ---------------------------------------------------------------- compile
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compile_feeds_fixed_shapes_and_compiles_once(fresh_dynamo):
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    shapes = []
+
+    def backend(graph, example_inputs):
+        shapes.extend(tuple(t.shape) for t in example_inputs if tuple(t.shape[1:]) == (1, 8, 8))
+        return counter(graph, example_inputs)
+
+    model = cnn()
+    compiled = SmoothedClassifier(model, 0.5, batch_size=64, compile={"backend": backend})
+    eager = SmoothedClassifier(model, 0.5, batch_size=64)
+    x = torch.rand(3, 1, 8, 8)
+    for num, inputs in [(10, x[:1]), (200, x), (37, x[1:])]:  # 10 < 64 rows: padded
+        got = compiled.sample_counts(inputs, num=num, generator=torch.Generator().manual_seed(num))
+        want = eager.sample_counts(inputs, num=num, generator=torch.Generator().manual_seed(num))
+        assert torch.equal(got, want)  # padding rows are discarded
+    compiled.certify(x, n=100, n0=10, generator=torch.Generator().manual_seed(0))
+    assert counter.frame_count == 1  # no recompilation on later calls
+    assert shapes == [(64, 1, 8, 8)]
+    assert model.training is False and "compile={'backend'" in repr(compiled)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_must_return_n_by_k_logits(fresh_dynamo):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.Unflatten(1, (3, 2)))
+    smoothed = SmoothedClassifier(model, 0.5, batch_size=32, compile={"backend": "eager"})
+    with pytest.raises(ValueError, match=r"logits of shape \[N, num_classes\].*\(32, 3, 2\)"):
+        smoothed.certify(torch.rand(2, 1, 2, 2), n=20)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("yes", TypeError, "compile must be a bool or a dict of torch.compile options, got str"),
+        ({"dynamic": True}, ValueError, "compile must not set 'dynamic'"),
+    ],
+)
+def test_compile_validation(value, exc, match):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, compile=value)
+
+
+# ---------------------------------------------------------------- autocast and channels_last
+class DtypeProbe(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.dtypes = model, set()
+
+    def forward(self, x):
+        out = self.model(x)
+        self.dtypes.add(out.dtype)
+        return out
+
+
+def test_bfloat16_autocast_counts_match_float32_on_a_well_separated_model():
+    torch.manual_seed(0)  # test-only: fixed weights
+    linear = nn.Linear(6, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(3, 6) * 4.0)
+        linear.bias.zero_()
+    x = torch.eye(3, 6)[[0, 1, 2, 0]] * 2.0  # each input far (in sigma units) from the others
+    probe = DtypeProbe(linear)
+    half = SmoothedClassifier(probe, 0.25, batch_size=256, autocast=torch.bfloat16)
+    full = SmoothedClassifier(linear, 0.25, batch_size=256)
+    a = half.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
+    b = full.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
+    assert probe.dtypes == {torch.bfloat16}  # the forward passes did run in bfloat16
+    assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
+    assert a.prediction.tolist() == [0, 1, 2, 0]
+    assert "autocast=torch.bfloat16" in repr(half)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("bf16", TypeError, "autocast must be a torch.dtype or None, got str"),
+        (torch.float32, ValueError, "autocast must be torch.bfloat16 or torch.float16, got"),
+    ],
+)
+def test_autocast_validation(value, exc, match):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=value)
+
+
+def test_autocast_with_a_dtype_the_device_does_not_support(monkeypatch):
+    class Unsupported:
+        def __init__(self, device_type, dtype):
+            import warnings
+
+            warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
+
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=torch.float16)
+    monkeypatch.setattr(torch, "autocast", Unsupported)
+    with pytest.raises(ValueError, match=r"autocast=torch.float16 is not supported on cpu"):
+        smoothed.certify(torch.zeros(1, 2), n=20)
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    with pytest.raises(ValueError, match="autocast is not available on device type 'cpu'"):
+        smoothed.certify(torch.zeros(1, 2), n=20)
+
+
+def test_channels_last_models_and_inputs():
+    def cnn3():
+        torch.manual_seed(0)  # test-only: the same weights in both layouts
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)
+        ).eval()
+
+    x = torch.rand(3, 3, 8, 8)
+    expected = SmoothedClassifier(cnn3(), 0.5, batch_size=100).sample_counts(
+        x, num=300, generator=gens([1, 2, 3])
+    )
+    spy = Spy(cnn3().to(memory_format=torch.channels_last))
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=100)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    assert not x_last.is_contiguous()
+    counts = smoothed.sample_counts(x_last, num=300, generator=gens([1, 2, 3]))
+    assert torch.equal(counts, expected)  # the same noise per element, whatever the layout
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in spy.seen)
+    assert all(not b.is_contiguous() for b in spy.seen)
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_batch_size_and_compile_options(capsys):
+    from rsmooth.cli import build_parser
+
+    base = ["certify", "--model", "m:f", "--dataset", "digits", "--sigma", "0.5", "--out", "o"]
+    args = build_parser().parse_args(base)
+    assert args.batch_size == "auto" and args.compile is False
+    args = build_parser().parse_args([*base, "--batch-size", "128", "--compile"])
+    assert args.batch_size == 128 and args.compile is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--batch-size", "big"])
+    assert "batch size must be a positive integer or 'auto', got 'big'" in capsys.readouterr().err

@@ -87,6 +87,17 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"batch size must be a positive integer or 'auto', got {text!r}"
+        ) from None
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -193,9 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smoothing.add_argument(
         "--batch-size",
-        type=int,
-        default=1000,
-        help="noisy samples per forward pass (default: 1000); part of the recorded settings",
+        type=_batch_size,
+        default="auto",
+        help="noisy samples per forward pass, or 'auto' (default): timed once per run; "
+        "recorded with the results, never changes them",
+    )
+    smoothing.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for certification (fixed batch shapes: it compiles once)",
     )
     smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
     smoothing.add_argument(
@@ -485,7 +502,11 @@ def _certify(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args)
     model = _load_model(args, device)
     smoothed = SmoothedClassifier(
-        model, args.sigma, num_classes=args.num_classes, batch_size=args.batch_size
+        model,
+        args.sigma,
+        num_classes=args.num_classes,
+        batch_size=args.batch_size,
+        compile=args.compile,
     )
     dist = torch.distributed
     started_group = False

@@ -545,7 +545,8 @@ def certify_dataset(
         stop: Certify only inputs with index ``< stop``. Default: all.
         indices: Explicit dataset indices instead of ``skip``/``stop``.
         inputs_per_call: Inputs certified per engine call. Default:
-            ``max(1, smoothed.batch_size // n)``, which fills the forward batches when ``n``
+            ``max(1, batch_size // n)`` (with ``batch_size="auto"``, the size chosen for this
+            run, which the sidecar records), which fills the forward batches when ``n``
             is small and keeps one input per call (fine-grained progress and resumption)
             when it is large. It does not change the results.
         device: Device for the inputs and the noise. Default: the model's.
@@ -603,13 +604,8 @@ def certify_dataset(
     alpha = check_open_unit("alpha", alpha)
     seed = check_int("seed", seed, min=0)
     sequential = _sequential_config(smoothed, radii, max_n, alpha, beta, growth)
-    if inputs_per_call is None and sequential is not None:
-        # many inputs per call keep the forward batches of the small early looks full
-        batch_size = smoothed.batch_size
-        inputs_per_call = max(1, batch_size // 10) if isinstance(batch_size, int) else 100
-    if inputs_per_call is None:
-        inputs_per_call = max(1, smoothed.batch_size // n)
-    inputs_per_call = check_int("inputs_per_call", inputs_per_call)
+    if inputs_per_call is not None:
+        inputs_per_call = check_int("inputs_per_call", inputs_per_call)
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path, got {type(out).__name__}")
     if shard is None:
@@ -623,6 +619,13 @@ def certify_dataset(
     if sequential is None:
         _warn_sample_size("certify", n, alpha, stacklevel=2)
 
+    mine = selection[shard.index :: shard.count]
+    per_input = n if sequential is None else sequential["max_n"]
+    batch_size = _batch_size_for_run(smoothed, dataset, mine, (per_input + n0) * len(mine), device)
+    if inputs_per_call is None:
+        # sequential: many inputs per call keep the forward batches of the small looks full
+        inputs_per_call = max(1, batch_size // (n if sequential is None else 10))
+
     out = Path(out)
     path = part_path(out, shard)
     config: dict[str, Any] = {
@@ -631,12 +634,13 @@ def certify_dataset(
         "n0": n0,
         "alpha": alpha,
         "seed": seed,
-        "batch_size": smoothed.batch_size,
+        "batch_size": batch_size,
     }
+    if smoothed.batch_size == "auto":
+        config["batch_size_auto"] = True
     if sequential is not None:
         config.update(sequential)
         config["n"] = None
-    mine = selection[shard.index :: shard.count]
     handle, done = _open_for_append(path, config, selection, shard)
     todo = [i for i in mine if i not in done]
     show = progress and os.environ.get("LOCAL_RANK", "0") == "0"
@@ -763,6 +767,23 @@ def _certify_sequential(
         )
         handle.flush()
     bar.update(len(chunk), int(cert.num_samples.sum()) + n0 * len(chunk))
+
+
+def _batch_size_for_run(
+    smoothed: SmoothedClassifier,
+    dataset: _Dataset,
+    mine: Sequence[int],
+    total: int,
+    device: torch.device,
+) -> int:
+    """The smoothed classifier's forward batch size for this run (``"auto"`` resolved once)."""
+    if smoothed.batch_size != "auto":
+        return smoothed.batch_size
+    if not mine:
+        return smoothed._resolve_batch_size(torch.zeros(1, 1, device=device), 0)
+    example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
+    check_inputs("dataset inputs", example)
+    return smoothed._resolve_batch_size(example, total)
 
 
 def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:

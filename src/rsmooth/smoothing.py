@@ -10,13 +10,14 @@ implements PREDICT of :cite:`cohen2019certified`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 NonFinitePolicy = Literal["raise", "count_against"]
+BatchSize = int | Literal["auto"]
+_AutoKey = tuple[tuple[int, ...], torch.dtype, str]
 
 #: Independent noise streams of every input: CERTIFY selects its candidate on SELECTION samples,
 #: estimates on ESTIMATION samples (PREDICT too), and draws any uniform variates from AUXILIARY.
@@ -60,6 +63,17 @@ _SEED_HIGH = 2**63 - 1
 _BLOCK_ELEMENTS = 2**16
 _MAX_BLOCK = 512
 _NONFINITE_POLICIES = ("raise", "count_against")
+#: batch_size="auto": forward batch sizes tried, from the device's first one, while the throughput
+#: grows; the tuning uses at most _AUTO_BUDGET of the call's forward rows, else the device default.
+_AUTO_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_AUTO_FIRST = {"cuda": 128}
+_AUTO_FIRST_OTHER = 32
+_AUTO_DEFAULT = {"cuda": 1024}
+_AUTO_DEFAULT_OTHER = 256
+_AUTO_BUDGET = 0.02
+_AUTO_REPEATS = 2  # timed forwards per candidate, after one warm-up forward
+_AUTO_MAX_CPU_BYTES = 2**28  # largest tuning batch of inputs on the CPU (256 MiB)
+_OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
 #: when the smoothed classifier abstains.
@@ -128,6 +142,10 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _auto_key(inputs: Tensor) -> _AutoKey:
+    return (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
+
+
 def _block_size(numel: int) -> int:
     """Samples per noise block for inputs of ``numel`` elements (never depends on batch_size)."""
     return max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(numel, 1)))
@@ -142,6 +160,53 @@ def _memory_format(inputs: Tensor) -> torch.memory_format | None:
     if inputs.dim() == 5 and inputs.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return None
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
+        backend.synchronize(device)
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _check_batch_size(batch_size: object) -> BatchSize:
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        return "auto"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an integer or 'auto', got {type(batch_size).__name__}")
+    return check_int("batch_size", batch_size)
+
+
+def _check_compile(value: object) -> bool | Mapping[str, Any]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        if "dynamic" in value:
+            raise ValueError(
+                "compile must not set 'dynamic': the engine feeds fixed batch shapes "
+                "(dynamic=False)"
+            )
+        return value
+    raise TypeError(
+        f"compile must be a bool or a dict of torch.compile options, got {type(value).__name__}"
+    )
+
+
+def _check_autocast(value: object) -> torch.dtype | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"autocast must be a torch.dtype or None, got {type(value).__name__}")
+    if value not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast must be torch.bfloat16 or torch.float16, got {value}")
+    return value
 
 
 def _to_device(values: Tensor, device: torch.device) -> Tensor:
@@ -169,6 +234,12 @@ def _auxiliary_uniform(seeds: Sequence[int]) -> np.ndarray:
     return values
 
 
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def _output_type_message(output: object) -> str:
     name = type(output).__name__
     if isinstance(output, (tuple, list)):
@@ -181,7 +252,8 @@ def _output_type_message(output: object) -> str:
         how = "a tensor of logits"
     return (
         f"model must return a tensor of logits [N, num_classes], got a {name}; wrap it in a "
-        f"module whose forward returns the logits, {how} (see the how-to 'Use your own model')"
+        f"module whose forward returns the logits, {how} (docs: how-to 'Certify a dataset', "
+        "'Models that do not return logits')"
     )
 
 
@@ -268,7 +340,22 @@ class SmoothedClassifier:
         sigma: Noise standard deviation :math:`\sigma > 0`.
         num_classes: Number of classes ``K``. Default: inferred from the model's output (and
             checked against it when given).
-        batch_size: Maximum number of noisy samples per forward pass. Default: 1000.
+        batch_size: Number of noisy samples per forward pass, or ``"auto"``: the first call for
+            an input shape, dtype and device times a few batch sizes with real forward passes
+            (at most 2% of the call's samples; a call too small for that uses 256 on the CPU
+            and 1024 on CUDA) and keeps the fastest (shown in ``repr``); on CUDA it halves the
+            size when a forward pass runs out of memory. Results never depend on it.
+            Default: ``"auto"``.
+        nonfinite: What a noisy sample with a non-finite logit (NaN or inf) does: ``"raise"``
+            a ``ValueError`` naming the inputs and counts, or ``"count_against"``: vote for no
+            class (sound; reported in :attr:`Certificate.nonfinite`). Default: ``"raise"``.
+        compile: ``True`` or a dict of :func:`torch.compile` options (e.g. ``{"mode":
+            "max-autotune"}``) to compile the model for certification. Every forward pass then
+            has exactly the batch size's rows (the last batch is padded and its padding
+            discarded), so the model compiles once. Default: False.
+        autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes of
+            :meth:`certify`, :meth:`predict` and :meth:`sample_counts` under
+            :func:`torch.autocast` (the noise stays in the inputs' dtype). Default: None.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -296,27 +383,41 @@ class SmoothedClassifier:
         sigma: float,
         *,
         num_classes: int | None = None,
-        batch_size: int = 1000,
+        batch_size: BatchSize = "auto",
         nonfinite: NonFinitePolicy = "raise",
+        compile: bool | Mapping[str, Any] = False,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.model = check_model(model)
         self.sigma = check_positive("sigma", sigma)
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
         )
-        self.batch_size = check_int("batch_size", batch_size)
+        self.batch_size: BatchSize = _check_batch_size(batch_size)
+        self._auto_batch_sizes: dict[_AutoKey, int] = {}
         if nonfinite not in _NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_POLICIES))}, "
                 f"got {nonfinite!r}"
             )
         self.nonfinite: NonFinitePolicy = nonfinite
+        self.compile = _check_compile(compile)
+        self._compiled: Callable[[Tensor], object] | None = None
+        if self.compile is not False:
+            options = {} if self.compile is True else dict(self.compile)
+            self._compiled = torch.compile(self.model, dynamic=False, **options)
+        self.autocast = _check_autocast(autocast)
+        self._autocast_checked: set[str] = set()
 
     def __repr__(self) -> str:
         extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
+        if self.compile is not False:
+            extra += f", compile={self.compile!r}"
+        if self.autocast is not None:
+            extra += f", autocast={self.autocast}"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
-            f"batch_size={self.batch_size}{extra})"
+            f"batch_size={self._batch_size_repr()}{extra})"
         )
 
     # ------------------------------------------------------------------ engine
@@ -338,6 +439,117 @@ class SmoothedClassifier:
             for g in generator
         ]
 
+    def _batch_size_repr(self) -> str:
+        if self.batch_size != "auto" or not self._auto_batch_sizes:
+            return repr(self.batch_size)
+        chosen = "; ".join(
+            f"{value} for {list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
+            for (shape, dtype, device), value in self._auto_batch_sizes.items()
+        )
+        return f"'auto' (chosen: {chosen})"
+
+    def _resolve_batch_size(self, inputs: Tensor, total: int) -> int:
+        """The forward batch size for inputs like ``inputs`` in a call of ``total`` samples.
+
+        An integer ``batch_size`` is returned as is. With ``"auto"``, the first call for an
+        input shape, dtype and device times a few batch sizes with real forward passes (at most
+        2% of ``total`` forward rows) and caches the fastest; when that budget is too small for
+        two candidates, the device's default is used for this call and nothing is cached.
+        """
+        if self.batch_size != "auto":
+            return self.batch_size
+        key = _auto_key(inputs)
+        if key in self._auto_batch_sizes:
+            return self._auto_batch_sizes[key]
+        chosen = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
+        if chosen is None:
+            return _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+        self._auto_batch_sizes[key] = chosen
+        return chosen
+
+    def _tune_batch_size(self, inputs: Tensor, budget: int) -> int | None:
+        """The fastest forward batch size, trying sizes upwards while the throughput grows.
+
+        Each candidate costs one warm-up and ``_AUTO_REPEATS`` timed forward passes. Stops at
+        the first candidate that is slower than the best, that would exceed ``budget`` forward
+        rows, or that runs out of memory (then the memory is released). None when ``budget``
+        does not cover the first two candidates, or the model fails (the real call then reports
+        the model's error).
+        """
+        device, dtype = inputs.device, inputs.dtype
+        shape = tuple(inputs.shape[1:])
+        first = _AUTO_FIRST.get(device.type, _AUTO_FIRST_OTHER)
+        candidates = [b for b in _AUTO_CANDIDATES if b >= first]
+        if device.type == "cpu":
+            per_row = max(1, math.prod(shape)) * inputs.element_size()
+            candidates = [b for b in candidates if b * per_row <= _AUTO_MAX_CPU_BYTES] or [1]
+        per_candidate = 1 + _AUTO_REPEATS
+        if len(candidates) < 2 or per_candidate * (candidates[0] + candidates[1]) > budget:
+            return None
+        generator = torch.Generator(device=device).manual_seed(0)
+        memory_format = _memory_format(inputs)
+        best, best_rate, spent, out_of_memory = None, 0.0, 0, False
+        with preserve_model_state(self.model, train=False), torch.inference_mode():
+            for size in candidates:
+                if spent + per_candidate * size > budget:
+                    break
+                spent += per_candidate * size
+                try:
+                    batch = torch.randn(
+                        (size, *shape), generator=generator, dtype=dtype, device=device
+                    )
+                    batch.mul_(self.sigma).add_(inputs[0])
+                    if memory_format is not None:
+                        batch = batch.contiguous(memory_format=memory_format)
+                    seconds = []
+                    for _ in range(per_candidate):
+                        _synchronize(device)
+                        began = time.perf_counter()
+                        self._autocast_forward(batch)
+                        _synchronize(device)
+                        seconds.append(time.perf_counter() - began)
+                except _OutOfMemoryError:
+                    out_of_memory = True
+                    break
+                except Exception:  # the real forward pass reports it, with hints
+                    return None
+                rate = size / max(min(seconds[1:]), 1e-9)
+                if rate <= best_rate:
+                    break
+                best, best_rate = size, rate
+        if out_of_memory:
+            _release_memory(device)
+        return best
+
+    def _autocast_forward(self, batch: Tensor) -> object:
+        with self._autocast_context(batch.device):
+            return self.model(batch)
+
+    def _autocast_context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+    def _check_autocast_device(self, device: torch.device) -> None:
+        """Refuse an autocast dtype the device does not support (torch would only warn)."""
+        if self.autocast is None or device.type in self._autocast_checked:
+            return
+        available = getattr(torch.amp, "is_autocast_available", None)
+        if available is not None and not available(device.type):
+            raise ValueError(
+                f"autocast is not available on device type {device.type!r}; pass autocast=None"
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.autocast(device_type=device.type, dtype=self.autocast)
+        if caught:
+            raise ValueError(
+                f"autocast={self.autocast} is not supported on {device} ({caught[0].message}); "
+                "pass another dtype (torch.bfloat16 on the CPU, torch.float16 on older GPUs) or "
+                "autocast=None"
+            )
+        self._autocast_checked.add(device.type)
+
     def _check_logits(self, logits: object, rows: int, inputs: Tensor) -> int:
         if not isinstance(logits, Tensor):
             raise TypeError(_output_type_message(logits))
@@ -357,8 +569,12 @@ class SmoothedClassifier:
 
     def _forward(self, batch: Tensor, inputs: Tensor) -> Tensor:
         """The model's logits on one forward batch, with hints for the usual mistakes."""
+        model = self.model if self._compiled is None else self._compiled
         try:
-            logits = self.model(batch)
+            with self._autocast_context(batch.device):
+                logits = model(batch)
+        except _OutOfMemoryError:
+            raise
         except (RuntimeError, AssertionError, ValueError) as error:
             hint = _forward_error_hint(self.model, error, inputs)
             if hint is None:
@@ -366,6 +582,8 @@ class SmoothedClassifier:
             raise ValueError(
                 f"{hint} (the model raised {type(error).__name__}: {error})"
             ) from error
+        if not isinstance(logits, Tensor):
+            raise TypeError(_output_type_message(logits))
         self._check_logits(logits, batch.shape[0], inputs)
         return logits
 
@@ -397,7 +615,11 @@ class SmoothedClassifier:
         device, dtype = inputs.device, inputs.dtype
         sample_shape = tuple(inputs.shape[1:])
         block = _block_size(math.prod(sample_shape))
-        rows = min(self.batch_size, batch * (stop - start))
+        total = batch * (stop - start)
+        self._check_autocast_device(device)
+        limit = self._resolve_batch_size(inputs, total)
+        fixed = self._compiled is not None  # compile: every forward has exactly `limit` rows
+        rows = limit if fixed else min(limit, total)
         memory_format = _memory_format(inputs)
         buffer = torch.empty((rows, *sample_shape), dtype=dtype, device=device)
         if memory_format is not None:
@@ -428,9 +650,28 @@ class SmoothedClassifier:
                 offset += end - s
                 s = end
 
+        def forward(count: int) -> Tensor:
+            nonlocal limit
+            while True:
+                try:
+                    if count <= limit:
+                        return self._forward(buffer[:count], inputs)
+                    pieces = buffer[:count].split(limit)
+                    return torch.cat([self._forward(piece, inputs) for piece in pieces])
+                except _OutOfMemoryError:
+                    if self.batch_size != "auto" or limit == 1:
+                        raise
+                    limit = max(1, limit // 2)  # the noise does not depend on it: same results
+                    self._auto_batch_sizes[_auto_key(inputs)] = limit
+                    _release_memory(device)
+
         def flush() -> None:
             nonlocal counts, filled
-            logits = self._forward(buffer[:filled], inputs)
+            if fixed and filled < rows:
+                buffer[filled:].zero_()  # padding rows; their outputs are discarded
+                logits = forward(rows)[:filled]
+            else:
+                logits = forward(filled)
             classes = int(logits.shape[1])
             if counts is None:
                 counts = torch.zeros((batch + 1) * classes, dtype=torch.long, device=device)
@@ -500,7 +741,7 @@ class SmoothedClassifier:
         return inputs, check_generator(generator, inputs.device)
 
     # ------------------------------------------------------------------ public
-    def sample_counts(self, inputs: Tensor, num: int, *, generator: GeneratorArg = None) -> Tensor:
+    def sample_counts(self, inputs: Tensor, *, num: int, generator: GeneratorArg = None) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
 
         Args:
@@ -516,7 +757,7 @@ class SmoothedClassifier:
         Example:
             >>> smoothed = SmoothedClassifier(nn.Linear(3, 4), sigma=0.5)
             >>> g = torch.Generator().manual_seed(0)
-            >>> smoothed.sample_counts(torch.zeros(2, 3), 50, generator=g).sum(1).tolist()
+            >>> smoothed.sample_counts(torch.zeros(2, 3), num=50, generator=g).sum(1).tolist()
             [50, 50]
         """
         inputs, generator = self._validate_call(inputs, generator)
@@ -527,10 +768,11 @@ class SmoothedClassifier:
     def predict(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
+        progress: bool = False,
     ) -> Tensor:
         """PREDICT: the smoothed classifier's class, abstaining unless the vote is significant.
 
@@ -546,6 +788,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -564,7 +808,12 @@ class SmoothedClassifier:
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("predict", n, alpha, stacklevel=2)
         seeds = self._input_seeds(inputs, generator)
-        counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
+        bar = _Progress(n * len(seeds), "predict") if _check_bool("progress", progress) else None
+        try:
+            counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         top_counts, top_classes = counts.topk(2, dim=1)
         top = top_counts.cpu().tolist()
         keep = [binomial_pvalue(c1, c2) <= alpha for c1, c2 in top]
@@ -575,11 +824,12 @@ class SmoothedClassifier:
     def certify(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         n0: int = 100,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
+        progress: bool = False,
         bound: Literal["clopper-pearson", "randomized"] = "clopper-pearson",
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
@@ -601,6 +851,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
             bound: ``"clopper-pearson"`` (CERTIFY's bound, reproduces published numbers) or
                 ``"randomized"``: the exact randomized bound
                 :func:`~rsmooth.stats.randomized_clopper_pearson_lower`, never smaller, with its
@@ -628,7 +880,15 @@ class SmoothedClassifier:
         if bound not in ("clopper-pearson", "randomized"):
             raise ValueError(f"bound must be 'clopper-pearson' or 'randomized', got {bound!r}")
         seeds = self._input_seeds(inputs, generator)
-        return self._certify(inputs, n, n0, alpha, seeds, randomized=bound == "randomized")
+        total = (n0 + n) * len(seeds)
+        bar = _Progress(total, "certify") if _check_bool("progress", progress) else None
+        try:
+            return self._certify(
+                inputs, n, n0, alpha, seeds, progress=bar, randomized=bound == "randomized"
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _certify(
         self,
@@ -638,12 +898,17 @@ class SmoothedClassifier:
         alpha: float,
         seeds: Sequence[int],
         *,
+        progress: _Progress | None = None,
         randomized: bool = False,
     ) -> Certificate:
         """CERTIFY with one seed per input (see :meth:`_input_seeds`)."""
-        selection = self._counts(inputs, seeds, stream=SELECTION, start=0, stop=n0)
+        selection = self._counts(
+            inputs, seeds, stream=SELECTION, start=0, stop=n0, progress=progress
+        )
         candidate = selection.argmax(dim=1)
-        estimation = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n)
+        estimation = self._counts(
+            inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=progress
+        )
         nonfinite = (n0 - selection.sum(dim=1)) + (n - estimation.sum(dim=1))
         count = estimation.gather(1, candidate[:, None])[:, 0]
         if randomized:
@@ -671,8 +936,8 @@ class SmoothedClassifier:
     def soft_predict(
         self,
         inputs: Tensor,
-        num_noise: int = 8,
         *,
+        num_noise: int = 8,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""The soft smoothed classifier :math:`\hat F(x) = \frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
@@ -701,7 +966,7 @@ class SmoothedClassifier:
         with preserve_model_state(self.model, train=False):
             return soft_smoothed_probs(self.model, inputs, noise)
 
-    def max_radius(self, n: int = 100_000, alpha: float = 0.001) -> float:
+    def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
         """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
 
         Example:
