@@ -125,7 +125,7 @@ def test_indexed_dataset():
     assert len(data) == 5
     x, y, idx = next(iter(DataLoader(data, batch_size=5, shuffle=False)))
     assert idx.tolist() == [0, 1, 2, 3, 4]
-    assert torch.equal(x, dataset(5).tensors[0])
+    assert torch.equal(x, dataset(5).tensors[0]) and torch.equal(y, dataset(5).tensors[1])
     assert IndexedDataset(torch.arange(3))[1] == (torch.tensor(1), 1)
     with pytest.raises(TypeError, match="dataset must be a map-style Dataset, got int"):
         IndexedDataset(3)
