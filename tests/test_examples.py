@@ -63,6 +63,16 @@ TINY = {
     "macer": ["--num-noise", "4"],
     "consistency": [],
     "smoothmix": ["--num-steps", "1", "--num-noise", "2"],
+    "adaptive": [
+        "--num-steps",
+        "1",
+        "--num-noise",
+        "2",
+        "--discard-epoch",
+        "0",
+        "--threshold",
+        "0",
+    ],
 }
 
 
@@ -314,6 +324,53 @@ def test_reproduce_tiny_budget(reproduce, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert reproduce.main(argv) == 0
     assert capsys.readouterr().out.count("is complete") == 2
+
+
+@pytest.mark.slow
+def test_train_catrs_with_a_prior_from_a_gaussian_checkpoint(train, tmp_path):
+    gaussian = tmp_path / "g.pt"
+    flags = [
+        "--dataset", "digits", "--arch", "mlp", "--limit", "64", "--epochs", "1",
+        "--batch-size", "32", "--quiet",
+    ]  # fmt: skip
+    assert train.main([*flags, "--sigma", "0.25", "--out", str(gaussian)]) == 0
+    catrs = [*flags, "--criterion", "catrs", "--num-noise", "2", "--num-steps", "1"]
+    prior = tmp_path / "prior.pt"
+    assert train.main([*catrs, "--prior-from", str(gaussian), "--prior", str(prior),
+                       "--prior-samples", "20", "--out", str(tmp_path / "c.pt")]) == 0  # fmt: skip
+    table = torch.load(prior, weights_only=True)
+    assert table.shape == (64, 10)
+    torch.testing.assert_close(table.sum(1), torch.ones(64))
+    assert set((table * 20).round().flatten().tolist()) <= set(range(21))
+    _, checkpoint = train.load_checkpoint(tmp_path / "c.pt")
+    assert checkpoint["hparams"]["lbd"] == 1.0
+    assert set(checkpoint["history"][0]) >= {"low", "high", "accept_rate", "mean_k"}
+    # the saved table is reused as is
+    assert train.main([*catrs, "--prior", str(prior), "--out", str(tmp_path / "c2.pt")]) == 0
+
+
+def test_catrs_prior_errors(train, tmp_path):
+    flags = [*digits_flags(tmp_path, "gaussian"), "--criterion", "catrs", "--epochs", "0"]
+    with pytest.raises(SystemExit, match="needs --prior FILE or --prior-from CHECKPOINT"):
+        train.main(flags)
+    torch.save(torch.full((10, 10), 0.1), tmp_path / "small.pt")
+    with pytest.raises(
+        SystemExit, match=r"one row per training image .*\(64, 10\), got \(10, 10\)"
+    ):
+        train.main([*flags, "--prior", str(tmp_path / "small.pt")])
+
+
+def test_adaptive_schedule_through_the_loop(train, tmp_path):
+    flags = digits_flags(tmp_path, "adaptive", "--epochs", "3", "--discard-epoch", "1")
+    flags += ["--threshold", "0.0", "--reweight-every", "2"]
+    assert train.main(flags) == 0
+    _, checkpoint = train.load_checkpoint(tmp_path / "adaptive.pt")
+    assert [r["adversarial"] for r in checkpoint["history"]] == [0.0, 1.0, 1.0]
+    assert checkpoint["history"][0]["attack_stop_rate"] == 0.0
+    assert "adversarial" not in checkpoint["hparams"]  # a schedule, not a hyperparameter
+    assert checkpoint["hparams"]["adversarial_from"] == 1
+    assert checkpoint["easy_schedule"]["kept"].tolist() == list(range(64))  # threshold 0
+    assert checkpoint["easy_schedule"]["weights_epoch"] == 1
 
 
 def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
