@@ -373,6 +373,44 @@ def test_adaptive_schedule_through_the_loop(train, tmp_path):
     assert checkpoint["easy_schedule"]["weights_epoch"] == 1
 
 
+@pytest.mark.slow
+def test_reproduce_tiny_budget_newer_methods(reproduce, tmp_path, monkeypatch, capsys):
+    from rsmooth.datasets import FASHION_MNIST_DIR
+
+    if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)")
+    monkeypatch.setitem(
+        reproduce.METHODS, "catrs", ["--criterion", "catrs", "--num-noise", "1", "--num-steps", "1"]
+    )
+    monkeypatch.setitem(
+        reproduce.METHODS,
+        "adaptive",
+        ["--criterion", "adaptive", "--num-noise", "1", "--num-steps", "1", "--threshold", "0"],
+    )
+    argv = [
+        "--methods", "catrs", "adaptive", "--epochs", "1", "--train-limit", "64",
+        "--num-certify", "4", "--n", "200", "--prior-samples", "8", "--device", "cpu",
+        "--results-dir", str(tmp_path), "--work-dir", str(tmp_path), "--quiet",
+    ]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "| catrs | 4 |" in report and "| adaptive | 4 |" in report
+    assert "published no (Fashion-)MNIST settings" in report
+    # the prior came from a Gaussian sigma = 0.25 model trained in the same run
+    prior_model = reproduce.load_checkpoint(tmp_path / "gaussian-sigma0.25.pt")[1]
+    assert prior_model["sigma"] == 0.25 and prior_model["criterion"] == "gaussian"
+    table = torch.load(tmp_path / "catrs-prior-8.pt", weights_only=True)
+    assert table.shape == (64, 10)
+    run = reproduce._load_run(tmp_path / "run.json")
+    assert "--prior-from" in run["methods"]["catrs"]["train_flags"]
+    assert run["budget"]["prior_samples"] == 8
+    flags = run["methods"]["adaptive"]["train_flags"]
+    assert flags[flags.index("--reweight-every") + 1] == "1"
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0  # complete: nothing is redone
+    assert capsys.readouterr().out.count("is complete") == 2
+
+
 def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
     flags = digits_flags(tmp_path, "smoothmix", "--epochs", "3", "--warmup", "10")
     flags += ["--one-step-adversary"]
