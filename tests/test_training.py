@@ -228,3 +228,18 @@ def test_schedule_on_real_estimates_and_all_discarded():
     data = TensorDataset(x[1:2], torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="threshold 1.0 discards every example"):
         none.sampler(0, model, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_catrs.py", "train_adaptive.py"])
+def test_documented_training_loops_run(script, capsys):
+    """The complete loops shown in the docs (examples/train_catrs.py, train_adaptive.py) run."""
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    with torch.random.fork_rng():
+        runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "epoch 1:" in out and "certified accuracy at r = 0" in out
