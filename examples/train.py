@@ -433,6 +433,8 @@ def prior_table(
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(table, path.with_name(path.name + ".partial"))
             os.replace(path.with_name(path.name + ".partial"), path)
+    elif path is not None:
+        raise SystemExit(f"--prior {path} does not exist; give --prior-from CHECKPOINT to make it")
     else:
         raise SystemExit("--criterion catrs needs --prior FILE or --prior-from CHECKPOINT")
     expected = (len(data), num_classes)  # type: ignore[arg-type]

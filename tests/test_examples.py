@@ -353,6 +353,8 @@ def test_catrs_prior_errors(train, tmp_path):
     flags = [*digits_flags(tmp_path, "gaussian"), "--criterion", "catrs", "--epochs", "0"]
     with pytest.raises(SystemExit, match="needs --prior FILE or --prior-from CHECKPOINT"):
         train.main(flags)
+    with pytest.raises(SystemExit, match="does not exist; give --prior-from CHECKPOINT"):
+        train.main([*flags, "--prior", str(tmp_path / "missing.pt")])
     torch.save(torch.full((10, 10), 0.1), tmp_path / "small.pt")
     with pytest.raises(
         SystemExit, match=r"one row per training image .*\(64, 10\), got \(10, 10\)"
