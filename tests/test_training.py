@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import beta, norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -243,3 +245,20 @@ def test_documented_training_loops_run(script, capsys):
         runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "epoch 1:" in out and "certified accuracy at r = 0" in out
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(st.floats(min_value=0.0, max_value=1.0), st.integers(min_value=0, max_value=1000))
+def test_any_threshold_in_the_unit_interval_and_epoch_are_accepted(threshold, epoch):
+    schedule = EasySampleSchedule(threshold, epoch, sigma=0.5)
+    assert schedule.threshold == threshold
+    assert schedule.adversarial(epoch) and not (epoch > 0 and schedule.adversarial(epoch - 1))
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=20))
+def test_radius_weights_are_monotone_and_bounded(values):
+    p = torch.tensor(sorted(values), dtype=torch.float64)
+    w = radius_weights(p)
+    assert bool((w[1:] >= w[:-1]).all())
+    assert float(w.min()) >= 0.1537 - 1e-4 and float(w.max()) <= 1.1075 + 1e-4
