@@ -13,6 +13,7 @@ EXPECTED_ALL = [
     "ConsistencyLoss",
     "GaussianAugmentationLoss",
     "MACERLoss",
+    "RadiusCertificate",
     "SampleSizeWarning",
     "SmoothAdvLoss",
     "SmoothDDNAttack",

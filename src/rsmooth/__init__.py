@@ -24,6 +24,7 @@ from rsmooth.losses import (
     SmoothMixLoss,
     StabilityLoss,
 )
+from rsmooth.sequential import RadiusCertificate
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +39,7 @@ __all__ = [
     "ConsistencyLoss",
     "GaussianAugmentationLoss",
     "MACERLoss",
+    "RadiusCertificate",
     "SampleSizeWarning",
     "SmoothAdvLoss",
     "SmoothDDNAttack",
