@@ -1,4 +1,4 @@
-"""Train a base classifier for randomized smoothing with any of the six rsmooth criteria.
+"""Train a base classifier for randomized smoothing with any of the rsmooth criteria.
 
 One loop for every criterion: they all share the call ``loss = criterion(model, inputs, targets)``,
 so only their construction differs (``CRITERIA``). Examples::
@@ -7,6 +7,10 @@ so only their construction differs (``CRITERIA``). Examples::
     python examples/train.py --criterion smoothmix --sigma 0.5 --num-noise 4 --num-steps 4 \\
         --step-size 1.0 --eta 5.0 --one-step-adversary --epochs 90 --out smoothmix.pt
     python examples/train.py --criterion smoothadv --epsilon 1.0 --num-steps 10 --num-noise 4
+    python examples/train.py --criterion gaussian --sigma 0.25 --out gaussian025.pt
+    python examples/train.py --criterion catrs --prior-from gaussian025.pt --prior prior.pt
+    python examples/train.py --criterion adaptive --discard-epoch 42 --threshold 0.4 \\
+        --reweight-every 10 --epsilon 0.25 --num-steps 6
 
 Conventions (those of the authors' code, ``shared/algorithms.md``):
 
@@ -19,8 +23,17 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
   SmoothAdv's epsilon ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` attribute
   ``w_e = min(1, (e + 1) / 10)``, which scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
   ``lr_step`` epochs;
-- SmoothAdv, Consistency and SmoothMix take one optimizer step per B/m examples in the official
-  code, so the default loader batch is ``256 // num_noise`` for them (256 for the others).
+- SmoothAdv, Consistency, SmoothMix, CAT-RS and Sun et al.'s adaptive noise take one optimizer
+  step per B/m examples in the official code, so the default loader batch is ``256 // num_noise``
+  for them (256 for the others);
+- CAT-RS needs a prior table (``rsmooth.training.prediction_table``): ``--prior FILE`` loads a
+  saved one; ``--prior-from CHECKPOINT`` computes it from a Gaussian model (the official recipe:
+  sigma 0.25, 10,000 samples per training image) and saves it to ``--prior`` when given;
+- ``--criterion adaptive`` (Sun et al.) runs the discard-then-reweight schedule
+  (``rsmooth.training.EasySampleSchedule``): plain Gaussian training before ``--discard-epoch``,
+  then examples with noisy accuracy below ``--threshold`` are dropped, the rest resampled with
+  replacement by approximate certified radius (refreshed every ``--reweight-every`` epochs), and
+  the adversary on the noise is on.
 
 Under ``torchrun`` (``torchrun --nproc-per-node 4 examples/train.py ...``) every process trains on
 its share of each batch (``--batch-size`` is the global batch, split evenly over the processes, with
@@ -48,13 +61,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/models.py
 
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, load_checkpoint
 
 from rsmooth.datasets import DATASETS, dataset_info, load_dataset
+from rsmooth.training import EasySampleSchedule, IndexedDataset
 
 __all__ = [
     "CHUNKED",
@@ -130,6 +144,26 @@ def _smoothmix(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
     return SmoothMixLoss, {"sigma": args.sigma, **kwargs}
 
 
+def _catrs(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import CATRSLoss
+
+    # The argparse defaults of the official code (m 4, epsilon 256/256, T 4, lambda 1).
+    kwargs = _given(args, num_noise=4, epsilon=1.0, num_steps=4, lbd=1.0)
+    return CATRSLoss, {"sigma": args.sigma, **kwargs, "confidence": args.confidence}
+
+
+def _adaptive(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import AdaptiveNoiseLoss
+
+    # The CIFAR-10 sigma = 0.5 script of Sun et al. (m 4, epsilon 0.25, T 6); no (F)MNIST one exists.
+    kwargs = _given(args, epsilon=0.25, num_steps=6, num_noise=4)
+    return AdaptiveNoiseLoss, {
+        "sigma": args.sigma,
+        **kwargs,
+        "adversarial_from": args.discard_epoch,
+    }
+
+
 #: Criterion name -> factory ``args -> (class, constructor kwargs)``.
 CRITERIA: dict[str, Factory] = {
     "gaussian": _gaussian,
@@ -138,10 +172,12 @@ CRITERIA: dict[str, Factory] = {
     "macer": _macer,
     "consistency": _consistency,
     "smoothmix": _smoothmix,
+    "catrs": _catrs,
+    "adaptive": _adaptive,
 }
 
 #: Criteria whose official code takes one optimizer step per B/m examples (algorithms.md §9.1).
-CHUNKED = frozenset({"smoothadv", "consistency", "smoothmix"})
+CHUNKED = frozenset({"smoothadv", "consistency", "smoothmix", "catrs", "adaptive"})
 
 
 def make_criterion(
@@ -152,7 +188,7 @@ def make_criterion(
     criterion = cls(**kwargs, generator=generator)
     hparams = dict(kwargs)
     for field in getattr(cls, "_repr_fields", ()):  # fill in the class defaults
-        if field == "warmup":  # a schedule (SmoothMix), set per epoch
+        if field in ("warmup", "adversarial"):  # schedules (SmoothMix, adaptive), set per epoch
             continue
         value = getattr(criterion, field, None)
         if isinstance(value, (bool, int, float, str)):
@@ -178,6 +214,9 @@ def apply_warmup(
         # w_e multiplies eta and, with the one-step adversary, caps ||x^(1) - x|| at w_e * alpha.
         criterion.warmup = w
         changed["warmup"] = w
+    elif name == "adaptive":
+        criterion.set_epoch(epoch)  # the adversary is on from the discard epoch
+        changed["adversarial"] = float(criterion.adversarial)
     elif name == "macer" and args.deferred:
         criterion.lbd = 0.0 if epoch < args.lr_step else hparams["lbd"]
         changed["lbd"] = criterion.lbd
@@ -204,6 +243,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     args.lr_step = step if args.lr_step is None else args.lr_step
     if args.arch is None:
         args.arch = "cifar_resnet110" if cifar_like else "lenet"
+    if getattr(args, "discard_epoch", None) is None:  # Sun et al.'s 70 of 150 epochs
+        args.discard_epoch = round(args.epochs * 70 / 150)
     if args.out is None:
         args.out = f"checkpoints/{args.dataset}_{args.arch}_{args.criterion}_sigma{args.sigma}.pt"
 
@@ -259,10 +300,11 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp_dtype: torch.dtype | None = None,
+    **criterion_kwargs: Any,
 ) -> Tensor:
     """One optimizer step: the loss under autocast (if ``amp_dtype``), backward through the scaler.
 
-    A disabled ``scaler`` (bfloat16, float32) is a plain ``backward()`` and ``optimizer.step()``;
+    ``criterion_kwargs`` go to the criterion (CAT-RS's ``prior``). A disabled ``scaler`` (bfloat16, float32) is a plain ``backward()`` and ``optimizer.step()``;
     an enabled one (float16) scales the loss, skips steps with non-finite gradients and adapts
     its scale. Returns the detached loss.
     """
@@ -272,7 +314,7 @@ def training_step(
         else torch.autocast(inputs.device.type, dtype=amp_dtype)
     )
     with autocast:
-        loss = criterion(model, inputs, targets)
+        loss = criterion(model, inputs, targets, **criterion_kwargs)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -307,13 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--eta", type=float, default=None, help="eta (consistency, smoothmix)")
     h.add_argument("--gamma", type=float, default=None, help="MACER hinge margin")
     h.add_argument("--beta", type=float, default=None, help="MACER inverse temperature")
-    h.add_argument("--epsilon", type=float, default=None, help="SmoothAdv L2 radius (pixel units)")
+    h.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="L2 radius (smoothadv, catrs; pixel units) or step length (adaptive)",
+    )
     h.add_argument("--num-steps", type=int, default=None, help="T: attack steps")
     h.add_argument("--step-size", type=float, default=None, help="SmoothMix step size alpha")
     h.add_argument("--attack", choices=["pgd", "ddn"], default="pgd", help="SmoothAdv attack")
     h.add_argument("--one-step-adversary", action="store_true", help="SmoothMix +one-step")
     h.add_argument("--deferred", action="store_true", help="MACER: lambda = 0 until lr-step")
     h.add_argument("--warmup", type=int, default=10, help="warm-up epochs (SmoothAdv, SmoothMix)")
+    c = p.add_argument_group("CAT-RS (--criterion catrs)")
+    c.add_argument("--prior", default=None, help="prior table file (torch.save of [N, K])")
+    c.add_argument("--prior-from", default=None, help="Gaussian checkpoint to compute the prior")
+    c.add_argument("--prior-sigma", type=float, default=0.25, help="noise level of the prior")
+    c.add_argument("--prior-samples", type=int, default=10_000, help="samples per image")
+    c.add_argument("--confidence", choices=["model", "prior"], default="model")
+    a = p.add_argument_group("Sun et al. (--criterion adaptive)")
+    a.add_argument("--discard-epoch", type=int, default=None, help="default 70/150 of --epochs")
+    a.add_argument("--threshold", type=float, default=0.4, help="discard threshold tau")
+    a.add_argument("--reweight-every", type=int, default=10, help="epochs between weights")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="default 90 (MNIST-like) / 150")
     o.add_argument("--batch-size", type=int, default=None, help="default 256, or 256 // m (§9.1)")
@@ -371,6 +428,11 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         args.batch_size = max(1, 256 // m) if args.criterion in CHUNKED else 256
     # Checked on every rank before the process group starts: a clear error, never a hang.
     local_batch = split_batch(len(data), args.batch_size, world_size, explicit=explicit_batch)
+    if world_size > 1 and args.criterion == "adaptive":
+        raise SystemExit(
+            "--criterion adaptive does not run under torchrun yet: its discard-then-reweight "
+            "sampler draws the whole epoch in one process; train it with one process"
+        )
     args.batch_size, args.world_size = local_batch * world_size, world_size
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -382,6 +444,21 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.sync_batchnorm and world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    train_set: Dataset = TensorDataset(*data.tensors)
+    prior = None  # CAT-RS: the per-example prior, looked up by dataset index
+    if args.criterion == "catrs":
+        prior = prior_table(args, train_set, info.num_classes, device)
+        train_set = IndexedDataset(train_set)
+    easy = None  # Sun et al.: the discard-then-reweight sampling schedule
+    if args.criterion == "adaptive":
+        easy = EasySampleSchedule(
+            args.threshold,
+            args.discard_epoch,
+            sigma=args.sigma,
+            reweight_every=args.reweight_every,
+            generator=torch.Generator(device=device).manual_seed(args.seed + 4),
+            progress=not args.quiet,
+        )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
@@ -396,6 +473,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         start_epoch, history = saved["epoch"], saved["history"]
         if scaler.is_enabled() and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
+        if easy is not None and saved.get("easy_schedule") is not None:
+            easy.load_state_dict(saved["easy_schedule"])
     net: nn.Module = model  # what the criterion calls; `model` is what the checkpoint saves
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -404,17 +483,16 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         net = torch.compile(net, backend=args.compile)
 
     loader_generator = torch.Generator().manual_seed(args.seed + 2 + start_epoch + (rank << 32))
-    dataset = TensorDataset(*data.tensors)
-    sampler = None
+    dist_sampler = None
     if world_size > 1:  # each rank its own len(data) // world_size examples per epoch
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, seed=args.seed + 2, drop_last=True
+        dist_sampler = DistributedSampler(
+            train_set, num_replicas=world_size, rank=rank, seed=args.seed + 2, drop_last=True
         )
     loader = DataLoader(
-        dataset,
+        train_set,
         batch_size=local_batch,
-        shuffle=sampler is None,
-        sampler=sampler,
+        shuffle=dist_sampler is None,
+        sampler=dist_sampler,
         drop_last=len(data) // world_size > local_batch,  # no size-1 BatchNorm batches
         generator=loader_generator,
     )
@@ -429,16 +507,27 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     checkpoint: dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         schedule = apply_warmup(criterion, args.criterion, hparams, epoch, args)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        if dist_sampler is not None:
+            dist_sampler.set_epoch(epoch)
         net.train()
         started = time.perf_counter()
         total, count, terms = 0.0, 0, {}
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+        if easy is not None:  # this epoch's draw of the kept examples
+            sampler = easy.sampler(epoch, model, train_set)
+            loader = DataLoader(
+                train_set,
+                batch_size=args.batch_size,
+                sampler=sampler,
+                drop_last=len(sampler) > args.batch_size,
+            )
+        for batch in loader:
+            inputs, targets = batch[0].to(device), batch[1].to(device)
+            extra = {} if prior is None else {"prior": prior[batch[2]].to(device)}
             if augment:
                 inputs = _augment_cifar(inputs, loader_generator)
-            loss = training_step(criterion, net, inputs, targets, optimizer, scaler, amp_dtype)
+            loss = training_step(
+                criterion, net, inputs, targets, optimizer, scaler, amp_dtype, **extra
+            )
             total += float(loss) * len(targets)
             count += len(targets)
             for key, value in getattr(criterion, "last_terms", {}).items():
@@ -465,6 +554,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         checkpoint = _checkpoint(
             args, info, hparams, model, optimizer, scheduler, epoch + 1, history
         )
+        if easy is not None:
+            checkpoint["easy_schedule"] = easy.state_dict()
         if scaler.is_enabled():
             checkpoint["scaler"] = scaler.state_dict()
         if rank != 0:  # rank 0 alone writes the checkpoint
@@ -491,6 +582,46 @@ def _sum_over_ranks(
     torch.distributed.all_reduce(stats)
     values = stats.tolist()
     return values[0], int(values[1]), dict(zip(keys, values[2:], strict=True))
+
+
+def prior_table(
+    args: argparse.Namespace, data: Dataset, num_classes: int, device: torch.device
+) -> Tensor:
+    """The CAT-RS prior ``[N, K]``: loaded from ``--prior``, or computed from ``--prior-from``."""
+    from rsmooth.training import prediction_table
+
+    path = None if args.prior is None else Path(args.prior)
+    if path is not None and path.is_file():
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    elif args.prior_from is not None:
+        prior_model, saved = load_checkpoint(args.prior_from, map_location=device)
+        if saved["sigma"] != args.prior_sigma:
+            print(f"note: {args.prior_from} was trained at sigma {saved['sigma']}", file=sys.stderr)
+        table = prediction_table(
+            prior_model,
+            data,
+            args.prior_sigma,
+            args.prior_samples,
+            generator=torch.Generator(device=device).manual_seed(args.seed + 3),
+            device=device,
+            progress=not args.quiet,
+        )
+        if path is not None and _distributed()[0] == 0:  # computed once; rank 0 writes it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(table, path.with_name(path.name + ".partial"))
+            os.replace(path.with_name(path.name + ".partial"), path)
+    elif path is not None:
+        raise SystemExit(f"--prior {path} does not exist; give --prior-from CHECKPOINT to make it")
+    else:
+        raise SystemExit("--criterion catrs needs --prior FILE or --prior-from CHECKPOINT")
+    expected = (len(data), num_classes)  # type: ignore[arg-type]
+    if not isinstance(table, Tensor) or tuple(table.shape) != expected:
+        shape = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
+        raise SystemExit(
+            "the prior must have one row per training image and one column per class, "
+            f"{expected}, got {shape}"
+        )
+    return table.float()
 
 
 def _checkpoint(args, info, hparams, model, optimizer, scheduler, epoch, history) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 import rsmooth.attacks
 import rsmooth.losses
 from rsmooth.losses import (
+    AdaptiveNoiseLoss,
+    CATRSLoss,
     ConsistencyLoss,
     GaussianAugmentationLoss,
     MACERLoss,
@@ -31,6 +33,25 @@ def _plain_call(module: nn.Module, model: nn.Module, inputs: Tensor, targets: Te
     return module(model, inputs, targets)
 
 
+def _prior(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    # A fixed prior (half on the label, half uniform); K from a gradient-free forward pass.
+    with torch.no_grad():
+        num_classes = model(inputs[:1]).shape[-1]
+    prior = torch.full((len(targets), num_classes), 0.5 / num_classes, dtype=torch.float32)
+    prior[torch.arange(len(targets)), targets] += 0.5
+    return prior.to(inputs.dtype)
+
+
+def _catrs_call(module: nn.Module, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    return module(model, inputs, targets, prior=_prior(model, inputs, targets))
+
+
+def _catrs_attack_call(
+    module: nn.Module, model: nn.Module, inputs: Tensor, targets: Tensor
+) -> Tensor:
+    return module(model, inputs, _prior(model, inputs, targets))
+
+
 @dataclass(frozen=True)
 class Entry:
     """How to build one criterion (or attack) and call it on ``(model, inputs, targets)``."""
@@ -40,6 +61,9 @@ class Entry:
     #: ``call(module, model, inputs, targets)``; override for criteria whose forward takes more
     #: (e.g. a ``prior=`` tensor built from ``inputs``/``targets``).
     call: Callable[[nn.Module, nn.Module, Tensor, Tensor], Tensor] = _plain_call
+    #: Attacks only: True if it returns adversarial noise ``[m * B, *]`` (drawn first from the
+    #: generator with ``sample_noise``) instead of adversarial inputs ``[B, *]``.
+    noise: bool = False
 
 
 # Every criterion exported by rsmooth.losses needs at least one entry here (see missing_criteria).
@@ -60,10 +84,14 @@ CRITERIA: dict[str, Entry] = {
         SmoothMixLoss,
         lambda g: SmoothMixLoss(0.5, 1.0, 2, 2, 5.0, one_step_adversary=True, generator=g),
     ),
-    # TO ADD AT MERGE (criteria helper, issue 10) -- the tests fail until these exist:
-    # "catrs": Entry(CATRSLoss, lambda g: CATRSLoss(0.5, ..., generator=g),
-    #                call=lambda c, model, x, y: c(model, x, y, prior=<a [B] tensor of ...>)),
-    # "adaptive-noise": Entry(AdaptiveNoiseLoss, lambda g: AdaptiveNoiseLoss(0.5, ..., generator=g)),
+    "catrs": Entry(
+        CATRSLoss,
+        lambda g: CATRSLoss(0.5, num_noise=2, epsilon=1.0, num_steps=2, generator=g),
+        call=_catrs_call,
+    ),
+    "adaptive-noise": Entry(
+        AdaptiveNoiseLoss, lambda g: AdaptiveNoiseLoss(0.5, 0.25, 2, num_noise=2, generator=g)
+    ),
 }
 
 ATTACKS: dict[str, Entry] = {
@@ -78,6 +106,17 @@ ATTACKS: dict[str, Entry] = {
     "ddn": Entry(
         rsmooth.attacks.SmoothDDNAttack,
         lambda g: rsmooth.attacks.SmoothDDNAttack(0.5, 0.5, 3, 2, generator=g),
+    ),
+    "catrs-noise": Entry(
+        rsmooth.attacks.CATRSNoiseAttack,
+        lambda g: rsmooth.attacks.CATRSNoiseAttack(0.5, 1.0, 2, 2, generator=g),
+        call=_catrs_attack_call,
+        noise=True,
+    ),
+    "adaptive-noise": Entry(
+        rsmooth.attacks.AdaptiveNoiseAttack,
+        lambda g: rsmooth.attacks.AdaptiveNoiseAttack(0.5, 0.25, 2, 2, generator=g),
+        noise=True,
     ),
 }
 

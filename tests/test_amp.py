@@ -114,25 +114,36 @@ def test_criterion_under_float16_autocast_with_saturated_logits_is_finite(name):
 def test_attack_under_bfloat16_autocast(name):
     entry = ATTACKS[name]
     for seed in range(2):
-        x, y = _batch(seed)
+        x, _ = _batch(seed)
         model = _cnn(seed)
+        with torch.no_grad():  # attack the model's own (clean) predictions: there is work to do
+            y = model(x).argmax(1)
         reference = entry.call(entry.make(torch.Generator().manual_seed(seed)), model, x, y)
         attack = entry.make(torch.Generator().manual_seed(seed))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            x_adv = entry.call(attack, model, x, y)
-        assert x_adv.dtype == x.dtype
-        assert x_adv.shape == x.shape
-        assert torch.isfinite(x_adv).all()
-        assert x_adv.min() >= 0 and x_adv.max() <= 1
-        if hasattr(attack, "epsilon"):
-            assert ((x_adv - x).flatten(1).norm(dim=1) <= attack.epsilon + 1e-2).all()
+            out = entry.call(attack, model, x, y)
+        assert out.dtype == x.dtype
+        assert out.shape == reference.shape
+        assert torch.isfinite(out).all()
+        if entry.noise:  # adversarial noise; it starts from the generator's first draw
+            start = sample_noise(
+                x, attack.sigma, attack.num_noise, generator=torch.Generator().manual_seed(seed)
+            )
+        else:  # adversarial inputs, in the box (and the ball) around x
+            start = x
+            assert out.min() >= 0 and out.max() <= 1
+            if hasattr(attack, "epsilon"):
+                assert ((out - x).flatten(1).norm(dim=1) <= attack.epsilon + 1e-2).all()
         # The iterates follow normalised gradients that differ by a few percent under bfloat16;
         # over T steps the endpoints drift apart by up to ~9% of the perturbation (measured on
-        # 8 seeds); 0.25 allows for that and still fails on a broken (e.g. nan-free but random)
-        # direction.
-        moved = (reference - x).flatten(1).norm(dim=1)
-        drift = (x_adv - reference).flatten(1).norm(dim=1)
-        assert (drift <= 0.25 * moved + 1e-6).all(), f"{name}: {drift} vs {moved}"
+        # 8 seeds). Summed over the batch, 0.25 allows for that (and for a row whose early stop
+        # flips by one step) and still fails on a broken direction.
+        moved = (reference - start).norm()
+        drift = (out - reference).norm()
+        assert moved > 0
+        assert drift <= 0.25 * moved + 1e-6, (
+            f"{name}: drift {drift:.3g} vs perturbation {moved:.3g}"
+        )
         for p in model.parameters():
             assert p.grad is None
 

@@ -97,5 +97,5 @@ def test_attack_with_channels_last(name):
         entry.make(torch.Generator().manual_seed(0)), last, x.contiguous(memory_format=CL), y
     )
     assert last.formats and all(last.formats)
-    assert x_adv.shape == x.shape
+    assert x_adv.shape == reference.shape
     torch.testing.assert_close(x_adv, reference, rtol=1e-4, atol=1e-5)
