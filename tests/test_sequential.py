@@ -171,7 +171,11 @@ def test_stopped_inputs_draw_no_more_samples():
 
 
 # ---------------------------------------------------------------------------- determinism
-def test_bit_identical_alone_in_a_batch_and_across_batch_sizes():
+@pytest.mark.parametrize(
+    "batch_sizes",
+    [(64, 1000), pytest.param((1, 7, "auto"), marks=pytest.mark.slow)],
+)
+def test_bit_identical_alone_in_a_batch_and_across_batch_sizes(batch_sizes):
     margins = [3.0, 0.52, -1.0, 0.8, 0.26, 0.0]
     seeds = [11, 12, 13, 14, 15, 16]
     kwargs = {"alpha": 0.01, "max_n": 4_000}
@@ -186,7 +190,7 @@ def test_bit_identical_alone_in_a_batch_and_across_batch_sizes():
     assert len(set(batch.num_samples.tolist())) > 2
     fields = ("prediction", "certified", "status", "radius", "p_lower", "p_upper", "count",
               "num_samples", "candidate")  # fmt: skip
-    for batch_size in (1, 7, 64, 1000):
+    for batch_size in batch_sizes:
         smoothed = linear(batch_size=batch_size)
         for i in range(6):
             alone = smoothed.certify_radius(at([margins[i]]), radii, generator=gens([i]), **kwargs)
