@@ -331,9 +331,11 @@ class SmoothedClassifier:
     Sampling is vectorised: forward batches of at most ``batch_size`` noisy samples are filled
     across inputs and samples, so memory is bounded by ``batch_size`` (never by ``n`` or the
     number of inputs), and certifying many inputs with a small ``n`` is as efficient as one input
-    with a large ``n``. For every call, each input gets its own noise stream seeded from the
-    ``generator``; the same generator state, arguments and ``batch_size`` give bit-identical
-    results on the same device.
+    with a large ``n``. For every call, each input gets its own noise streams seeded from the
+    ``generator``; sample ``s`` of an input depends only on its seed and ``s`` (fixed-size noise
+    blocks), so the same generator state and arguments give bit-identical results on the same
+    device for every ``batch_size``, however the samples are split and whatever other inputs
+    share the call.
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
