@@ -232,3 +232,27 @@ def test_radius_caps_errors(caps, match):
     pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match=match):
         plot_certified_accuracy({"a": random_results(0)}, radius_caps=caps)
+
+
+def test_runs_with_the_same_cap_share_one_grey_line():
+    pytest.importorskip("matplotlib")
+    from rsmooth.stats import max_certified_radius
+
+    def cert(n):
+        return Certificate(
+            prediction=torch.tensor([1]), radius=torch.tensor([0.2]), p_lower=torch.zeros(1),
+            count=torch.zeros(1), n=n, n0=10, alpha=0.001, sigma=0.5,
+        )  # fmt: skip
+
+    runs = {"a": cert(1000), "b": cert(1000), "c": cert(100_000)}
+    targets = dict.fromkeys(runs, torch.tensor([1]))
+    lines = cap_lines(plot_certified_accuracy(runs, targets=targets))
+    small, large = max_certified_radius(1000, 0.001, 0.5), max_certified_radius(100_000, 0.001, 0.5)
+    assert [(x, label, color) for x, label, color, _ in lines] == [
+        (pytest.approx(small), f"a, b: radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)", "#595959"),
+        (pytest.approx(large), f"c: radius cap {large:.2f} (sigma=0.5, N=100,000, alpha=0.001)", "#2ca02c"),
+    ]  # fmt: skip
+    ((_, label, _, _),) = cap_lines(
+        plot_certified_accuracy(dict(list(runs.items())[:2]), targets=targets)
+    )
+    assert label == f"radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)"

@@ -93,8 +93,9 @@ def plot_certified_accuracy(
 
     Each run's **radius cap** :math:`\sigma\,\Phi^{-1}(\alpha^{1/N})`, the largest radius
     CERTIFY can report with N samples at level alpha, is marked by a dashed vertical line in the
-    run's colour, labelled in the legend: it explains the cliff at the right end of every curve
-    (no input can be certified beyond it, however robust the model). The cap is known for a
+    run's colour (one grey line for runs that share it), labelled in the legend: it explains the
+    cliff at the right end of every curve (no input can be certified beyond it, however robust
+    the model). The cap is known for a
     :class:`~rsmooth.Certificate` (its ``sigma``, ``n`` and ``alpha``) and for results files
     written by rsmooth (their ``.json`` sidecar); give it in ``radius_caps`` for other files
     (e.g. :func:`~rsmooth.stats.max_certified_radius` ``(100_000, 0.001, sigma)`` for the
@@ -173,15 +174,25 @@ def plot_certified_accuracy(
         _, accuracy = certified_accuracy_curve(cert, labels, grid)
         (line,) = ax.plot(grid, accuracy, label=str(name), drawstyle="steps-post")
         colors[name] = line.get_color()
-    for name, (cap, settings) in caps.items():
+    shared: dict[tuple[float, str], list[str]] = {}
+    for name, key in caps.items():
+        shared.setdefault(key, []).append(name)
+    for (cap, settings), names in shared.items():
+        # one line per distinct cap: in the run's colour, or grey when several runs share it
+        if len(names) == len(results) and len(names) > 1:
+            who, color = "", "0.35"
+        elif len(names) > 1:
+            who, color = ", ".join(map(str, names)) + ": ", "0.35"
+        else:
+            who, color = f"{names[0]}: ", colors[names[0]]
         ax.vlines(
             cap,
             0.0,
             1.0,
-            colors=colors[name],
+            colors=color,
             linestyles="dashed",
             linewidth=1.0,
-            label=f"{name}: radius cap {cap:.2f}{settings}",
+            label=f"{who}radius cap {cap:.2f}{settings}",
         )
     ax.set_xlim(0.0, max_radius)
     ax.set_ylim(0.0, 1.0)
