@@ -337,15 +337,18 @@ def test_certify_end_to_end(certify, tiny_checkpoint, tmp_path, capsys):
         assert row[4] == str(int(row[2] == row[1]))
         assert float(row[3]) >= 0.0
         assert len(row[3].rstrip("0").replace(".", "").lstrip("0")) <= 3  # 3 significant digits
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "ACR" in printed
     assert "r=0.25" in printed
+    assert "10/10" in captured.err  # progress: tqdm's bar or the runner's plain line
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.read_bytes()[:4] == b"\x89PNG"
     # Same settings again: the complete file is kept (resumed), not recomputed.
     before = out.read_text()
-    assert certify.main(argv) == 0
+    assert certify.main([*argv, "--no-progress"]) == 0
     assert out.read_text() == before
+    assert capsys.readouterr().err == ""
 
 
 def test_certify_errors(certify, tiny_checkpoint, tmp_path):
@@ -372,6 +375,33 @@ def test_demo_building_blocks(demo, tmp_path, capsys):
     for cert in certificates.values():
         assert cert.prediction.shape == cert.radius.shape == (12,)
     assert (tmp_path / "smoothmix.pt").is_file()
+
+
+def test_demo_certifies_in_chunks_with_progress(demo, monkeypatch, capsys):
+    from rsmooth import SmoothedClassifier
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    smoothed = SmoothedClassifier(model, sigma=0.5, batch_size=300)
+    images = torch.rand(12, 1, 2, 2)
+    args = demo.build_parser().parse_args(["--n", "100", "--n0", "10", "--chunk", "5"])
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # the plain progress lines
+    cert = demo.certify_in_chunks(smoothed, images, args, torch.Generator().manual_seed(3), "[m]")
+    err = capsys.readouterr().err
+    assert [line.split(",")[0] for line in err.splitlines()] == [
+        "[m]: 5/12 images",
+        "[m]: 10/12 images",
+        "[m]: 12/12 images",
+    ]
+    # the same as certifying the chunks one after the other with one generator
+    g = torch.Generator().manual_seed(3)
+    parts = [smoothed.certify(images[i : i + 5], n=100, n0=10, generator=g) for i in (0, 5, 10)]
+    for field in ("prediction", "radius", "p_lower"):
+        assert torch.equal(getattr(cert, field), torch.cat([getattr(p, field) for p in parts]))
+    assert cert.n == 100 and cert.sigma == 0.5
+    args.quiet = True
+    demo.certify_in_chunks(smoothed, images, args, torch.Generator().manual_seed(3), "[m]")
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow
