@@ -14,16 +14,16 @@ pixel space (sigma and the radii keep the papers' units).
 
 The dataset is **not** recorded in the checkpoint: it decides layer ``0`` and must be given.
 
-========================  ===========================================  ========  =========
-architecture              network                                      classes   input
-========================  ===========================================  ========  =========
-``lenet``                 LeNet: conv5x5 20, pool, conv5x5 50, pool,   10        1x28x28
-                          fc 800->500, fc 500->10
-``cifar_resnet20``        CIFAR ResNet, depth 20 (3 stages of 3)       10        3x32x32
-``cifar_resnet110``       CIFAR ResNet, depth 110 (3 stages of 18)     10        3x32x32
-``cifar100_resnet110``    CIFAR ResNet, depth 110                      100       3x32x32
-``resnet50``              torchvision's ResNet-50 (``rsmooth[models]``) 1000      3x224x224
-========================  ===========================================  ========  =========
+======================  ==============================================  =======  =========
+architecture            network                                         classes  input
+======================  ==============================================  =======  =========
+``lenet``               LeNet: conv5x5 20, pool, conv5x5 50, pool,      10       1x28x28
+                        fc 800->500, fc 500->10
+``cifar_resnet20``      CIFAR ResNet, depth 20 (3 stages of 3)          10       3x32x32
+``cifar_resnet110``     CIFAR ResNet, depth 110 (3 stages of 18)        10       3x32x32
+``cifar100_resnet110``  CIFAR ResNet, depth 110                         100      3x32x32
+``resnet50``            torchvision's ResNet-50 (``rsmooth[models]``)   1000     3x224x224
+======================  ==============================================  =======  =========
 
 Only what the field standardised lives here; your own models stay yours (put their
 normalisation inside them, as :class:`NormalizeLayer` does).
