@@ -381,3 +381,10 @@ def test_research_checkpoint_errors(tmp_path, capsys, make_argv, message):
 def save(path, obj):
     torch.save(obj, path)
     return str(path)
+
+
+def test_certify_help_explains_research_checkpoints(capsys):
+    code, out, _ = run(["certify", "--help"], capsys)
+    assert code == 0
+    assert "--normalization" in out and "research-format" in out
+    assert "rsmooth certify --checkpoint released/checkpoint.pth.tar --dataset cifar10" in out

@@ -250,3 +250,13 @@ def test_round_trip_keeps_the_weights_and_the_batchnorm_statistics(tmp_path):
 
 def test_module_docs_list_every_architecture():
     assert all(f"``{arch}``" in (models.__doc__ or "") for arch in ARCHITECTURES)
+
+
+def test_a_missing_module_level_gives_the_opposite_hint():
+    # resnet50's research layout has "1.module."; a checkpoint saved without DataParallel lacks it
+    expected = ["1.module.conv1.weight", "1.module.fc.weight"]
+    message = models._key_mismatch(expected, ["1.conv1.weight", "1.fc.weight"])
+    assert "missing keys (2): 1.module.conv1.weight, 1.module.fc.weight" in message
+    assert "unexpected keys (2): 1.conv1.weight, 1.fc.weight" in message
+    assert "hint: this architecture's keys have a 'module.' level" in message
+    assert models._key_mismatch(expected, list(expected)) is None
