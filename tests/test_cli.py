@@ -306,7 +306,7 @@ def test_interrupt_exit_status(tmp_path, capsys, monkeypatch):
 RESEARCH = ROOT / "tests" / "data" / "reference-archs"  # copies of shared/data/reference-archs
 
 
-def fake_cifar10(root, size=4):
+def fake_cifar10(root, size=2):
     """A CIFAR-10 python-pickle folder with `size` test images (the layout of the real one)."""
     import pickle
 
@@ -324,8 +324,8 @@ def research_args(tmp_path, *extra, checkpoint=None, dataset="cifar10"):
     checkpoint = checkpoint or RESEARCH / "cifar_resnet20.checkpoint.pth.tar"
     return [
         "certify", "--checkpoint", str(checkpoint), "--dataset", dataset,
-        "--data-root", str(tmp_path / "data"), "--sigma", "0.25", "--n", "100", "--n0", "10",
-        "--batch-size", "100", "--out", str(tmp_path / "r.tsv"), "--no-progress", *extra,
+        "--data-root", str(tmp_path / "data"), "--sigma", "0.25", "--n", "50", "--n0", "10",
+        "--batch-size", "60", "--out", str(tmp_path / "r.tsv"), "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -339,11 +339,11 @@ def test_certify_a_research_checkpoint_without_model(tmp_path, capsys):
     assert "| r.tsv |" in out
     # the same rows as certifying the loaded model directly with the same settings
     model = load_research_checkpoint(RESEARCH / "cifar_resnet20.checkpoint.pth.tar", "cifar10")
-    smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=100)
+    smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=60)
     dataset = load_dataset("cifar10", "test", root=tmp_path / "data")
     expected = tmp_path / "expected.tsv"
-    certify_dataset(smoothed, dataset, expected, n0=10, n=100, alpha=0.001, progress=False)
-    assert rows(tmp_path / "r.tsv") == rows(expected) and len(rows(expected)) == 4
+    certify_dataset(smoothed, dataset, expected, n0=10, n=50, alpha=0.001, progress=False)
+    assert rows(tmp_path / "r.tsv") == rows(expected) and len(rows(expected)) == 2
 
 
 def test_research_checkpoint_normalisation_is_the_datasets(tmp_path, capsys):
