@@ -24,7 +24,6 @@ comparison of the six criteria.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -85,54 +84,6 @@ def train_models(args: argparse.Namespace) -> dict[str, nn.Module]:
     return models
 
 
-def certify_in_chunks(
-    smoothed: SmoothedClassifier,
-    images: torch.Tensor,
-    args: argparse.Namespace,
-    generator: torch.Generator,
-    desc: str,
-) -> Certificate:
-    """``smoothed.certify`` over ``images``, ``args.chunk`` at a time, with a progress bar.
-
-    tqdm's bar when tqdm is installed (``rsmooth[progress]``), else a line per chunk on stderr.
-    """
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = None
-    bar = None if tqdm is None or args.quiet else tqdm(total=len(images), desc=desc, unit="image")
-    parts = []
-    started = time.perf_counter()
-    for start in range(0, len(images), args.chunk):
-        chunk = images[start : start + args.chunk]
-        parts.append(
-            smoothed.certify(chunk, n=args.n, n0=args.n0, alpha=args.alpha, generator=generator)
-        )
-        if bar is not None:
-            bar.update(len(chunk))
-        elif not args.quiet:
-            done = start + len(chunk)
-            print(
-                f"{desc}: {done}/{len(images)} images, {time.perf_counter() - started:.0f} s",
-                file=sys.stderr,
-            )
-    if bar is not None:
-        bar.close()
-    return _concatenate(parts)
-
-
-def _concatenate(parts: list[Certificate]) -> Certificate:
-    """One Certificate from per-chunk ones: per-input tensors joined, settings kept."""
-    first = parts[0]
-    size = len(first.prediction)
-    joined = {}
-    for field in dataclasses.fields(first):
-        value = getattr(first, field.name)
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
-            joined[field.name] = torch.cat([getattr(p, field.name) for p in parts])
-    return dataclasses.replace(first, **joined)
-
-
 def certify_models(
     models: dict[str, nn.Module], args: argparse.Namespace
 ) -> tuple[dict[str, Certificate], torch.Tensor]:
@@ -143,8 +94,13 @@ def certify_models(
         started = time.perf_counter()
         smoothed = SmoothedClassifier(model, sigma=args.sigma, batch_size=args.batch)
         generator = torch.Generator().manual_seed(args.seed)
-        certificates[name] = certify_in_chunks(
-            smoothed, images, args, generator, desc=f"[{name}] certifying"
+        certificates[name] = smoothed.certify(
+            images,
+            n=args.n,
+            n0=args.n0,
+            alpha=args.alpha,
+            generator=generator,
+            progress=not args.quiet,  # samples done and the rate, on stderr
         )
         print(
             f"[{name}] certified {len(labels)} test images (n={args.n}) in "
@@ -178,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--batch", type=int, default=5000, help="forward batch of the certifier")
-    p.add_argument("--chunk", type=int, default=25, help="images per progress step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="demo_output", help="checkpoints and the plot")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines, no progress")
@@ -186,10 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.chunk < 1:
-        parser.error(f"--chunk must be a positive integer, got {args.chunk}")
+    args = build_parser().parse_args(argv)
     started = time.perf_counter()
     models = train_models(args)
     certificates, labels = certify_models(models, args)

@@ -377,30 +377,17 @@ def test_demo_building_blocks(demo, tmp_path, capsys):
     assert (tmp_path / "smoothmix.pt").is_file()
 
 
-def test_demo_certifies_in_chunks_with_progress(demo, monkeypatch, capsys):
-    from rsmooth import SmoothedClassifier
-
+def test_demo_certification_shows_progress(demo, capsys):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    smoothed = SmoothedClassifier(model, sigma=0.5, batch_size=300)
-    images = torch.rand(12, 1, 2, 2)
-    args = demo.build_parser().parse_args(["--n", "100", "--n0", "10", "--chunk", "5"])
-    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # the plain progress lines
-    cert = demo.certify_in_chunks(smoothed, images, args, torch.Generator().manual_seed(3), "[m]")
+    models = {"gaussian": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))}
+    flags = ["--dataset", "digits", "--num-certify", "4", "--n", "100", "--n0", "10"]
+    args = demo.build_parser().parse_args(flags)
+    certificates, labels = demo.certify_models(models, args)
+    assert certificates["gaussian"].radius.shape == labels.shape == (4,)
     err = capsys.readouterr().err
-    assert [line.split(",")[0] for line in err.splitlines()] == [
-        "[m]: 5/12 images",
-        "[m]: 10/12 images",
-        "[m]: 12/12 images",
-    ]
-    # the same as certifying the chunks one after the other with one generator
-    g = torch.Generator().manual_seed(3)
-    parts = [smoothed.certify(images[i : i + 5], n=100, n0=10, generator=g) for i in (0, 5, 10)]
-    for field in ("prediction", "radius", "p_lower"):
-        assert torch.equal(getattr(cert, field), torch.cat([getattr(p, field) for p in parts]))
-    assert cert.n == 100 and cert.sigma == 0.5
-    args.quiet = True
-    demo.certify_in_chunks(smoothed, images, args, torch.Generator().manual_seed(3), "[m]")
+    assert "certify" in err and "440" in err  # (n0 + n) * 4 samples, as the engine counts them
+    args = demo.build_parser().parse_args([*flags, "--quiet"])
+    demo.certify_models(models, args)
     assert capsys.readouterr().err == ""
 
 
