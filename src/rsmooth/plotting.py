@@ -169,7 +169,7 @@ def plot_certified_accuracy(
     if ax is None:
         figure = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = figure.add_subplot()
-    colors = {}
+    colors: dict[str, Any] = {}
     for name, (cert, labels) in curves.items():
         _, accuracy = certified_accuracy_curve(cert, labels, grid)
         (line,) = ax.plot(grid, accuracy, label=str(name), drawstyle="steps-post")
@@ -178,6 +178,7 @@ def plot_certified_accuracy(
     for name, key in caps.items():
         shared.setdefault(key, []).append(name)
     for (cap, settings), names in shared.items():
+        color: Any
         # one line per distinct cap: in the run's colour, or grey when several runs share it
         if len(names) == len(results) and len(names) > 1:
             who, color = "", "0.35"
