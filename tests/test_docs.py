@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-MODULES = ["rsmooth", "rsmooth.losses", "rsmooth.metrics", "rsmooth.stats", "rsmooth.runner"]
+MODULES = [
+    "rsmooth",
+    "rsmooth.losses",
+    "rsmooth.metrics",
+    "rsmooth.stats",
+    "rsmooth.runner",
+    "rsmooth.training",
+]
 OPTIONAL = [
     "rsmooth.attacks",
     "rsmooth.datasets",
