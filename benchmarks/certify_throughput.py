@@ -1,8 +1,8 @@
 """Certification throughput: the bare-forward floor, rsmooth's certify (automatic batch size and
 compile), and IBM ART's certify, with peak memory.
 
-For a LeNet on 1x28x28 and a CIFAR ResNet-20 on 3x32x32 (random weights: throughput does not
-depend on them), in one run and on one device, it measures samples per second of
+For a LeNet on 1x28x28 and a CIFAR ResNet-20 on 3x32x32 (``rsmooth.models.get_model``, random
+weights: throughput does not depend on them), in one run and on one device, it measures samples per second of
 
 - the **floor**: a bare forward pass + argmax over a pre-generated noisy batch, at each batch
   size in {64, 128, 256, 512, 1024, 2048} (no noise generation, no counting);
