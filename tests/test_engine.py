@@ -44,6 +44,10 @@ def test_block_size_depends_only_on_the_number_of_elements():
     assert _block_size(64) == 512
     assert _block_size(784) == 2**16 // 784
     assert _block_size(3 * 224 * 224) == 1
+    # accelerators: larger blocks (fewer launches per forward batch), still batch-size free
+    assert _block_size(784, "cuda") == 2**20 // 784
+    assert _block_size(2, "cuda") == 4096
+    assert _block_size(3 * 224 * 224, "cuda") == 2**20 // (3 * 224 * 224)
     assert len({SELECTION, ESTIMATION, AUXILIARY}) == 3
 
 
