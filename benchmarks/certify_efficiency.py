@@ -41,7 +41,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from models import LeNet  # noqa: E402
+from models import build_model  # noqa: E402
 
 from rsmooth import GaussianAugmentationLoss, SmoothedClassifier  # noqa: E402
 from rsmooth.datasets import load_dataset  # noqa: E402
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_lenet(args: argparse.Namespace, device: torch.device) -> nn.Module:
     data = load_dataset("fashion-mnist", "train", root=args.data_root, limit=args.train_size)
     images, labels = data.tensors
-    model = LeNet(1, 10).to(device)
+    model = build_model("lenet", (1, 28, 28), 10).to(device)
     g = torch.Generator(device=device).manual_seed(args.seed)
     criterion = GaussianAugmentationLoss(args.sigma, generator=g)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -141,7 +141,7 @@ def load_lenet(path: str, device: torch.device) -> nn.Module:
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
-    model = LeNet(1, 10)
+    model = build_model("lenet", (1, 28, 28), 10)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     return model.to(device).eval()
 
