@@ -466,28 +466,34 @@ class SmoothedClassifier:
 
         An integer ``batch_size`` is returned as is. With ``"auto"``, the first call for an
         input shape, dtype and device times a few batch sizes with real forward passes (at most
-        2% of ``total`` forward rows) and caches the fastest; when that budget is too small for
-        two candidates, the device's default is used for this call and nothing is cached.
+        2% of ``total`` forward rows) and caches the fastest once the search has settled (a
+        larger size was slower, ran out of memory, or none is left). When the budget is too small
+        for two candidates, or ends the search while the throughput still grows, this call uses
+        the larger of the best size so far and the device's default, and nothing is cached.
         """
         if self.batch_size != "auto":
             return self.batch_size
         key = _auto_key(inputs)
         if key in self._auto_batch_sizes:
             return self._auto_batch_sizes[key]
-        chosen = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
+        default = _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+        chosen, settled = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
         if chosen is None:
-            return _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+            return default
+        if not settled:  # the budget ended the search while throughput still grew: a larger
+            return max(chosen, default)  # call tunes further; nothing is cached
         self._auto_batch_sizes[key] = chosen
         return chosen
 
-    def _tune_batch_size(self, inputs: Tensor, budget: int) -> int | None:
+    def _tune_batch_size(self, inputs: Tensor, budget: int) -> tuple[int | None, bool]:
         """The fastest forward batch size, trying sizes upwards while the throughput grows.
 
         Each candidate costs one warm-up and ``_AUTO_REPEATS`` timed forward passes. Stops at
         the first candidate that is slower than the best, that would exceed ``budget`` forward
-        rows, or that runs out of memory (then the memory is released). None when ``budget``
-        does not cover the first two candidates, or the model fails (the real call then reports
-        the model's error).
+        rows, or that runs out of memory (then the memory is released). Returns the size and
+        whether the search settled (False when the budget stopped it); the size is None when
+        ``budget`` does not cover the first two candidates, or the model fails (the real call
+        then reports the model's error).
         """
         device, dtype = inputs.device, inputs.dtype
         shape = tuple(inputs.shape[1:])
@@ -498,13 +504,14 @@ class SmoothedClassifier:
             candidates = [b for b in candidates if b * per_row <= _AUTO_MAX_CPU_BYTES] or [1]
         per_candidate = 1 + _AUTO_REPEATS
         if len(candidates) < 2 or per_candidate * (candidates[0] + candidates[1]) > budget:
-            return None
+            return None, False
         generator = torch.Generator(device=device).manual_seed(0)
         memory_format = _memory_format(inputs)
-        best, best_rate, spent, out_of_memory = None, 0.0, 0, False
+        best, best_rate, spent, out_of_memory, settled = None, 0.0, 0, False, True
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             for size in candidates:
                 if spent + per_candidate * size > budget:
+                    settled = False
                     break
                 spent += per_candidate * size
                 try:
@@ -525,14 +532,14 @@ class SmoothedClassifier:
                     out_of_memory = True
                     break
                 except Exception:  # the real forward pass reports it, with hints
-                    return None
+                    return None, False
                 rate = size / max(min(seconds[1:]), 1e-9)
                 if rate <= best_rate:
                     break
                 best, best_rate = size, rate
         if out_of_memory:
             _release_memory(device)
-        return best
+        return best, settled
 
     def _autocast_forward(self, batch: Tensor) -> object:
         with self._autocast_context(batch.device):
