@@ -45,7 +45,7 @@ from typing import Any, Protocol, TextIO
 
 import torch
 
-from rsmooth._validation import check_inputs, check_int, check_open_unit
+from rsmooth._validation import check_input_range, check_inputs, check_int, check_open_unit
 from rsmooth.metrics import CertificationResults, read_results
 from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier, _warn_sample_size
 
@@ -568,7 +568,7 @@ def certify_dataset(
         >>> from torch import nn
         >>> from torch.utils.data import TensorDataset
         >>> g = torch.Generator().manual_seed(0)
-        >>> data = TensorDataset(torch.randn(6, 2, generator=g), torch.tensor([0, 1, 0, 1, 0, 1]))
+        >>> data = TensorDataset(torch.rand(6, 2, generator=g), torch.tensor([0, 1, 0, 1, 0, 1]))
         >>> smoothed = SmoothedClassifier(nn.Linear(2, 2), sigma=0.25)
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "results.tsv"
         >>> res = certify_dataset(smoothed, data, out, n0=20, n=200, progress=False)
@@ -612,6 +612,13 @@ def certify_dataset(
         "batch_size": smoothed.batch_size,
     }
     mine = selection[shard.index :: shard.count]
+    if mine:  # fail on a wrong input range before any file is written
+        check_input_range(
+            f"dataset[{mine[0]}] input",
+            torch.as_tensor(dataset[mine[0]][0]),
+            smoothed.input_range,
+            switch="input_range=None to SmoothedClassifier (--input-range none in the CLI)",
+        )
     handle, done = _open_for_append(path, config, selection, shard)
     todo = [i for i in mine if i not in done]
     show = progress and os.environ.get("LOCAL_RANK", "0") == "0"

@@ -20,7 +20,10 @@ from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
 from rsmooth._validation import (
+    DEFAULT_INPUT_RANGE,
     check_generator,
+    check_input_range,
+    check_input_range_arg,
     check_inputs,
     check_int,
     check_model,
@@ -124,6 +127,9 @@ class SmoothedClassifier:
         num_classes: Number of classes ``K``. Default: inferred from the model's output (and
             checked against it when given).
         batch_size: Maximum number of noisy samples per forward pass. Default: 1000.
+        input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
+            check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
+            [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -131,7 +137,7 @@ class SmoothedClassifier:
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2))
-        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500)
+        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500, input_range=None)
         >>> x = torch.tensor([[3.0, -3.0], [0.0, 0.0]])
         >>> with torch.no_grad():
         ...     _ = model[0].weight.copy_(torch.eye(2)), model[0].bias.zero_()
@@ -152,8 +158,10 @@ class SmoothedClassifier:
         *,
         num_classes: int | None = None,
         batch_size: int = 1000,
+        input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     ) -> None:
         self.model = check_model(model)
+        self.input_range = check_input_range_arg("input_range", input_range)
         self.sigma = check_positive("sigma", sigma)
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
@@ -251,6 +259,7 @@ class SmoothedClassifier:
         self, inputs: Tensor, generator: GeneratorArg
     ) -> tuple[Tensor, torch.Generator | list[torch.Generator] | None]:
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         if isinstance(generator, (list, tuple)):
             if len(generator) != inputs.shape[0]:
                 raise ValueError(
@@ -440,6 +449,7 @@ class SmoothedClassifier:
             torch.Size([4, 3])
         """
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         generator = check_generator(generator, inputs.device)
         num_noise = check_int("num_noise", num_noise)
         noise = sample_noise(inputs, self.sigma, num_noise, generator=generator)
