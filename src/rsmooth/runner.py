@@ -708,7 +708,7 @@ def certify_dataset(
                 began = time.perf_counter()
                 with warnings.catch_warnings():  # warned once above
                     warnings.simplefilter("ignore", SampleSizeWarning)
-                    cert = smoothed.certify(inputs, n, n0, alpha, generator=generators)
+                    cert = smoothed.certify(inputs, n=n, n0=n0, alpha=alpha, generator=generators)
                 predictions = cert.prediction.tolist()
                 radii = cert.radius.tolist()
                 counts = cert.count.tolist()
