@@ -268,7 +268,7 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys, monkeypatch, make_a
     assert code == 2
     assert message in err, err
     # one message (whole, possibly several lines), no traceback, no terminal colour codes
-    assert sum(line.startswith("rsmooth") for line in err.splitlines()) == 1
+    assert sum(line.startswith("rsmooth") and "error:" in line for line in err.splitlines()) == 1
     assert err.startswith("rsmooth") and "Traceback" not in err and "\x1b" not in err
 
 

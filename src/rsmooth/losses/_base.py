@@ -208,6 +208,8 @@ class SmoothingCriterion(nn.Module):
 
     def _check_output_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward hook (first call only): logits tensor, and no final softmax."""
+        if self._outputs_checked:  # the first forward of the first call is enough
+            return
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"model must return a logits tensor [N, K], got {type(output).__name__}; "
