@@ -152,6 +152,8 @@ def check_input_range(
     smallest, largest = (float(v) for v in torch.aminmax(inputs.detach()))
     if low <= smallest and largest <= high:
         return inputs
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise ValueError(f"{name} must be finite, got a tensor containing NaN or inf")
     message = (
         f"{name} must lie in [{low:g}, {high:g}], got values in [{smallest:.4g}, {largest:.4g}]"
     )

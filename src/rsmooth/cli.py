@@ -616,7 +616,6 @@ def _report(args: argparse.Namespace) -> int:
         if len(result) == 0:
             raise _CommandError(f"{result.path}: no rows")
     settings = {name: _run_settings(path) for name, path in zip(names, paths, strict=True)}
-    _show_settings(settings)
     radii = DEFAULT_RADII if args.radii is None else args.radii
     caps = [entry["radius cap"] for entry in settings.values() if entry is not None]
     if args.radii is None and caps and len(caps) == len(settings):
@@ -628,6 +627,7 @@ def _report(args: argparse.Namespace) -> int:
         ax = plot_certified_accuracy(results, max_radius=args.max_radius)
         save_figure(ax, args.plot)
         print(f"rsmooth report: wrote {args.plot}", file=sys.stderr)
+    _show_settings(settings)  # after the outputs: an error stays one message
     return 0
 
 

@@ -679,10 +679,11 @@ def certify_dataset(
     except TypeError as error:
         raise TypeError(f"identity must hold JSON values ({error})") from None
     mine = selection[shard.index :: shard.count]
-    if mine:  # fail on a wrong input range before any file is written
-        check_input_range(
+    first = torch.as_tensor(dataset[mine[0]][0]) if mine else None
+    if first is not None and first.is_floating_point() and bool(torch.isfinite(first).all()):
+        check_input_range(  # fail on a wrong input range before any file is written
             f"dataset[{mine[0]}] input",
-            torch.as_tensor(dataset[mine[0]][0]),
+            first,
             smoothed.input_range,
             switch="input_range=None to SmoothedClassifier (--input-range none in the CLI)",
         )
