@@ -72,3 +72,19 @@ def test_runner_refuses_8bit_dataset_before_writing(tmp_path) -> None:
     assert not out.exists()
     off = SmoothedClassifier(_model(), 0.25, input_range=None)
     assert len(certify_dataset(off, data, out, n0=10, n=100, progress=False)) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_attacks_accept_every_integer_label_dtype(dtype: torch.dtype) -> None:
+    from rsmooth.attacks import SmoothDDNAttack, UnrestrictedSmoothAttack
+
+    y = torch.tensor([0, 2])
+    for make in (
+        lambda: SmoothPGDAttack(0.25, 0.5, 2, 2, generator=torch.Generator().manual_seed(0)),
+        lambda: SmoothDDNAttack(0.25, 0.5, 2, 2, generator=torch.Generator().manual_seed(0)),
+        lambda: UnrestrictedSmoothAttack(
+            0.25, 0.5, 2, 2, generator=torch.Generator().manual_seed(0)
+        ),
+    ):
+        model = _model()
+        assert torch.equal(make()(model, X, y.to(dtype)), make()(model, X, y))
