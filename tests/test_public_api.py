@@ -9,6 +9,7 @@ EXPECTED_ALL = [
     "ConsistencyLoss",
     "GaussianAugmentationLoss",
     "MACERLoss",
+    "RadiusCertificate",
     "SampleSizeWarning",
     "SmoothAdvLoss",
     "SmoothDDNAttack",

@@ -72,7 +72,7 @@ def test_rows_match_the_engine_with_per_index_generators(tmp_path, dataset):
     chosen = [3, 17]
     inputs = torch.stack([dataset[i][0] for i in chosen])
     generators = [torch.Generator().manual_seed(input_seed(5, i)) for i in chosen]
-    cert = engine._certify(inputs, 200, 20, 0.001, generators)
+    cert = engine.certify(inputs, n=200, n0=20, alpha=0.001, generator=generators)
     assert results.prediction[chosen].tolist() == cert.prediction.tolist()
     assert results.count[chosen].tolist() == cert.count.tolist()
 
@@ -153,7 +153,6 @@ def test_a_half_written_header_starts_afresh(tmp_path, dataset, reference):
         ({"alpha": 0.01}, "alpha=0.001 in the file, 0.01 now"),
         ({"seed": 3}, "seed=0 in the file, 3 now"),
         ({"sigma": 0.5}, "sigma=0.25 in the file, 0.5 now"),
-        ({"batch_size": 100}, "batch_size=200 in the file, 100 now"),
     ],
 )
 def test_resuming_with_other_settings_is_refused(tmp_path, dataset, change, match):
@@ -166,6 +165,14 @@ def test_resuming_with_other_settings_is_refused(tmp_path, dataset, change, matc
     with pytest.raises(ValueError, match=re.escape(match)):
         certify_dataset(engine, dataset, out, progress=False, **{**SETTINGS, **change})
     assert out.read_bytes() == before
+
+
+def test_resuming_with_another_batch_size_gives_the_same_rows(tmp_path, dataset, reference):
+    out = tmp_path / "r.tsv"
+    certify_dataset(smoothed(200), dataset, out, stop=2, progress=False, **SETTINGS)
+    certify_dataset(smoothed(7), dataset, out, progress=False, **SETTINGS)
+    assert rows(out) == reference
+    assert json.loads((tmp_path / "r.tsv.json").read_text())["config"]["batch_size"] == 7
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def test_point_estimate_would_fail_soundness():
     model, x, _ = linear_case(margin, sigma)
     smoothed = SmoothedClassifier(model, sigma, batch_size=4096)
     counts = smoothed.sample_counts(
-        x.expand(trials, -1).clone(), n, generator=torch.Generator().manual_seed(1)
+        x.expand(trials, -1).clone(), num=n, generator=torch.Generator().manual_seed(1)
     )
     naive = sigma * norm.ppf(np.clip(counts[:, 0].numpy() / n, 0, 1 - 1e-12))
     violations = int((naive > margin).sum())
@@ -99,7 +99,7 @@ def test_counts_match_closed_form_probability():
     model, x, p_a = linear_case(margin, sigma)
     smoothed = SmoothedClassifier(model, sigma, batch_size=1000)
     counts = smoothed.sample_counts(
-        x.expand(trials, -1).clone(), n, generator=torch.Generator().manual_seed(3)
+        x.expand(trials, -1).clone(), num=n, generator=torch.Generator().manual_seed(3)
     )
     assert counts.shape == (trials, 2)
     assert bool((counts.sum(1) == n).all())
@@ -159,7 +159,7 @@ def test_selection_and_estimation_draws_are_independent():
 def test_selection_ties_go_to_the_lowest_class(monkeypatch):
     smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
     calls = iter([torch.tensor([[0, 5, 5]]), torch.tensor([[0, 100, 0]])])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args: next(calls))
+    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: next(calls))
     cert = smoothed.certify(torch.zeros(1, 2), n=100, n0=10)
     assert cert.prediction.tolist() == [1]
     assert float(cert.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
@@ -172,7 +172,7 @@ def test_selection_ties_go_to_the_lowest_class(monkeypatch):
 def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
     smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
     c = torch.tensor([[counts[0], counts[1], 0]])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args: c)
+    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: c)
     assert smoothed.predict(torch.zeros(1, 2), n=sum(counts), alpha=0.001).tolist() == [expected]
 
 
@@ -197,13 +197,13 @@ def test_predict_abstains_on_the_boundary():
 def test_forward_batches_are_bounded_and_filled_across_inputs():
     rec = Spy(small_mlp(4, 3))
     smoothed = SmoothedClassifier(rec, 0.5, batch_size=64)
-    counts = smoothed.sample_counts(torch.rand(10, 4), 16)
+    counts = smoothed.sample_counts(torch.rand(10, 4), num=16)
     sizes = [b.shape[0] for b in rec.seen]
     assert max(sizes) <= 64
     assert sizes == [64, 64, 32]  # 4 inputs x 16 samples per forward
     assert bool((counts.sum(1) == 16).all())
     rec.seen.clear()
-    smoothed.sample_counts(torch.rand(1, 4), 1000)
+    smoothed.sample_counts(torch.rand(1, 4), num=1000)
     assert max(b.shape[0] for b in rec.seen) == 64
     assert sum(b.shape[0] for b in rec.seen) == 1000
 
@@ -212,7 +212,7 @@ def test_noise_is_centred_on_each_input_and_has_scale_sigma():
     rec = Spy(small_mlp(2, 3))
     smoothed = SmoothedClassifier(rec, 0.3, batch_size=500, input_range=None)
     x = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
-    smoothed.sample_counts(x, 2000, generator=torch.Generator().manual_seed(0))
+    smoothed.sample_counts(x, num=2000, generator=torch.Generator().manual_seed(0))
     rows = torch.cat(rec.seen)
     first, second = rows[(rows[:, 0] > 0)], rows[(rows[:, 0] < 0)]
     assert first.shape[0] == second.shape[0] == 2000
@@ -231,8 +231,8 @@ def test_generator_reproducibility_and_independence_from_other_inputs():
     assert not torch.equal(a.count, c.count)
     # with per-input generators, input j's result does not depend on the other inputs
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
-    full = smoothed._certify(x, 300, 30, 0.001, gens([11, 12, 13, 14, 15]))
-    alone = smoothed._certify(x[3:4], 300, 30, 0.001, gens([14]))
+    full = smoothed.certify(x, n=300, n0=30, generator=gens([11, 12, 13, 14, 15]))
+    alone = smoothed.certify(x[3:4], n=300, n0=30, generator=gens([14]))
     assert full.count[3] == alone.count[0]
 
 
@@ -365,7 +365,7 @@ GOOD = SmoothedClassifier(Constant(0), 0.5)
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5),
             TypeError,
-            "batch_size must be an integer, got float",
+            "batch_size must be an integer or 'auto', got float",
         ),
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1),
@@ -418,7 +418,7 @@ GOOD = SmoothedClassifier(Constant(0), 0.5)
             "num_noise must be a positive integer",
         ),
         (
-            lambda: GOOD.sample_counts(torch.zeros(2, 3), 0),
+            lambda: GOOD.sample_counts(torch.zeros(2, 3), num=0),
             ValueError,
             "num must be a positive integer",
         ),
@@ -478,7 +478,7 @@ def test_any_alpha_in_open_unit_interval_is_accepted(alpha):
 def test_counts_always_sum_to_num(batch, num, batch_size):
     smoothed = SmoothedClassifier(nn.Linear(2, 3), 0.5, batch_size=batch_size)
     counts = smoothed.sample_counts(
-        torch.rand(batch, 2), num, generator=torch.Generator().manual_seed(0)
+        torch.rand(batch, 2), num=num, generator=torch.Generator().manual_seed(0)
     )
     assert counts.shape == (batch, 3)
     assert bool((counts.sum(1) == num).all())
@@ -491,8 +491,8 @@ def test_one_generator_per_input_is_public_and_matches_a_single_input_call():
     batch = smoothed.certify(x, n=200, n0=20, generator=gens([1, 2, 3, 4]))
     single = smoothed.certify(x[2:3], n=200, n0=20, generator=gens([3]))
     assert batch.count[2] == single.count[0]
-    counts = smoothed.sample_counts(x, 100, generator=tuple(gens([5, 6, 7, 8])))
-    assert torch.equal(counts[1:2], smoothed.sample_counts(x[1:2], 100, generator=gens([6])))
+    counts = smoothed.sample_counts(x, num=100, generator=tuple(gens([5, 6, 7, 8])))
+    assert torch.equal(counts[1:2], smoothed.sample_counts(x[1:2], num=100, generator=gens([6])))
 
 
 @pytest.mark.parametrize(

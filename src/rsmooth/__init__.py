@@ -16,6 +16,7 @@ from rsmooth.losses import (
     SmoothMixLoss,
     StabilityLoss,
 )
+from rsmooth.sequential import RadiusCertificate
 from rsmooth.smoothing import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
 
 __version__ = "0.1.0.dev0"
@@ -26,6 +27,7 @@ __all__ = [
     "ConsistencyLoss",
     "GaussianAugmentationLoss",
     "MACERLoss",
+    "RadiusCertificate",
     "SampleSizeWarning",
     "SmoothAdvLoss",
     "SmoothDDNAttack",

@@ -1,4 +1,4 @@
-"""The ``rsmooth`` command line: ``certify``, ``report`` and ``merge``.
+"""The ``rsmooth`` command line: ``certify``, ``report``, ``plan`` and ``merge``.
 
 Run ``rsmooth --help`` or ``rsmooth COMMAND --help`` (also ``python -m rsmooth``). Errors in the
 arguments or the files give a message on stderr (no traceback) and exit status 2; set
@@ -56,6 +56,13 @@ examples:
 """
 
 
+_EPILOG_PLAN = """\
+examples:
+  rsmooth plan --sigma 0.5 --radii 0.25 0.5 0.75 1.0 --alpha 0.001 --max-n 100000
+  rsmooth plan --sigma 0.5 --radii 0.25 0.5 0.75 1.0 --from results.tsv
+"""
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Wraps the description, keeps the examples in the epilog as written."""
 
@@ -73,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _CommandError(Exception):
-    """A user error: printed as one line, exit status 2."""
+    """A user error: printed as one message (no traceback), exit status 2."""
 
 
 class _Terminated(Exception):
@@ -105,6 +112,17 @@ def _input_range(text: str) -> tuple[float, float] | None:
     if not low < high:
         raise argparse.ArgumentTypeError(f"needs LOW < HIGH, got {text!r}")
     return low, high
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"batch size must be a positive integer or 'auto', got {text!r}"
+        ) from None
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -229,11 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smoothing.add_argument(
         "--batch-size",
-        type=int,
-        default=1000,
-        help="noisy samples per forward pass (default: 1000); part of the recorded settings",
+        type=_batch_size,
+        default="auto",
+        help="noisy samples per forward pass, or 'auto' (default): timed once per run; "
+        "recorded with the results, never changes them",
+    )
+    smoothing.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for certification (fixed batch shapes: it compiles once)",
     )
     smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
+    smoothing.add_argument(
+        "--radii",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="sequential mode: decide certification at these sorted radii only, stopping each "
+        "input as soon as every radius is decided (SmoothedClassifier.certify_radius); far "
+        "fewer samples than CERTIFY, but no ACR (default: CERTIFY)",
+    )
+    smoothing.add_argument(
+        "--max-n",
+        type=int,
+        metavar="N",
+        help="sequential mode: most estimation samples per input (default: 100000)",
+    )
     smoothing.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     run = certify.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="FILE", help="results file (tab-separated)")
@@ -305,6 +344,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-radius", type=float, metavar="R", help="right end of the plot's radius axis"
     )
     report.set_defaults(handler=_report)
+
+    plan = commands.add_parser(
+        "plan",
+        help="expected cost and power of sequential certification at a grid of radii",
+        description=(
+            "Print the look schedule of rsmooth certify --radii (SmoothedClassifier."
+            "certify_radius) and, for a range of true vote shares p_A (or for the counts of an "
+            "existing CERTIFY results file, --from), the expected estimation samples per input "
+            "and the probability of certifying each radius, next to CERTIFY's. Exact (no "
+            "sampling); assumes the candidate class is the one with share p_A."
+        ),
+        epilog=_EPILOG_PLAN,
+        formatter_class=_Formatter,
+    )
+    plan.add_argument("--sigma", type=float, required=True, help="noise level")
+    plan.add_argument(
+        "--radii", type=float, nargs="+", required=True, metavar="R", help="sorted grid of radii"
+    )
+    plan.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    plan.add_argument(
+        "--max-n", type=int, default=100_000, help="most estimation samples (default: 100000)"
+    )
+    plan.add_argument("--beta", type=float, help="futility level (default: alpha)")
+    plan.add_argument("--growth", type=float, default=1.5, help="look ratio (default: 1.5)")
+    plan.add_argument(
+        "--n0", type=int, default=100, help="selection samples, added to both (default: 100)"
+    )
+    plan.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="CERTIFY's estimation samples to compare with (default: --max-n)",
+    )
+    plan.add_argument(
+        "--p",
+        type=float,
+        nargs="+",
+        metavar="P",
+        help="true vote shares to tabulate (default: 0.6 0.7 0.8 0.9 0.95 0.99 0.999 and each "
+        "radius's threshold)",
+    )
+    plan.add_argument(
+        "--from",
+        dest="source",
+        metavar="FILE",
+        help="predict the cost on the inputs of a CERTIFY results file (count and n columns)",
+    )
+    plan.set_defaults(handler=_plan)
 
     merge = commands.add_parser(
         "merge",
@@ -532,6 +619,7 @@ def _certify(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         batch_size=args.batch_size,
         input_range=args.input_range,
+        compile=args.compile,
     )
     dist = torch.distributed
     started_group = False
@@ -566,6 +654,7 @@ def _certify(args: argparse.Namespace) -> int:
             progress=args.progress,
             identity=_run_identity(args),
             force=args.force,
+            **_sequential_arguments(args),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -582,6 +671,14 @@ def _certify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _sequential_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    if args.radii is None:
+        if args.max_n is not None:
+            raise _CommandError("--max-n applies to the sequential mode only; give --radii too")
+        return {}
+    return {"radii": args.radii, "max_n": 100_000 if args.max_n is None else args.max_n}
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -615,6 +712,9 @@ def _report(args: argparse.Namespace) -> int:
     for result in results.values():
         if len(result) == 0:
             raise _CommandError(f"{result.path}: no rows")
+    grids = {tuple(g) for g in map(_sequential_grid, paths) if g is not None}
+    if grids:
+        return _report_sequential(args, results, grids)
     settings = {name: _run_settings(path) for name, path in zip(names, paths, strict=True)}
     radii = DEFAULT_RADII if args.radii is None else args.radii
     caps = [entry["radius cap"] for entry in settings.values() if entry is not None]
@@ -669,6 +769,193 @@ def _show_settings(settings: dict[str, dict[str, float] | None]) -> None:
             )
 
 
+_NO_ACR = (
+    "no ACR for sequential results (rsmooth certify --radii): each input stopped as soon as "
+    "every grid radius was decided, so its radius is only a lower bound that is not comparable "
+    "with CERTIFY's, and its count and n cannot be re-analysed at another alpha either; run "
+    "CERTIFY (without --radii) for ACR and radius curves"
+)
+
+
+def _sequential_grid(path: Path) -> list[float] | None:
+    """The grid radii of a sequential results file (from its settings file), else None."""
+    side = path.with_name(path.name + ".json")
+    try:
+        config = json.loads(side.read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(config, dict) or config.get("mode") != "sequential":
+        return None
+    return [float(r) for r in config.get("radii", [])]
+
+
+def _report_sequential(
+    args: argparse.Namespace, results: dict[str, Any], grids: set[tuple[float, ...]]
+) -> int:
+    from rsmooth.metrics import certified_accuracy
+
+    if len(grids) > 1:
+        raise _CommandError(
+            f"sequential files with different grid radii {sorted(grids)}: report them separately"
+        )
+    grid = next(iter(grids))
+    if args.plot is not None:
+        raise _CommandError(
+            "--plot draws certified accuracy at every radius, but a sequential file is certified "
+            f"only at its grid radii {list(grid)}; " + _NO_ACR.split("; ")[-1]
+        )
+    radii = list(grid) if args.radii is None else list(args.radii)
+    outside = [r for r in radii if r not in grid]
+    if outside:
+        raise _CommandError(
+            f"--radii {outside}: a sequential file certifies only at its grid radii "
+            f"{list(grid)} (a radius between them was never tested)"
+        )
+    header = ["model", "N"] + [f"r={r:.2f}" for r in radii]
+    rows = [
+        [name, str(len(result))]
+        + [f"{100 * float(a):.1f}" for a in certified_accuracy(result, None, radii)]
+        for name, result in results.items()
+    ]
+    if args.format == "csv":
+        print("\n".join(",".join(row) for row in [header, *rows]))
+    elif args.format == "markdown":
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+    else:
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print(
+                "  ".join(
+                    c.rjust(w) if i else c.ljust(w)
+                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+    print(f"rsmooth report: {_NO_ACR}", file=sys.stderr)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rsmooth.sequential import _check_radii, _expected_cost
+    from rsmooth.stats import radius_to_probability
+
+    radii = _check_radii(args.radii)
+    alpha = args.alpha
+    beta = alpha if args.beta is None else args.beta
+    for name, value in (("--alpha", alpha), ("--beta", beta)):
+        if not 0 < value < 1:
+            raise _CommandError(f"{name} must be in (0, 1), got {value}")
+    if args.n0 < 0:
+        raise _CommandError(f"--n0 must be >= 0, got {args.n0}")
+    certify_n = args.max_n if args.n is None else args.n
+    if certify_n < 1:
+        raise _CommandError(f"--n must be a positive integer, got {certify_n}")
+    targets = radius_to_probability(np.asarray(radii), args.sigma)
+    if args.source is not None:
+        if args.p is not None:
+            raise _CommandError("give either --p or --from, not both")
+        return _plan_from(args, radii, alpha, beta, certify_n)
+    p_values = np.asarray(
+        sorted(set(args.p or [0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, *targets.round(4)]))
+    )
+    bad = [p for p in p_values if not 0 <= p <= 1]
+    if bad:
+        raise _CommandError(f"--p must be probabilities in [0, 1], got {bad[0]}")
+    cost = _expected_cost(
+        p_values, radii, args.sigma, alpha, beta, args.max_n, args.growth, certify_n
+    )
+    _print_schedule(cost["looks"], alpha, beta, radii, targets)
+    total = args.n0 + certify_n
+    header = ["p_A", "E[samples]", "saving"]
+    header += [f"P(r={r:g})" for r in radii] + [f"CERTIFY P(r={r:g})" for r in radii]
+    rows = []
+    for i, p in enumerate(p_values.tolist()):
+        expected = float(cost["samples"][i])
+        rows.append(
+            [f"{p:.4f}", f"{expected:,.0f}", f"{total / (args.n0 + expected):.1f}x"]
+            + [f"{v:.4f}" for v in cost["certify_sequential"][i]]
+            + [f"{v:.4f}" for v in cost["certify_certify"][i]]
+        )
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+    print(
+        f"\nE[samples] excludes the n0={args.n0} selection samples; saving = (n0 + n) / "
+        f"(n0 + E[samples]) against CERTIFY with n={certify_n}; P(r=...) is the probability "
+        "of certifying each radius"
+    )
+    return 0
+
+
+def _print_schedule(
+    looks: Any, alpha: float, beta: float, radii: Sequence[float], targets: Any
+) -> None:
+    shown = ", ".join(f"{int(v):,}" for v in looks)
+    print(f"schedule: {len(looks)} looks at {shown}")
+    print(
+        f"each look tests at alpha/K = {alpha / len(looks):.3g} (certify) and beta/K = "
+        f"{beta / len(looks):.3g} (rule out); radii {list(radii)} need p_A >= "
+        + ", ".join(f"{t:.4f}" for t in targets)
+        + "\n"
+    )
+
+
+def _plan_from(
+    args: argparse.Namespace, radii: Sequence[float], alpha: float, beta: float, certify_n: int
+) -> int:
+    import numpy as np
+
+    from rsmooth.metrics import certified_accuracy, read_results
+    from rsmooth.sequential import _expected_cost, _plug_in_probabilities
+    from rsmooth.stats import radius_to_probability
+
+    path = Path(args.source)
+    if not path.is_file():
+        raise _CommandError(f"--from: no such file: {path}")
+    if _sequential_grid(path) is not None:
+        raise _CommandError(
+            f"--from {path}: a sequential results file; its counts stopped early and cannot "
+            "predict anything: give a CERTIFY results file"
+        )
+    results = read_results(path)
+    if results.count is None or results.n is None or len(results) == 0:
+        raise _CommandError(
+            f"--from {path}: needs the count and n columns (files written by rsmooth certify)"
+        )
+    p_values, correct = _plug_in_probabilities(
+        results.count.numpy(), results.n.numpy(), results.label.numpy(),
+        results.prediction.numpy(),
+    )  # fmt: skip
+    cost = _expected_cost(
+        p_values, radii, args.sigma, alpha, beta, args.max_n, args.growth, certify_n
+    )
+    targets = radius_to_probability(np.asarray(radii), args.sigma)
+    _print_schedule(cost["looks"], alpha, beta, radii, targets)
+    samples = cost["samples"] + args.n0
+    total = args.n0 + certify_n
+    measured = certified_accuracy(results, None, radii)
+    print(
+        f"{len(results)} inputs of {path.name}: expected samples per input {samples.mean():,.0f} "
+        f"(median {np.median(samples):,.0f}, 95th percentile {np.percentile(samples, 95):,.0f}) "
+        f"against CERTIFY's {total:,}: {total / samples.mean():.1f}x fewer\n"
+    )
+    header = ["radius", "sequential (expected)", f"CERTIFY n={certify_n} (expected)", "in file"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for j, r in enumerate(radii):
+        print(
+            f"| {r:g} | {100 * (correct * cost['certify_sequential'][:, j]).mean():.2f} | "
+            f"{100 * (correct * cost['certify_certify'][:, j]).mean():.2f} | "
+            f"{100 * float(measured[j]):.2f} |"
+        )
+    print(
+        "\ncertified accuracy (%); p_A per input is the plug-in (count + 1/2) / (n + 1) of the "
+        "class CERTIFY selected (the sequential certifier selects the same class), counted "
+        "where that class is the label"
+    )
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     from rsmooth.runner import merge_results
 
@@ -686,7 +973,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name. Default: ``sys.argv[1:]``.
 
     Returns:
-        0 on success, 2 for a usage or input error (one line on stderr), 128 + the signal
+        0 on success, 2 for a usage or input error (one message on stderr), 128 + the signal
         number when ``certify`` was stopped by ``SIGTERM`` or ``SIGINT`` (finished rows are
         kept; rerun to resume).
 

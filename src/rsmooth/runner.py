@@ -9,8 +9,8 @@ readable by the reference ``analyze.py`` scripts and by :func:`rsmooth.metrics.r
 Properties the runner guarantees:
 
 - **Deterministic per input.** Input ``i``'s noise depends only on ``(seed, i)`` (and on ``n``,
-  ``n0``, the smoothed classifier's ``batch_size`` and the device type), never on which other
-  inputs were certified with it. A result is the same whether the dataset was certified in one
+  ``n0`` and the device type), never on which other inputs were certified with it, nor on the
+  smoothed classifier's ``batch_size``. A result is the same whether the dataset was certified in one
   process or many, in one run or resumed.
 - **Resumable.** Rerunning with the same ``out`` skips the rows already written, truncates a
   half-written last line (from a killed process) and appends the rest. A file written with
@@ -46,7 +46,14 @@ from typing import Any, Protocol, TextIO
 
 import torch
 
-from rsmooth._validation import check_input_range, check_inputs, check_int, check_open_unit
+from rsmooth._seeding import splitmix64 as _splitmix64
+from rsmooth._validation import (
+    check_input_range,
+    check_inputs,
+    check_int,
+    check_open_unit,
+    check_real,
+)
 from rsmooth.metrics import CertificationResults, read_results
 from rsmooth.smoothing import (
     Certificate,
@@ -76,7 +83,11 @@ COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "tim
 
 _HEADER = "\t".join(COLUMNS) + "\n"
 _FORMAT_VERSION = 1
-_CONFIG_KEYS = ("sigma", "n", "n0", "alpha", "seed", "batch_size")
+#: Settings that change the results; a resume or merge must match them. The batch size is
+#: recorded too (it does not change the results).
+_CONFIG_KEYS = ("sigma", "n", "n0", "alpha", "seed")
+#: Settings of a sequential (``radii=``) run, recorded with ``"mode": "sequential"``.
+_SEQUENTIAL_KEYS = ("mode", "radii", "max_n", "beta", "growth", "looks")
 _PART_RE = re.compile(r"\.part-(\d{5,})-of-(\d{5,})$")
 _MASK64 = (1 << 64) - 1
 
@@ -88,13 +99,6 @@ class _Dataset(Protocol):
 
 
 # ---------------------------------------------------------------------------- seeds and shards
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
 def input_seed(seed: int, index: int) -> int:
     """The seed of input ``index``'s noise generator in a run seeded with ``seed``.
 
@@ -248,10 +252,11 @@ def _selection_from_record(record: Any) -> list[int] | None:
 
 
 def _config_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = [*_CONFIG_KEYS, *(k for k in _SEQUENTIAL_KEYS if k in old or k in new)]
     return [
-        f"{key}={old.get(key)!r} in the file, {new[key]!r} now"
-        for key in _CONFIG_KEYS
-        if old.get(key) != new[key]
+        f"{key}={old.get(key)!r} in the file, {new.get(key)!r} now"
+        for key in keys
+        if old.get(key) != new.get(key)
     ]
 
 
@@ -548,6 +553,10 @@ def certify_dataset(
     shard: Shard | tuple[int, int] | None = None,
     merge: bool = True,
     progress: bool = True,
+    radii: Sequence[float] | None = None,
+    max_n: int | None = None,
+    beta: float | None = None,
+    growth: float = 1.5,
     identity: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> CertificationResults:
@@ -557,9 +566,9 @@ def certify_dataset(
     ``certify.py``'s ``--skip`` and ``--max``), or the given ``indices``; certifies them in
     calls of ``inputs_per_call`` inputs, seeding input ``i``'s noise generator with
     :func:`input_seed` ``(seed, i)``; and appends a row per input to ``out`` (columns
-    :data:`COLUMNS`, flushed per row). The settings (``sigma``, ``n``, ``n0``, ``alpha``,
-    ``seed`` and the smoothed classifier's ``batch_size``, which all change the results) are
-    recorded in ``<out>.json``.
+    :data:`COLUMNS`, flushed per row). The settings that change the results (``sigma``, ``n``,
+    ``n0``, ``alpha`` and ``seed``) are recorded in ``<out>.json``, with the smoothed
+    classifier's ``batch_size``, which does not change them (a run may resume with another).
 
     **Resuming.** If ``out`` exists, its rows are kept and only missing inputs are certified; a
     half-written last line is truncated first. The settings must match the recorded ones
@@ -591,7 +600,8 @@ def certify_dataset(
         stop: Certify only inputs with index ``< stop``. Default: all.
         indices: Explicit dataset indices instead of ``skip``/``stop``.
         inputs_per_call: Inputs certified per engine call. Default:
-            ``max(1, smoothed.batch_size // n)``, which fills the forward batches when ``n``
+            ``max(1, batch_size // n)`` (with ``batch_size="auto"``, the size chosen for this
+            run, which the sidecar records), which fills the forward batches when ``n``
             is small and keeps one input per call (fine-grained progress and resumption)
             when it is large. It does not change the results.
         device: Device for the inputs and the noise. Default: the model's.
@@ -599,6 +609,19 @@ def certify_dataset(
         merge: Merge the part files into ``out`` at the end when sharded. Default: True.
         progress: Show rows done, samples/s and time left on stderr (tqdm when installed, the
             ``progress`` extra). Default: True.
+        radii: Sequential mode: certify at this sorted grid of radii with
+            :meth:`~rsmooth.SmoothedClassifier.certify_radius` instead of CERTIFY. Each row's
+            ``radius`` is then the sequential certified radius (at least every certified grid
+            radius, below every other one), ``count`` the candidate's votes and ``n`` the
+            estimation samples actually drawn; ``n`` (the argument) is not used. Read such a
+            file at the grid radii only (``rsmooth report`` does): its ACR is not comparable
+            with CERTIFY's, and its counts cannot be re-analysed at another alpha.
+            Default: None (CERTIFY).
+        max_n: Sequential mode: the largest number of estimation samples per input.
+            Default: 100,000.
+        beta: Sequential mode: failure probability of the "ruled out" decisions. Default:
+            ``alpha``.
+        growth: Sequential mode: ratio of consecutive looks. Default: 1.5.
         identity: What identifies the run besides the settings, recorded in ``<out>.json``
             (JSON values, e.g. ``{"model": ..., "dataset": ..., "split": ...}``; the command
             line records the model spec, the checkpoint's SHA-256, the dataset, split and
@@ -643,9 +666,9 @@ def certify_dataset(
     n = check_int("n", n)
     alpha = check_open_unit("alpha", alpha)
     seed = check_int("seed", seed, min=0)
-    if inputs_per_call is None:
-        inputs_per_call = max(1, smoothed.batch_size // n)
-    inputs_per_call = check_int("inputs_per_call", inputs_per_call)
+    sequential = _sequential_config(smoothed, radii, max_n, alpha, beta, growth)
+    if inputs_per_call is not None:
+        inputs_per_call = check_int("inputs_per_call", inputs_per_call)
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path, got {type(out).__name__}")
     if shard is None:
@@ -656,18 +679,10 @@ def certify_dataset(
         shard = Shard(shard[0], shard[1], "argument")
     device = _default_device(smoothed) if device is None else torch.device(device)
     selection = _select(len(dataset), indices, skip, stop)
-    _warn_sample_size("certify", n, alpha, stacklevel=2)
+    if sequential is None:
+        _warn_sample_size("certify", n, alpha, stacklevel=2)
 
-    out = Path(out)
-    path = part_path(out, shard)
-    config = {
-        "sigma": smoothed.sigma,
-        "n": n,
-        "n0": n0,
-        "alpha": alpha,
-        "seed": seed,
-        "batch_size": smoothed.batch_size,
-    }
+    mine = selection[shard.index :: shard.count]
     if identity is not None and not isinstance(identity, Mapping):
         raise TypeError(f"identity must be a mapping or None, got {type(identity).__name__}")
     if not isinstance(force, bool):
@@ -678,7 +693,6 @@ def certify_dataset(
         )
     except TypeError as error:
         raise TypeError(f"identity must hold JSON values ({error})") from None
-    mine = selection[shard.index :: shard.count]
     first = torch.as_tensor(dataset[mine[0]][0]) if mine else None
     if first is not None and first.is_floating_point() and bool(torch.isfinite(first).all()):
         check_input_range(  # fail on a wrong input range before any file is written
@@ -687,6 +701,27 @@ def certify_dataset(
             smoothed.input_range,
             switch="input_range=None to SmoothedClassifier (--input-range none in the CLI)",
         )
+    per_input = n if sequential is None else sequential["max_n"]
+    batch_size = _batch_size_for_run(smoothed, dataset, mine, (per_input + n0) * len(mine), device)
+    if inputs_per_call is None:
+        # sequential: many inputs per call keep the forward batches of the small looks full
+        inputs_per_call = max(1, batch_size // (n if sequential is None else 10))
+
+    out = Path(out)
+    path = part_path(out, shard)
+    config: dict[str, Any] = {
+        "sigma": smoothed.sigma,
+        "n": n,
+        "n0": n0,
+        "alpha": alpha,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    if smoothed.batch_size == "auto":
+        config["batch_size_auto"] = True
+    if sequential is not None:
+        config.update(sequential)
+        config["n"] = None
     handle, done = _open_for_append(path, config, selection, shard, run_identity, force)
     todo = [i for i in mine if i not in done]
     show = progress and os.environ.get("LOCAL_RANK", "0") == "0"
@@ -707,6 +742,11 @@ def certify_dataset(
                     torch.Generator(device=device).manual_seed(input_seed(seed, i)) for i in chunk
                 ]
                 began = time.perf_counter()
+                if sequential is not None:
+                    _certify_sequential(
+                        smoothed, inputs, generators, chunk, labels, config, n0, handle, bar
+                    )
+                    continue
                 with warnings.catch_warnings():  # warned once above
                     warnings.simplefilter("ignore", SampleSizeWarning)
                     cert = smoothed.certify(inputs, n=n, n0=n0, alpha=alpha, generator=generators)
@@ -851,6 +891,99 @@ def _check_seconds(name: str, value: Any) -> float:
     if not (value >= 0 and value != float("inf")):
         raise ValueError(f"{name} must be non-negative finite seconds, got {value}")
     return float(value)
+
+
+def _sequential_config(
+    smoothed: SmoothedClassifier,
+    radii: Sequence[float] | None,
+    max_n: int | None,
+    alpha: float,
+    beta: float | None,
+    growth: float,
+) -> dict[str, Any] | None:
+    """The sequential-mode settings recorded in the sidecar, or None in CERTIFY mode."""
+    from rsmooth.sequential import _check_radii, _grid_schedule
+
+    if radii is None:
+        if max_n is not None or beta is not None:
+            raise ValueError("max_n and beta apply to the sequential mode only; pass radii too")
+        return None
+    grid = _check_radii(radii)
+    max_n = 100_000 if max_n is None else check_int("max_n", max_n)
+    beta = alpha if beta is None else check_open_unit("beta", beta)
+    growth = check_real("growth", growth)
+    if not growth > 1:
+        raise ValueError(f"growth must be greater than 1, got {growth}")
+    looks, _, _ = _grid_schedule(grid, smoothed.sigma, alpha, beta, max_n, growth)
+    return {
+        "mode": "sequential",
+        "radii": list(grid),
+        "max_n": max_n,
+        "beta": beta,
+        "growth": growth,
+        "looks": list(looks),
+    }
+
+
+def _certify_sequential(
+    smoothed: SmoothedClassifier,
+    inputs: torch.Tensor,
+    generators: list[torch.Generator],
+    chunk: list[int],
+    labels: list[int],
+    config: dict[str, Any],
+    n0: int,
+    handle: TextIO,
+    bar: _Progress,
+) -> None:
+    """Certify one call's inputs with ``certify_radius`` and write their rows."""
+    began = time.perf_counter()
+    cert = smoothed.certify_radius(
+        inputs,
+        config["radii"],
+        alpha=config["alpha"],
+        max_n=config["max_n"],
+        n0=n0,
+        beta=config["beta"],
+        growth=config["growth"],
+        generator=generators,
+    )
+    seconds = (time.perf_counter() - began) / len(chunk)
+    rows = zip(
+        chunk,
+        labels,
+        cert.prediction.tolist(),
+        cert.radius.tolist(),
+        cert.count.tolist(),
+        cert.num_samples.tolist(),
+        strict=True,
+    )
+    for i, label, p, r, c, used in rows:
+        # the exact radius (repr), so that certified accuracy at a grid radius read back from
+        # the file is exactly the sequential result (CERTIFY rows round to 3 digits)
+        correct = int(p == label)
+        handle.write(
+            f"{i}\t{label}\t{p}\t{r!r}\t{correct}\t{timedelta(seconds=seconds)}\t{c}\t{used}\n"
+        )
+        handle.flush()
+    bar.update(len(chunk), int(cert.num_samples.sum()) + n0 * len(chunk))
+
+
+def _batch_size_for_run(
+    smoothed: SmoothedClassifier,
+    dataset: _Dataset,
+    mine: Sequence[int],
+    total: int,
+    device: torch.device,
+) -> int:
+    """The smoothed classifier's forward batch size for this run (``"auto"`` resolved once)."""
+    if smoothed.batch_size != "auto":
+        return smoothed.batch_size
+    if not mine:
+        return smoothed._resolve_batch_size(torch.zeros(1, 1, device=device), 0)
+    example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
+    check_inputs("dataset inputs", example)
+    return smoothed._resolve_batch_size(example, total)
 
 
 def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:

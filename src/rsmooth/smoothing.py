@@ -10,15 +10,21 @@ implements PREDICT of :cite:`cohen2019certified`.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sys
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
+from rsmooth._seeding import mix
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
     check_generator,
@@ -38,11 +44,39 @@ from rsmooth.stats import (
     max_certified_radius,
     min_samples_to_certify,
     min_samples_to_predict,
+    randomized_clopper_pearson_lower,
 )
+
+if TYPE_CHECKING:
+    from rsmooth.sequential import RadiusCertificate
 
 __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+NonFinitePolicy = Literal["raise", "count_against"]
+BatchSize = int | Literal["auto"]
+_AutoKey = tuple[tuple[int, ...], torch.dtype, str]
+
+#: Independent noise streams of every input: CERTIFY selects its candidate on SELECTION samples,
+#: estimates on ESTIMATION samples (PREDICT too), and draws any uniform variates from AUXILIARY.
+SELECTION, ESTIMATION, AUXILIARY = 0, 1, 2
+
+_SEED_HIGH = 2**63 - 1
+#: A noise block holds about this many elements: BLOCK = clamp(_BLOCK_ELEMENTS // numel, 1, 512).
+_BLOCK_ELEMENTS = 2**16
+_MAX_BLOCK = 512
+_NONFINITE_POLICIES = ("raise", "count_against")
+#: batch_size="auto": forward batch sizes tried, from the device's first one, while the throughput
+#: grows; the tuning uses at most _AUTO_BUDGET of the call's forward rows, else the device default.
+_AUTO_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_AUTO_FIRST = {"cuda": 128}
+_AUTO_FIRST_OTHER = 32
+_AUTO_DEFAULT = {"cuda": 1024}
+_AUTO_DEFAULT_OTHER = 256
+_AUTO_BUDGET = 0.02
+_AUTO_REPEATS = 2  # timed forwards per candidate, after one warm-up forward
+_AUTO_MAX_CPU_BYTES = 2**28  # largest tuning batch of inputs on the CPU (256 MiB)
+_OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
 #: when the smoothed classifier abstains.
@@ -68,6 +102,9 @@ class Certificate:
         n0: Number of selection samples per input.
         alpha: Failure probability of the certificate.
         sigma: Noise level the certificate is for.
+        nonfinite: Number of the ``n0 + n`` samples per input whose logits were not finite
+            (``int64`` ``[B]``), counted for no class under ``nonfinite="count_against"``;
+            None for a certificate built by hand.
     """
 
     prediction: Tensor
@@ -78,6 +115,7 @@ class Certificate:
     n0: int
     alpha: float
     sigma: float
+    nonfinite: Tensor | None = None
 
     @property
     def abstained(self) -> Tensor:
@@ -107,6 +145,185 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _auto_key(inputs: Tensor) -> _AutoKey:
+    return (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
+
+
+def _block_size(numel: int) -> int:
+    """Samples per noise block for inputs of ``numel`` elements (never depends on batch_size)."""
+    return max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(numel, 1)))
+
+
+def _memory_format(inputs: Tensor) -> torch.memory_format | None:
+    """``channels_last`` (or its 3-D form) when the inputs use it, else None."""
+    if inputs.is_contiguous():
+        return None
+    if inputs.dim() == 4 and inputs.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if inputs.dim() == 5 and inputs.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
+        backend.synchronize(device)
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _check_batch_size(batch_size: object) -> BatchSize:
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        return "auto"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an integer or 'auto', got {type(batch_size).__name__}")
+    return check_int("batch_size", batch_size)
+
+
+def _check_compile(value: object) -> bool | Mapping[str, Any]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        if "dynamic" in value:
+            raise ValueError(
+                "compile must not set 'dynamic': the engine feeds fixed batch shapes "
+                "(dynamic=False)"
+            )
+        return value
+    raise TypeError(
+        f"compile must be a bool or a dict of torch.compile options, got {type(value).__name__}"
+    )
+
+
+def _check_autocast(value: object) -> torch.dtype | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"autocast must be a torch.dtype or None, got {type(value).__name__}")
+    if value not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast must be torch.bfloat16 or torch.float16, got {value}")
+    return value
+
+
+def _to_device(values: Tensor, device: torch.device) -> Tensor:
+    """Copy a small host tensor to ``device`` without blocking the host (pinned on CUDA)."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
+def _auxiliary_uniform(seeds: Sequence[int]) -> np.ndarray:
+    """One uniform variate in ``(0, 1]`` per input seed, from the AUXILIARY stream.
+
+    Input ``j``'s variate depends only on ``seeds[j]`` (a generator seeded with
+    ``mix(seed, AUXILIARY, 0)``), never on the other inputs or on the device.
+
+    Example:
+        >>> u = _auxiliary_uniform([1, 2, 1])
+        >>> u.dtype, bool(u[0] == u[2]), bool(u[0] != u[1]), bool(((u > 0) & (u <= 1)).all())
+        (dtype('float64'), True, True, True)
+    """
+    values = np.empty(len(seeds), dtype=np.float64)
+    for j, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(mix(seed, AUXILIARY, 0))
+        values[j] = 1.0 - float(torch.rand((), generator=generator, dtype=torch.float64))
+    return values
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _output_type_message(output: object) -> str:
+    name = type(output).__name__
+    if isinstance(output, (tuple, list)):
+        how = "e.g. `return model(x)[0]` if the logits come first"
+    elif isinstance(output, dict):
+        how = 'e.g. `return model(x)["logits"]`'
+    elif isinstance(getattr(output, "logits", None), Tensor):
+        how = "e.g. `return model(x).logits` (Hugging Face-style outputs)"
+    else:
+        how = "a tensor of logits"
+    return (
+        f"model must return a tensor of logits [N, num_classes], got a {name}; wrap it in a "
+        f"module whose forward returns the logits, {how} (docs: how-to 'Certify a dataset', "
+        "'Models that do not return logits')"
+    )
+
+
+def _unbatched_hint(inputs: Tensor) -> str:
+    if inputs.dim() != 3:
+        return ""
+    return (
+        f". inputs has shape {tuple(inputs.shape)}, read as a batch of {inputs.shape[0]} inputs "
+        f"of shape {tuple(inputs.shape[1:])}: if it is one image [C, H, W], add the batch "
+        "dimension with inputs.unsqueeze(0)"
+    )
+
+
+def _forward_error_hint(model: nn.Module, error: BaseException, inputs: Tensor) -> str | None:
+    """A hint for an error raised by the model, or None to re-raise it unchanged."""
+    text = str(error)
+    if isinstance(model, torch.fx.GraphModule) and (
+        "Guard failed" in text or "shape[0]" in text or ".size()[0]" in text
+    ):
+        return (
+            "the model (a torch.export program) was exported with a fixed batch size, but the "
+            "engine feeds it batches of other sizes; export it with a dynamic batch dimension, "
+            "e.g. torch.export.export(model, (x,), dynamic_shapes=({0: "
+            "torch.export.Dim('batch')},))"
+        )
+    if inputs.dim() == 3 and isinstance(error, RuntimeError):
+        return (
+            f"the model failed on inputs of shape {tuple(inputs.shape)}, which is read as a "
+            f"batch of {inputs.shape[0]} inputs of shape {tuple(inputs.shape[1:])}; if it is "
+            "one image [C, H, W], add the batch dimension with inputs.unsqueeze(0)"
+        )
+    return None
+
+
+class _Progress:
+    """Progress of one call in samples: tqdm when installed, else a line on stderr now and then."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self._bar = None
+            self._began = self._shown = time.perf_counter()
+        else:
+            self._bar = tqdm(total=total, desc=desc, unit="sample", unit_scale=True)
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        if self._bar is not None:
+            self._bar.update(amount)
+            return
+        now = time.perf_counter()
+        if now - self._shown >= 5.0 or self.done >= self.total:
+            self._shown = now
+            rate = self.done / max(now - self._began, 1e-9)
+            print(
+                f"{self.desc}: {self.done:,}/{self.total:,} samples ({rate:,.0f} samples/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 class SmoothedClassifier:
     r"""A randomized-smoothing classifier over any base classifier.
 
@@ -126,7 +343,22 @@ class SmoothedClassifier:
         sigma: Noise standard deviation :math:`\sigma > 0`.
         num_classes: Number of classes ``K``. Default: inferred from the model's output (and
             checked against it when given).
-        batch_size: Maximum number of noisy samples per forward pass. Default: 1000.
+        batch_size: Number of noisy samples per forward pass, or ``"auto"``: the first call for
+            an input shape, dtype and device times a few batch sizes with real forward passes
+            (at most 2% of the call's samples; a call too small for that uses 256 on the CPU
+            and 1024 on CUDA) and keeps the fastest (shown in ``repr``); on CUDA it halves the
+            size when a forward pass runs out of memory. Results never depend on it.
+            Default: ``"auto"``.
+        nonfinite: What a noisy sample with a non-finite logit (NaN or inf) does: ``"raise"``
+            a ``ValueError`` naming the inputs and counts, or ``"count_against"``: vote for no
+            class (sound; reported in :attr:`Certificate.nonfinite`). Default: ``"raise"``.
+        compile: ``True`` or a dict of :func:`torch.compile` options (e.g. ``{"mode":
+            "max-autotune"}``) to compile the model for certification. Every forward pass then
+            has exactly the batch size's rows (the last batch is padded and its padding
+            discarded), so the model compiles once. Default: False.
+        autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes of
+            :meth:`certify`, :meth:`predict` and :meth:`sample_counts` under
+            :func:`torch.autocast` (the noise stays in the inputs' dtype). Default: None.
         input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
             check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
             [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
@@ -157,7 +389,10 @@ class SmoothedClassifier:
         sigma: float,
         *,
         num_classes: int | None = None,
-        batch_size: int = 1000,
+        batch_size: BatchSize = "auto",
+        nonfinite: NonFinitePolicy = "raise",
+        compile: bool | Mapping[str, Any] = False,
+        autocast: torch.dtype | None = None,
         input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     ) -> None:
         self.model = check_model(model)
@@ -166,32 +401,170 @@ class SmoothedClassifier:
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
         )
-        self.batch_size = check_int("batch_size", batch_size)
+        self.batch_size: BatchSize = _check_batch_size(batch_size)
+        self._auto_batch_sizes: dict[_AutoKey, int] = {}
+        if nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_POLICIES))}, "
+                f"got {nonfinite!r}"
+            )
+        self.nonfinite: NonFinitePolicy = nonfinite
+        self.compile = _check_compile(compile)
+        self._compiled: Callable[[Tensor], object] | None = None
+        if self.compile is not False:
+            options = {} if self.compile is True else dict(self.compile)
+            self._compiled = torch.compile(self.model, dynamic=False, **options)
+        self.autocast = _check_autocast(autocast)
+        self._autocast_checked: set[str] = set()
 
     def __repr__(self) -> str:
+        extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
+        if self.compile is not False:
+            extra += f", compile={self.compile!r}"
+        if self.autocast is not None:
+            extra += f", autocast={self.autocast}"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
-            f"batch_size={self.batch_size})"
+            f"batch_size={self._batch_size_repr()}{extra})"
         )
 
     # ------------------------------------------------------------------ engine
-    def _input_generators(
-        self, inputs: Tensor, generator: torch.Generator | list[torch.Generator] | None
-    ) -> list[torch.Generator]:
-        """One generator per input: given, or seeded from ``generator`` (or the global RNG)."""
-        if isinstance(generator, list):
-            return generator
-        seed_device = generator.device if generator is not None else torch.device("cpu")
-        seeds = torch.randint(
-            0, 2**62, (inputs.shape[0],), generator=generator, device=seed_device
-        ).tolist()
-        return [torch.Generator(device=inputs.device).manual_seed(s) for s in seeds]
+    def _input_seeds(self, inputs: Tensor, generator: GeneratorArg) -> list[int]:
+        """One 63-bit seed per input, the root of that input's noise streams.
 
-    def _check_logits(self, logits: Tensor, rows: int) -> int:
+        ``generator=None`` draws from the global torch RNG, a ``torch.Generator`` gives ``B``
+        draws from it, and a sequence of ``B`` generators gives one draw from each (so input
+        ``j``'s seed depends only on ``generator[j]``).
+        """
+        if generator is None or isinstance(generator, torch.Generator):
+            device = generator.device if generator is not None else torch.device("cpu")
+            draws = torch.randint(
+                0, _SEED_HIGH, (inputs.shape[0],), generator=generator, device=device
+            )
+            return [int(seed) for seed in draws.tolist()]
+        return [
+            int(torch.randint(0, _SEED_HIGH, (1,), generator=g, device=g.device).item())
+            for g in generator
+        ]
+
+    def _batch_size_repr(self) -> str:
+        if self.batch_size != "auto" or not self._auto_batch_sizes:
+            return repr(self.batch_size)
+        chosen = "; ".join(
+            f"{value} for {list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
+            for (shape, dtype, device), value in self._auto_batch_sizes.items()
+        )
+        return f"'auto' (chosen: {chosen})"
+
+    def _resolve_batch_size(self, inputs: Tensor, total: int) -> int:
+        """The forward batch size for inputs like ``inputs`` in a call of ``total`` samples.
+
+        An integer ``batch_size`` is returned as is. With ``"auto"``, the first call for an
+        input shape, dtype and device times a few batch sizes with real forward passes (at most
+        2% of ``total`` forward rows) and caches the fastest; when that budget is too small for
+        two candidates, the device's default is used for this call and nothing is cached.
+        """
+        if self.batch_size != "auto":
+            return self.batch_size
+        key = _auto_key(inputs)
+        if key in self._auto_batch_sizes:
+            return self._auto_batch_sizes[key]
+        chosen = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
+        if chosen is None:
+            return _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+        self._auto_batch_sizes[key] = chosen
+        return chosen
+
+    def _tune_batch_size(self, inputs: Tensor, budget: int) -> int | None:
+        """The fastest forward batch size, trying sizes upwards while the throughput grows.
+
+        Each candidate costs one warm-up and ``_AUTO_REPEATS`` timed forward passes. Stops at
+        the first candidate that is slower than the best, that would exceed ``budget`` forward
+        rows, or that runs out of memory (then the memory is released). None when ``budget``
+        does not cover the first two candidates, or the model fails (the real call then reports
+        the model's error).
+        """
+        device, dtype = inputs.device, inputs.dtype
+        shape = tuple(inputs.shape[1:])
+        first = _AUTO_FIRST.get(device.type, _AUTO_FIRST_OTHER)
+        candidates = [b for b in _AUTO_CANDIDATES if b >= first]
+        if device.type == "cpu":
+            per_row = max(1, math.prod(shape)) * inputs.element_size()
+            candidates = [b for b in candidates if b * per_row <= _AUTO_MAX_CPU_BYTES] or [1]
+        per_candidate = 1 + _AUTO_REPEATS
+        if len(candidates) < 2 or per_candidate * (candidates[0] + candidates[1]) > budget:
+            return None
+        generator = torch.Generator(device=device).manual_seed(0)
+        memory_format = _memory_format(inputs)
+        best, best_rate, spent, out_of_memory = None, 0.0, 0, False
+        with preserve_model_state(self.model, train=False), torch.inference_mode():
+            for size in candidates:
+                if spent + per_candidate * size > budget:
+                    break
+                spent += per_candidate * size
+                try:
+                    batch = torch.randn(
+                        (size, *shape), generator=generator, dtype=dtype, device=device
+                    )
+                    batch.mul_(self.sigma).add_(inputs[0])
+                    if memory_format is not None:
+                        batch = batch.contiguous(memory_format=memory_format)
+                    seconds = []
+                    for _ in range(per_candidate):
+                        _synchronize(device)
+                        began = time.perf_counter()
+                        self._autocast_forward(batch)
+                        _synchronize(device)
+                        seconds.append(time.perf_counter() - began)
+                except _OutOfMemoryError:
+                    out_of_memory = True
+                    break
+                except Exception:  # the real forward pass reports it, with hints
+                    return None
+                rate = size / max(min(seconds[1:]), 1e-9)
+                if rate <= best_rate:
+                    break
+                best, best_rate = size, rate
+        if out_of_memory:
+            _release_memory(device)
+        return best
+
+    def _autocast_forward(self, batch: Tensor) -> object:
+        with self._autocast_context(batch.device):
+            return self.model(batch)
+
+    def _autocast_context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+    def _check_autocast_device(self, device: torch.device) -> None:
+        """Refuse an autocast dtype the device does not support (torch would only warn)."""
+        if self.autocast is None or device.type in self._autocast_checked:
+            return
+        available = getattr(torch.amp, "is_autocast_available", None)
+        if available is not None and not available(device.type):
+            raise ValueError(
+                f"autocast is not available on device type {device.type!r}; pass autocast=None"
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.autocast(device_type=device.type, dtype=self.autocast)
+        if caught:
+            raise ValueError(
+                f"autocast={self.autocast} is not supported on {device} ({caught[0].message}); "
+                "pass another dtype (torch.bfloat16 on the CPU, torch.float16 on older GPUs) or "
+                "autocast=None"
+            )
+        self._autocast_checked.add(device.type)
+
+    def _check_logits(self, logits: object, rows: int, inputs: Tensor) -> int:
+        if not isinstance(logits, Tensor):
+            raise TypeError(_output_type_message(logits))
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(
                 f"model must return logits of shape [N, num_classes] for N inputs, got shape "
-                f"{tuple(logits.shape)} for N={rows}"
+                f"{tuple(logits.shape)} for N={rows}{_unbatched_hint(inputs)}"
             )
         classes = int(logits.shape[1])
         if self.num_classes is not None and classes != self.num_classes:
@@ -202,58 +575,162 @@ class SmoothedClassifier:
             raise ValueError(f"the model must return at least 2 logits, got {classes}")
         return classes
 
-    def _counts(self, inputs: Tensor, num: int, generators: Sequence[torch.Generator]) -> Tensor:
-        """Class counts ``[B, K]`` of ``argmax f(x_j + delta)`` over ``num`` draws per input.
+    def _forward(self, batch: Tensor, inputs: Tensor) -> Tensor:
+        """The model's logits on one forward batch, with hints for the usual mistakes."""
+        model = self.model if self._compiled is None else self._compiled
+        try:
+            with self._autocast_context(batch.device):
+                logits = model(batch)
+        except _OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError, ValueError) as error:
+            hint = _forward_error_hint(self.model, error, inputs)
+            if hint is None:
+                raise
+            raise ValueError(
+                f"{hint} (the model raised {type(error).__name__}: {error})"
+            ) from error
+        if not isinstance(logits, Tensor):
+            raise TypeError(_output_type_message(logits))
+        self._check_logits(logits, batch.shape[0], inputs)
+        return logits
 
-        Input ``j``'s noise is drawn from ``generators[j]`` in pieces of ``min(num, batch_size)``
-        samples, so it depends only on that generator, ``num`` and ``batch_size``, not on the
-        other inputs of the call. Whole pieces are packed into forward batches of at most
-        ``batch_size`` samples.
+    def _counts(
+        self,
+        inputs: Tensor,
+        seeds: Sequence[int],
+        *,
+        stream: int,
+        start: int,
+        stop: int,
+        progress: _Progress | None = None,
+    ) -> Tensor:
+        """``int64`` counts ``[B, K]`` of ``argmax f(x_j + delta_{j,s})`` over ``s`` in ``[start, stop)``.
+
+        Sample ``s`` of stream ``stream`` of input ``j`` depends only on ``(seeds[j], stream,
+        s)``: row ``s % BLOCK`` of noise block ``s // BLOCK``, one ``normal_`` of shape
+        ``[BLOCK, *input_shape]`` drawn from a generator seeded with ``mix(seeds[j], stream,
+        s // BLOCK)``, where ``BLOCK`` depends only on the input's number of elements. So the
+        counts do not depend on ``batch_size``, on how ``[0, n)`` is split into calls, or on the
+        other inputs of the call. Forward batches of ``batch_size`` samples are filled across
+        inputs and samples.
+
+        Only samples whose logit row is finite are counted, so ``(stop - start) -
+        counts.sum(1)`` is the number of non-finite samples per input (``nonfinite="raise"``
+        raises ``ValueError`` instead).
         """
-        device, batch = inputs.device, inputs.shape[0]
-        piece = min(num, self.batch_size)
-        sizes = [piece] * (num // piece) + ([num % piece] if num % piece else [])
-        buffer = torch.empty(
-            (min(self.batch_size, num * batch),) + tuple(inputs.shape[1:]),
-            dtype=inputs.dtype,
-            device=device,
-        )
+        batch = inputs.shape[0]
+        device, dtype = inputs.device, inputs.dtype
+        sample_shape = tuple(inputs.shape[1:])
+        block = _block_size(math.prod(sample_shape))
+        total = batch * (stop - start)
+        self._check_autocast_device(device)
+        limit = self._resolve_batch_size(inputs, total)
+        fixed = self._compiled is not None  # compile: every forward has exactly `limit` rows
+        rows = limit if fixed else min(limit, total)
+        memory_format = _memory_format(inputs)
+        buffer = torch.empty((rows, *sample_shape), dtype=dtype, device=device)
+        if memory_format is not None:
+            buffer = buffer.contiguous(memory_format=memory_format)
+        noise = torch.empty((block, *sample_shape), dtype=dtype, device=device)
+        noise_generator = torch.Generator(device=device)
+        held: tuple[int, int] | None = None  # (input, block) whose noise is in `noise`
         counts: Tensor | None = None
-        chunk: list[tuple[int, int]] = []
+        nonfinite = torch.zeros(batch + 1, dtype=torch.long, device=device)
+        owners: list[int] = []
+        lengths: list[int] = []
         filled = 0
 
+        def fill(j: int, first: int, last: int, offset: int) -> None:
+            nonlocal held
+            s = first
+            while s < last:
+                index = s // block
+                end = min(last, (index + 1) * block)
+                if held != (j, index):
+                    noise_generator.manual_seed(mix(seeds[j], stream, index))
+                    noise.normal_(0.0, self.sigma, generator=noise_generator)
+                    held = (j, index)
+                row = s - index * block
+                torch.add(
+                    noise[row : row + end - s], inputs[j], out=buffer[offset : offset + end - s]
+                )
+                offset += end - s
+                s = end
+
+        def forward(count: int) -> Tensor:
+            nonlocal limit
+            while True:
+                try:
+                    if count <= limit:
+                        return self._forward(buffer[:count], inputs)
+                    pieces = buffer[:count].split(limit)
+                    return torch.cat([self._forward(piece, inputs) for piece in pieces])
+                except _OutOfMemoryError:
+                    if self.batch_size != "auto" or limit == 1:
+                        raise
+                    limit = max(1, limit // 2)  # the noise does not depend on it: same results
+                    self._auto_batch_sizes[_auto_key(inputs)] = limit
+                    _release_memory(device)
+
         def flush() -> None:
-            nonlocal counts, chunk, filled
-            offset = 0
-            for j, size in chunk:
-                segment = buffer[offset : offset + size]
-                segment.normal_(0.0, self.sigma, generator=generators[j])
-                segment.add_(inputs[j])
-                offset += size
-            logits = self.model(buffer[:filled])
-            classes = self._check_logits(logits, filled)
+            nonlocal counts, filled
+            if fixed and filled < rows:
+                buffer[filled:].zero_()  # padding rows; their outputs are discarded
+                logits = forward(rows)[:filled]
+            else:
+                logits = forward(filled)
+            classes = int(logits.shape[1])
             if counts is None:
-                counts = torch.zeros(batch * classes, dtype=torch.long, device=device)
-            owners = torch.repeat_interleave(
-                torch.tensor([j for j, _ in chunk], device=device),
-                torch.tensor([size for _, size in chunk], device=device),
-                output_size=filled,
+                counts = torch.zeros((batch + 1) * classes, dtype=torch.long, device=device)
+            owner = _to_device(
+                torch.repeat_interleave(torch.tensor(owners), torch.tensor(lengths)), device
             )
-            flat = owners * classes + logits.argmax(dim=1)
-            counts.index_add_(0, flat, torch.ones_like(flat))
-            chunk, filled = [], 0
+            finite = torch.isfinite(logits).all(dim=1)
+            flat = owner * classes + logits.argmax(dim=1)
+            counts.index_add_(0, flat, finite.long())
+            nonfinite.index_add_(0, owner, (~finite).long())
+            if progress is not None:
+                progress.update(filled)
+            owners.clear()
+            lengths.clear()
+            filled = 0
 
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             for j in range(batch):
-                for size in sizes:
-                    if filled + size > self.batch_size:
+                s = start
+                while s < stop:
+                    take = min(stop - s, rows - filled)
+                    fill(j, s, s + take, filled)
+                    owners.append(j)
+                    lengths.append(take)
+                    filled += take
+                    s += take
+                    if filled == rows:
                         flush()
-                    chunk.append((j, size))
-                    filled += size
-            flush()
-        if counts is None:  # unreachable: num >= 1 and the batch is non-empty
+            if filled:
+                flush()
+        if counts is None:  # unreachable: stop > start and the batch is non-empty
             raise RuntimeError("no noise samples were drawn")
-        return counts.view(batch, -1)
+        self._check_nonfinite(nonfinite[:batch], stop - start)
+        return counts.view(batch + 1, -1)[:batch]
+
+    def _check_nonfinite(self, nonfinite: Tensor, num: int) -> None:
+        """Raise under ``nonfinite="raise"`` when some samples gave non-finite logits."""
+        if self.nonfinite != "raise" or not bool(nonfinite.any()):
+            return
+        bad = torch.nonzero(nonfinite).flatten().tolist()
+        amounts = nonfinite[bad].tolist()
+        listed = ", ".join(
+            f"input {j}: {k} of {num}" for j, k in zip(bad[:10], amounts[:10], strict=True)
+        )
+        more = f", and {len(bad) - 10} more inputs" if len(bad) > 10 else ""
+        raise ValueError(
+            f"the model returned non-finite logits (NaN or inf) for some noisy samples "
+            f"({listed}{more}); a non-finite logit row is not a vote. Fix the model, or pass "
+            "nonfinite='count_against' to SmoothedClassifier to count such samples against "
+            "every class (the certificate stays sound, with fewer votes)"
+        )
 
     def _validate_call(
         self, inputs: Tensor, generator: GeneratorArg
@@ -273,7 +750,7 @@ class SmoothedClassifier:
         return inputs, check_generator(generator, inputs.device)
 
     # ------------------------------------------------------------------ public
-    def sample_counts(self, inputs: Tensor, num: int, *, generator: GeneratorArg = None) -> Tensor:
+    def sample_counts(self, inputs: Tensor, *, num: int, generator: GeneratorArg = None) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
 
         Args:
@@ -281,7 +758,7 @@ class SmoothedClassifier:
             num: Noise draws per input.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
 
         Returns:
             ``int64`` counts ``[B, K]`` on the inputs' device; each row sums to ``num``.
@@ -289,20 +766,22 @@ class SmoothedClassifier:
         Example:
             >>> smoothed = SmoothedClassifier(nn.Linear(3, 4), sigma=0.5)
             >>> g = torch.Generator().manual_seed(0)
-            >>> smoothed.sample_counts(torch.zeros(2, 3), 50, generator=g).sum(1).tolist()
+            >>> smoothed.sample_counts(torch.zeros(2, 3), num=50, generator=g).sum(1).tolist()
             [50, 50]
         """
         inputs, generator = self._validate_call(inputs, generator)
         num = check_int("num", num)
-        return self._counts(inputs, num, self._input_generators(inputs, generator))
+        seeds = self._input_seeds(inputs, generator)
+        return self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=num)
 
     def predict(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
+        progress: bool = False,
     ) -> Tensor:
         """PREDICT: the smoothed classifier's class, abstaining unless the vote is significant.
 
@@ -317,7 +796,9 @@ class SmoothedClassifier:
             alpha: Level of the abstain test. Default: 0.001.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -335,7 +816,13 @@ class SmoothedClassifier:
         n = check_int("n", n)
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("predict", n, alpha, stacklevel=2)
-        counts = self._counts(inputs, n, self._input_generators(inputs, generator))
+        seeds = self._input_seeds(inputs, generator)
+        bar = _Progress(n * len(seeds), "predict") if _check_bool("progress", progress) else None
+        try:
+            counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         top_counts, top_classes = counts.topk(2, dim=1)
         top = top_counts.cpu().tolist()
         keep = [binomial_pvalue(c1, c2) <= alpha for c1, c2 in top]
@@ -346,11 +833,13 @@ class SmoothedClassifier:
     def certify(
         self,
         inputs: Tensor,
+        *,
         n: int = 100_000,
         n0: int = 100,
         alpha: float = 0.001,
-        *,
         generator: GeneratorArg = None,
+        progress: bool = False,
+        bound: Literal["clopper-pearson", "randomized"] = "clopper-pearson",
     ) -> Certificate:
         r"""CERTIFY: a class and an L2 radius on which the smoothed classifier is constant.
 
@@ -370,7 +859,14 @@ class SmoothedClassifier:
             alpha: Failure probability. Default: 0.001.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]``, the sample sizes and ``batch_size``).
+                ``generator[j]`` and the sample sizes, never on ``batch_size``).
+            progress: Show the samples done and the rate on stderr (tqdm when installed, the
+                ``progress`` extra; else a line every few seconds). Default: False.
+            bound: ``"clopper-pearson"`` (CERTIFY's bound, reproduces published numbers) or
+                ``"randomized"``: the exact randomized bound
+                :func:`~rsmooth.stats.randomized_clopper_pearson_lower`, never smaller, with its
+                uniform draw taken from the input's own noise stream (reproducible). It helps
+                mostly at the radius cap (all votes for the class). Default: ``"clopper-pearson"``.
 
         Returns:
             A :class:`Certificate` with tensors of shape ``[B]``.
@@ -390,7 +886,18 @@ class SmoothedClassifier:
         n0 = check_int("n0", n0)
         alpha = check_open_unit("alpha", alpha)
         _warn_sample_size("certify", n, alpha, stacklevel=2)
-        return self._certify(inputs, n, n0, alpha, self._input_generators(inputs, generator))
+        if bound not in ("clopper-pearson", "randomized"):
+            raise ValueError(f"bound must be 'clopper-pearson' or 'randomized', got {bound!r}")
+        seeds = self._input_seeds(inputs, generator)
+        total = (n0 + n) * len(seeds)
+        bar = _Progress(total, "certify") if _check_bool("progress", progress) else None
+        try:
+            return self._certify(
+                inputs, n, n0, alpha, seeds, progress=bar, randomized=bound == "randomized"
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _certify(
         self,
@@ -398,14 +905,26 @@ class SmoothedClassifier:
         n: int,
         n0: int,
         alpha: float,
-        generators: Sequence[torch.Generator],
+        seeds: Sequence[int],
+        *,
+        progress: _Progress | None = None,
+        randomized: bool = False,
     ) -> Certificate:
-        """CERTIFY with one generator per input (the dataset runner seeds them per index)."""
-        selection = self._counts(inputs, n0, generators)
+        """CERTIFY with one seed per input (see :meth:`_input_seeds`)."""
+        selection = self._counts(
+            inputs, seeds, stream=SELECTION, start=0, stop=n0, progress=progress
+        )
         candidate = selection.argmax(dim=1)
-        estimation = self._counts(inputs, n, generators)
+        estimation = self._counts(
+            inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=progress
+        )
+        nonfinite = (n0 - selection.sum(dim=1)) + (n - estimation.sum(dim=1))
         count = estimation.gather(1, candidate[:, None])[:, 0]
-        p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
+        if randomized:
+            u = _auxiliary_uniform(seeds)
+            p_lower = randomized_clopper_pearson_lower(count.cpu().numpy(), n, alpha, u)
+        else:
+            p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
         radius = certified_radius(p_lower, self.sigma)
         abstain = p_lower < 0.5
         device, dtype = inputs.device, _float_dtype(inputs.device)
@@ -420,13 +939,14 @@ class SmoothedClassifier:
             n0=n0,
             alpha=alpha,
             sigma=self.sigma,
+            nonfinite=nonfinite,
         )
 
     def soft_predict(
         self,
         inputs: Tensor,
-        num_noise: int = 8,
         *,
+        num_noise: int = 8,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""The soft smoothed classifier :math:`\hat F(x) = \frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
@@ -456,7 +976,7 @@ class SmoothedClassifier:
         with preserve_model_state(self.model, train=False):
             return soft_smoothed_probs(self.model, inputs, noise)
 
-    def max_radius(self, n: int = 100_000, alpha: float = 0.001) -> float:
+    def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
         """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
 
         Example:
@@ -464,3 +984,92 @@ class SmoothedClassifier:
             1.906
         """
         return max_certified_radius(n, alpha, self.sigma)
+
+    def certify_radius(
+        self,
+        inputs: Tensor,
+        radius: float | Sequence[float],
+        *,
+        alpha: float = 0.001,
+        max_n: int = 100_000,
+        n0: int = 100,
+        beta: float | None = None,
+        growth: float = 1.5,
+        candidates: Tensor | None = None,
+        generator: GeneratorArg = None,
+    ) -> RadiusCertificate:
+        r"""Sequential certification at one radius or a grid: "certified at r?" with few samples.
+
+        One candidate class per input (from ``n0`` fresh selection samples, or ``candidates``);
+        its votes are counted cumulatively at the looks
+        :func:`~rsmooth.stats.sequential_looks` ``(max_n, alpha, Phi(min(radius)/sigma),
+        growth)``, and radius :math:`r_j` is certified at look :math:`k` once the
+        Clopper–Pearson lower bound at level :math:`\alpha/K` reaches
+        :math:`\Phi(r_j/\sigma)` (integer thresholds, :func:`~rsmooth.stats.sequential_thresholds`),
+        or ruled out once the upper bound at :math:`\beta/K` falls below it. An input stops
+        when every radius is decided (stopped inputs draw no more samples; the others keep the
+        forward batches full); radii still open at ``max_n`` are undecided
+        :cite:`horvath2022boosting,voracek2024confidence`.
+
+        **Guarantee.** For each input, with probability at least ``1 - alpha``, every claim it
+        reports holds at once: the smoothed classifier predicts ``prediction`` and is constant
+        on the L2 ball of radius ``radius`` (so of every certified radius). With
+        ``candidates``, a claim is made only when that class is the smoothed prediction.
+        "Ruled out" is not a certificate of non-robustness. The guarantee holds at the pre-set
+        looks; it does not extend past ``max_n``. Use :meth:`certify` for ACR.
+
+        Input ``j``'s result depends only on its noise stream (its seed), the arguments and the
+        schedule, not on ``batch_size`` or the other inputs of the call.
+
+        Args:
+            inputs: Batch ``[B, *]``.
+            radius: One radius, or a sorted sequence of radii (the grid), all ``>= 0``.
+            alpha: Failure probability of the certificates. Default: 0.001.
+            max_n: Largest number of estimation samples per input (the last look).
+                Default: 100,000.
+            n0: Selection samples per input (unused with ``candidates``). Default: 100.
+            beta: Failure probability of the "ruled out" decisions (only affects cost).
+                Default: ``alpha``.
+            growth: Ratio of consecutive looks, ``> 1``. Default: 1.5.
+            candidates: Classes to test instead of selecting them (``int64`` ``[B]``, e.g. the
+                labels when measuring certified accuracy). Default: None.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input.
+
+        Returns:
+            A :class:`~rsmooth.RadiusCertificate` (tensors ``[B]`` and ``[B, J]``).
+
+        Raises:
+            ValueError: Negative or unsorted radii, ``max_n`` too small for the largest radius
+                (the message names the smallest that works), ``growth <= 1``, ``beta`` or
+                ``alpha`` outside (0, 1), ``candidates`` of the wrong shape or class range.
+            TypeError: ``candidates`` is not an integer tensor, or an argument has the wrong type.
+
+        Example:
+            >>> model = nn.Linear(2, 2)
+            >>> with torch.no_grad():
+            ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+            ...     _ = model.bias.zero_()
+            >>> smoothed = SmoothedClassifier(model, sigma=0.5, input_range=None)
+            >>> x = torch.tensor([[2.0, 0.0], [0.4, 0.0]])  # true radii 2.0 and 0.4
+            >>> g = torch.Generator().manual_seed(0)
+            >>> cert = smoothed.certify_radius(x, [0.25, 0.5], max_n=20_000, generator=g)
+            >>> cert.certified.tolist()
+            [[True, True], [True, False]]
+            >>> cert.num_samples.tolist()[0] < 100  # 20,000 allowed, a few dozen needed
+            True
+        """
+        from rsmooth.sequential import _certify_radius
+
+        return _certify_radius(
+            self,
+            inputs,
+            radius,
+            alpha=alpha,
+            max_n=max_n,
+            n0=n0,
+            beta=beta,
+            growth=growth,
+            candidates=candidates,
+            generator=generator,
+        )

@@ -1,0 +1,566 @@
+"""The sampling engine: batch-size-free noise streams, non-finite logits, forward-pass hints."""
+
+import itertools
+import json
+import math
+import re
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import Spy, small_cnn
+from torch import nn
+
+import rsmooth.smoothing as smoothing
+from rsmooth import ABSTAIN, SmoothedClassifier
+from rsmooth.smoothing import (
+    AUXILIARY,
+    ESTIMATION,
+    SELECTION,
+    _auxiliary_uniform,
+    _block_size,
+)
+
+
+def cnn(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)  # test-only: fixed random weights, so counts spread over classes
+    return small_cnn(num_classes).eval()
+
+
+def flat_model(numel: int, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)  # test-only: fixed random weights
+    return nn.Sequential(nn.Flatten(), nn.Linear(numel, num_classes)).eval()
+
+
+def gens(seeds, device="cpu"):
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+# ---------------------------------------------------------------- noise determinism
+def test_block_size_depends_only_on_the_number_of_elements():
+    assert _block_size(2) == 512
+    assert _block_size(64) == 512
+    assert _block_size(784) == 2**16 // 784
+    assert _block_size(3 * 224 * 224) == 1
+    assert len({SELECTION, ESTIMATION, AUXILIARY}) == 3
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
+def test_results_do_not_depend_on_the_batch_size(batch_size):
+    x = torch.rand(2, 1, 8, 8)
+    reference = SmoothedClassifier(cnn(), 0.5, batch_size=4096)
+    smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=batch_size)
+    expected = reference.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
+    counts = smoothed.sample_counts(x, num=60, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(counts, expected)
+    assert len(expected.unique()) > 3  # a model whose votes spread, so noise changes show
+    a = reference.certify(x, n=50, n0=10, generator=gens([1, 2]))
+    b = smoothed.certify(x, n=50, n0=10, generator=gens([1, 2]))
+    assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
+    assert torch.equal(a.radius, b.radius)
+
+
+def test_the_noisy_samples_themselves_do_not_depend_on_the_batch_size():
+    x = torch.rand(2, 3, 4, 4)  # 48 elements: blocks of 512 samples
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    seen = {}
+    for batch_size in (5, 333, 2000):
+        spy = Spy(model)
+        SmoothedClassifier(spy, 0.5, batch_size=batch_size).sample_counts(
+            x, num=700, generator=gens([4, 5])
+        )
+        seen[batch_size] = torch.cat(spy.seen)
+        assert max(b.shape[0] for b in spy.seen) <= batch_size
+    assert torch.equal(seen[5], seen[333]) and torch.equal(seen[5], seen[2000])
+
+
+def split_counts(smoothed, x, seeds, stream, cuts):
+    return sum(
+        smoothed._counts(x, seeds, stream=stream, start=a, stop=b)
+        for a, b in itertools.pairwise(cuts)
+    )
+
+
+@pytest.mark.parametrize("batch_size", [13, 1000])
+def test_counts_over_split_ranges_add_up(batch_size):
+    x = torch.rand(2, 1, 16, 16)  # 256 elements: blocks of 256 samples, so cuts fall inside
+    smoothed = SmoothedClassifier(flat_model(256), 2.0, batch_size=batch_size)
+    seeds = [11, 12]
+    whole = smoothed._counts(x, seeds, stream=ESTIMATION, start=0, stop=700)
+    assert torch.equal(split_counts(smoothed, x, seeds, ESTIMATION, [0, 300, 700]), whole)
+    assert torch.equal(split_counts(smoothed, x, seeds, ESTIMATION, [0, 1, 256, 513, 700]), whole)
+    assert int(whole.sum()) == 1400
+
+
+def test_an_input_gets_the_same_counts_alone_and_in_a_batch():
+    x = torch.rand(4, 1, 8, 8)
+    smoothed = SmoothedClassifier(cnn(), 0.5, batch_size=50)
+    together = smoothed._counts(x, [5, 6, 7, 8], stream=ESTIMATION, start=0, stop=300)
+    for j, seed in enumerate([5, 6, 7, 8]):
+        alone = smoothed._counts(x[j : j + 1], [seed], stream=ESTIMATION, start=0, stop=300)
+        assert torch.equal(alone[0], together[j])
+    # the same holds through the public per-input generators
+    cert = smoothed.certify(x, n=300, n0=20, generator=gens([1, 2, 3, 4]))
+    single = smoothed.certify(x[2:3], n=300, n0=20, generator=gens([3]))
+    assert cert.count[2] == single.count[0]
+
+
+def test_selection_and_estimation_streams_are_independent():
+    x = torch.zeros(1, 4)
+    spy = Spy(nn.Linear(4, 2))
+    smoothed = SmoothedClassifier(spy, 1.0, batch_size=4000)
+    smoothed._counts(x, [9], stream=SELECTION, start=0, stop=2000)
+    smoothed._counts(x, [9], stream=ESTIMATION, start=0, stop=2000)
+    smoothed._counts(x, [9], stream=SELECTION, start=0, stop=2000)
+    selection, estimation, again = (s.flatten() for s in spy.seen)
+    assert torch.equal(selection, again)
+    assert not torch.isclose(selection, estimation).any()
+    correlation = np.corrcoef(selection.numpy(), estimation.numpy())[0, 1]
+    assert abs(correlation) < 4 / math.sqrt(selection.numel())  # 4 standard errors
+
+
+def test_each_noise_block_is_generated_once(monkeypatch):
+    calls = []
+    real = smoothing.mix
+    monkeypatch.setattr(smoothing, "mix", lambda *v: calls.append(v) or real(*v))
+    x = torch.rand(2, 1, 16, 16)  # blocks of 256 samples; 700 samples touch 3 blocks
+    SmoothedClassifier(flat_model(256), 0.5, batch_size=7)._counts(
+        x, [1, 2], stream=ESTIMATION, start=0, stop=700
+    )
+    assert sorted(calls) == [(s, ESTIMATION, b) for s in (1, 2) for b in range(3)]
+
+
+def test_input_seeds_forms():
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    x = torch.zeros(3, 2)
+    one = smoothed._input_seeds(x, torch.Generator().manual_seed(0))
+    assert one == smoothed._input_seeds(x, torch.Generator().manual_seed(0))
+    assert len(set(one)) == 3 and all(0 <= s < 2**63 for s in one)
+    per_input = smoothed._input_seeds(x, gens([1, 2, 1]))
+    assert per_input[0] == per_input[2] != per_input[1]
+    assert per_input[1] == smoothed._input_seeds(x[:1], gens([2]))[0]
+    torch.manual_seed(5)  # test-only: the global RNG is the documented default
+    first = smoothed._input_seeds(x, None)
+    torch.manual_seed(5)
+    assert smoothed._input_seeds(x, None) == first
+
+
+def test_auxiliary_uniform_is_per_seed_and_in_the_half_open_unit_interval():
+    u = _auxiliary_uniform(list(range(2000)))
+    assert u.dtype == np.float64 and u.shape == (2000,)
+    assert bool(((u > 0) & (u <= 1)).all())
+    assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / 2000)
+    assert np.array_equal(_auxiliary_uniform([7, 3]), u[[7, 3]])
+
+
+# ---------------------------------------------------------------- non-finite logits
+class NaNFor(nn.Module):
+    """Class 0 everywhere, NaN logits for inputs whose first coordinate is > 0.5 and for
+    every `every`-th row of the others."""
+
+    def __init__(self, every: int = 0) -> None:
+        super().__init__()
+        self.every, self.rows = every, 0
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3)
+        out[:, 0] = 1.0
+        bad = x[:, 0] > 0.5
+        if self.every:
+            bad |= torch.arange(self.rows, self.rows + x.shape[0]) % self.every == 0
+        self.rows += x.shape[0]
+        out[bad] = torch.tensor([math.nan, 0.0, math.inf])
+        return out
+
+
+def test_nonfinite_logits_raise_naming_inputs_and_counts():
+    x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
+    smoothed = SmoothedClassifier(NaNFor(), 0.1)
+    with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
+        smoothed.sample_counts(x, num=50)
+    with pytest.raises(ValueError, match="nonfinite='count_against'"):
+        smoothed.certify(x, n=100, n0=10)
+    with pytest.raises(ValueError, match="input 1: 100 of 100"):
+        smoothed.predict(x, n=100)
+
+
+def test_count_against_counts_nonfinite_samples_for_no_class():
+    x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
+    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
+    counts = smoothed.sample_counts(x, num=400)
+    assert counts[1].sum() == 0
+    assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
+    cert = smoothed.certify(x, n=1000, n0=100)
+    assert cert.nonfinite.tolist() == [275, 1100]
+    assert cert.prediction.tolist()[1] == ABSTAIN and float(cert.radius[1]) == 0.0
+    # sound: 750 of 1000 votes bound p_A below 0.75, however clean the other votes are
+    assert float(cert.p_lower[0]) < 0.75 and int(cert.count[0]) == 750
+    assert "count_against" in repr(smoothed)
+
+
+def test_nonfinite_policy_is_validated():
+    with pytest.raises(ValueError, match="nonfinite must be one of 'raise', 'count_against'"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, nonfinite="ignore")
+
+
+# ---------------------------------------------------------------- model-output hints
+class Returns(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.linear, self.kind = nn.Linear(2, 3), kind
+
+    def forward(self, x):
+        logits = self.linear(x)
+        if self.kind == "tuple":
+            return logits, x
+        if self.kind == "dict":
+            return {"logits": logits}
+
+        class Output:
+            pass
+
+        output = Output()
+        output.logits = logits
+        return output
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("tuple", r"got a tuple.*model\(x\)\[0\]"),
+        ("dict", r"got a dict.*model\(x\)\[\"logits\"\]"),
+        ("object", r"got a Output.*model\(x\)\.logits"),
+    ],
+)
+def test_a_model_returning_a_container_gets_a_hint(kind, match):
+    with pytest.raises(TypeError, match=match):
+        SmoothedClassifier(Returns(kind), 0.5).certify(torch.zeros(2, 2), n=20)
+
+
+def test_one_unbatched_image_gets_the_unsqueeze_hint():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"inputs\.unsqueeze\(0\)") as info:
+        SmoothedClassifier(model, 0.5).predict(torch.zeros(1, 8, 8), n=20)
+    assert "channels" in str(info.value)  # the model's own message is kept
+    with pytest.raises(ValueError, match=r"unsqueeze\(0\)"):
+        SmoothedClassifier(nn.Identity(), 0.5).certify(torch.zeros(3, 4, 4), n=20)
+
+
+@pytest.mark.slow
+def test_an_export_with_a_fixed_batch_size_gets_the_dynamic_batch_hint():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    exported = torch.export.export(model, (torch.rand(2, 1, 2, 2),)).module()
+    with pytest.raises(ValueError, match=r"dynamic batch dimension.*Dim\('batch'\)"):
+        SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100)
+
+
+# ---------------------------------------------------------------- keyword-only sampling arguments
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, x: s.certify(x, 100, 2000, 0.001),  # Cohen's positional order (x, n0, n, alpha)
+        lambda s, x: s.certify(x, 100),
+        lambda s, x: s.predict(x, 100, 0.001),
+        lambda s, x: s.sample_counts(x, 50),
+        lambda s, x: s.soft_predict(x, 8),
+        lambda s, x: s.max_radius(1000, 0.001),
+    ],
+)
+def test_sampling_arguments_are_keyword_only(call):
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    with pytest.raises(TypeError, match="positional argument"):
+        call(smoothed, torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------- progress
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    cert = smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    err = capsys.readouterr().err
+    assert "certify" in err and "330" in err  # 3 inputs x (10 + 100) samples
+    assert cert.prediction.shape == (3,)
+    smoothed.predict(torch.zeros(2, 2), n=50, progress=True)
+    assert "predict" in capsys.readouterr().err
+
+
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if not installed
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=64)
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10, progress=True)
+    assert "certify: 330/330 samples" in capsys.readouterr().err
+    smoothed.certify(torch.zeros(3, 2), n=100, n0=10)
+    assert capsys.readouterr().err == ""  # off by default
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(TypeError, match="progress must be a bool, got str"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5).certify(torch.zeros(1, 2), n=20, progress="yes")
+
+
+# ---------------------------------------------------------------- batch_size="auto"
+class RowCounter(nn.Module):
+    """A linear model that counts the rows of every forward pass; optionally runs out of memory
+    on batches larger than `memory`."""
+
+    def __init__(self, numel: int, memory: int | None = None, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(numel, 3)
+        self.memory, self.sleep, self.sizes, self.refused = memory, sleep, [], []
+
+    def forward(self, x):
+        if self.memory is not None and x.shape[0] > self.memory:
+            self.refused.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.sizes.append(x.shape[0])
+        time.sleep(self.sleep)  # a fixed cost per call: larger batches are always faster
+        return self.linear(x.flatten(1))
+
+
+def test_auto_is_the_default_tuned_once_per_shape_and_bounded_in_cost():
+    model = RowCounter(16)
+    smoothed = SmoothedClassifier(model, 0.5)
+    assert smoothed.batch_size == "auto" and "batch_size='auto'" in repr(smoothed)
+    x = torch.rand(4, 1, 4, 4)
+    smoothed.sample_counts(x, num=10_000)
+    total = 4 * 10_000
+    tuning = sum(model.sizes) - total
+    assert 0 < tuning <= 0.02 * total  # real forward passes, at most 2% of the call's rows
+    (key, chosen), *others = smoothed._auto_batch_sizes.items()
+    assert not others and key == ((1, 4, 4), torch.float32, "cpu")
+    assert max(model.sizes[-(total // chosen) :]) == chosen  # the call used the choice
+    assert f"'auto' (chosen: {chosen} for [1, 4, 4] float32 on cpu)" in repr(smoothed)
+    model.sizes.clear()
+    smoothed.sample_counts(x, num=10_000)
+    assert sum(model.sizes) == total  # cached: no more tuning
+    smoothed.sample_counts(torch.rand(2, 16), num=20_000)  # another shape: tuned again
+    assert len(smoothed._auto_batch_sizes) == 2
+
+
+def test_auto_uses_the_device_default_when_the_call_is_too_small_to_tune():
+    model = RowCounter(2)
+    smoothed = SmoothedClassifier(model, 0.5)
+    smoothed.sample_counts(torch.rand(3, 2), num=300)
+    assert sum(model.sizes) == 900 and max(model.sizes) == 256
+    assert smoothed._auto_batch_sizes == {}
+
+
+def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
+    x = torch.rand(3, 1, 8, 8)
+    auto = SmoothedClassifier(cnn(), 0.5)
+    fixed = SmoothedClassifier(cnn(), 0.5, batch_size=97)
+    a = auto.sample_counts(x, num=5000, generator=gens([1, 2, 3]))
+    assert auto._auto_batch_sizes  # it did tune
+    assert torch.equal(a, fixed.sample_counts(x, num=5000, generator=gens([1, 2, 3])))
+
+
+def test_auto_backs_off_when_tuning_runs_out_of_memory():
+    model = RowCounter(4, memory=300, sleep=0.02)
+    smoothed = SmoothedClassifier(model, 0.5)
+    assert smoothed._tune_batch_size(torch.rand(2, 4), 10**6) == 256
+    assert model.refused == [512] and max(model.sizes) == 256
+
+
+def test_auto_halves_the_batch_size_when_a_call_runs_out_of_memory():
+    x = torch.rand(2, 4)
+    model = RowCounter(4)
+    expected = SmoothedClassifier(model, 0.5, batch_size=64).sample_counts(
+        x, num=3000, generator=gens([1, 2])
+    )
+    model.memory, model.sizes = 300, []
+    smoothed = SmoothedClassifier(model, 0.5)
+    key = ((4,), torch.float32, "cpu")
+    smoothed._auto_batch_sizes[key] = 2048  # as if tuned with more memory free
+    counts = smoothed.sample_counts(x, num=3000, generator=gens([1, 2]))
+    assert smoothed._auto_batch_sizes[key] == 256 and max(model.sizes) == 256
+    assert torch.equal(counts, expected)  # the same noise, whatever the batch size
+
+
+def test_an_explicit_batch_size_does_not_back_off():
+    smoothed = SmoothedClassifier(RowCounter(4, memory=300), 0.5, batch_size=1000)
+    with pytest.raises(torch.OutOfMemoryError):
+        smoothed.sample_counts(torch.rand(2, 4), num=3000)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("big", ValueError, "batch_size must be a positive integer or 'auto', got 'big'"),
+        (0, ValueError, "batch_size must be a positive integer, got 0"),
+        (-5, ValueError, "batch_size must be a positive integer, got -5"),
+        (2.5, TypeError, "batch_size must be an integer or 'auto', got float"),
+        (True, TypeError, "batch_size must be an integer or 'auto', got bool"),
+        (None, TypeError, "batch_size must be an integer or 'auto', got NoneType"),
+    ],
+)
+def test_batch_size_validation(value, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, batch_size=value)
+
+
+def test_the_runner_records_the_resolved_batch_size(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from rsmooth.runner import certify_dataset
+
+    data = TensorDataset(torch.rand(4, 3), torch.tensor([0, 1, 0, 1]))
+    smoothed = SmoothedClassifier(nn.Linear(3, 2), 0.5)
+    certify_dataset(smoothed, data, tmp_path / "a.tsv", n0=10, n=100, progress=False)
+    config = json.loads((tmp_path / "a.tsv.json").read_text())["config"]
+    assert config["batch_size"] == 256 and config["batch_size_auto"] is True  # too small to tune
+    smoothed._auto_batch_sizes[((3,), torch.float32, "cpu")] = 48
+    certify_dataset(smoothed, data, tmp_path / "b.tsv", n0=10, n=100, progress=False)
+    assert json.loads((tmp_path / "b.tsv.json").read_text())["config"]["batch_size"] == 48
+    fixed = SmoothedClassifier(nn.Linear(3, 2), 0.5, batch_size=64)
+    certify_dataset(fixed, data, tmp_path / "c.tsv", n0=10, n=100, progress=False)
+    config = json.loads((tmp_path / "c.tsv.json").read_text())["config"]
+    assert config["batch_size"] == 64 and "batch_size_auto" not in config
+
+
+# ---------------------------------------------------------------- compile
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compile_feeds_fixed_shapes_and_compiles_once(fresh_dynamo):
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    shapes = []
+
+    def backend(graph, example_inputs):
+        shapes.extend(tuple(t.shape) for t in example_inputs if tuple(t.shape[1:]) == (1, 8, 8))
+        return counter(graph, example_inputs)
+
+    model = cnn()
+    compiled = SmoothedClassifier(model, 0.5, batch_size=64, compile={"backend": backend})
+    eager = SmoothedClassifier(model, 0.5, batch_size=64)
+    x = torch.rand(3, 1, 8, 8)
+    for num, inputs in [(10, x[:1]), (200, x), (37, x[1:])]:  # 10 < 64 rows: padded
+        got = compiled.sample_counts(inputs, num=num, generator=torch.Generator().manual_seed(num))
+        want = eager.sample_counts(inputs, num=num, generator=torch.Generator().manual_seed(num))
+        assert torch.equal(got, want)  # padding rows are discarded
+    compiled.certify(x, n=100, n0=10, generator=torch.Generator().manual_seed(0))
+    assert counter.frame_count == 1  # no recompilation on later calls
+    assert shapes == [(64, 1, 8, 8)]
+    assert model.training is False and "compile={'backend'" in repr(compiled)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_must_return_n_by_k_logits(fresh_dynamo):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.Unflatten(1, (3, 2)))
+    smoothed = SmoothedClassifier(model, 0.5, batch_size=32, compile={"backend": "eager"})
+    with pytest.raises(ValueError, match=r"logits of shape \[N, num_classes\].*\(32, 3, 2\)"):
+        smoothed.certify(torch.rand(2, 1, 2, 2), n=20)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("yes", TypeError, "compile must be a bool or a dict of torch.compile options, got str"),
+        ({"dynamic": True}, ValueError, "compile must not set 'dynamic'"),
+    ],
+)
+def test_compile_validation(value, exc, match):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, compile=value)
+
+
+# ---------------------------------------------------------------- autocast and channels_last
+class DtypeProbe(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.dtypes = model, set()
+
+    def forward(self, x):
+        out = self.model(x)
+        self.dtypes.add(out.dtype)
+        return out
+
+
+def test_bfloat16_autocast_counts_match_float32_on_a_well_separated_model():
+    torch.manual_seed(0)  # test-only: fixed weights
+    linear = nn.Linear(6, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(3, 6) * 4.0)
+        linear.bias.zero_()
+    x = torch.eye(3, 6)[[0, 1, 2, 0]] * 2.0  # each input far (in sigma units) from the others
+    probe = DtypeProbe(linear)
+    half = SmoothedClassifier(probe, 0.25, batch_size=256, autocast=torch.bfloat16)
+    full = SmoothedClassifier(linear, 0.25, batch_size=256)
+    a = half.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
+    b = full.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
+    assert probe.dtypes == {torch.bfloat16}  # the forward passes did run in bfloat16
+    assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
+    assert a.prediction.tolist() == [0, 1, 2, 0]
+    assert "autocast=torch.bfloat16" in repr(half)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        ("bf16", TypeError, "autocast must be a torch.dtype or None, got str"),
+        (torch.float32, ValueError, "autocast must be torch.bfloat16 or torch.float16, got"),
+    ],
+)
+def test_autocast_validation(value, exc, match):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=value)
+
+
+def test_autocast_with_a_dtype_the_device_does_not_support(monkeypatch):
+    class Unsupported:
+        def __init__(self, device_type, dtype):
+            import warnings
+
+            warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
+
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=torch.float16)
+    monkeypatch.setattr(torch, "autocast", Unsupported)
+    with pytest.raises(ValueError, match=r"autocast=torch.float16 is not supported on cpu"):
+        smoothed.certify(torch.zeros(1, 2), n=20)
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    with pytest.raises(ValueError, match="autocast is not available on device type 'cpu'"):
+        smoothed.certify(torch.zeros(1, 2), n=20)
+
+
+def test_channels_last_models_and_inputs():
+    def cnn3():
+        torch.manual_seed(0)  # test-only: the same weights in both layouts
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)
+        ).eval()
+
+    x = torch.rand(3, 3, 8, 8)
+    expected = SmoothedClassifier(cnn3(), 0.5, batch_size=100).sample_counts(
+        x, num=300, generator=gens([1, 2, 3])
+    )
+    spy = Spy(cnn3().to(memory_format=torch.channels_last))
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=100)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    assert not x_last.is_contiguous()
+    counts = smoothed.sample_counts(x_last, num=300, generator=gens([1, 2, 3]))
+    assert torch.equal(counts, expected)  # the same noise per element, whatever the layout
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in spy.seen)
+    assert all(not b.is_contiguous() for b in spy.seen)
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_batch_size_and_compile_options(capsys):
+    from rsmooth.cli import build_parser
+
+    base = ["certify", "--model", "m:f", "--dataset", "digits", "--sigma", "0.5", "--out", "o"]
+    args = build_parser().parse_args(base)
+    assert args.batch_size == "auto" and args.compile is False
+    args = build_parser().parse_args([*base, "--batch-size", "128", "--compile"])
+    assert args.batch_size == 128 and args.compile is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--batch-size", "big"])
+    assert "batch size must be a positive integer or 'auto', got 'big'" in capsys.readouterr().err
