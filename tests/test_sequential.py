@@ -30,7 +30,7 @@ def one_thread():
 def linear(sigma=0.5, batch_size=4096, model=None):
     """f(x) = class 0 iff x_0 > 0: input x has true radius x_0 (for x_0 > 0), p_A = Phi(x_0/sigma)."""
     model = model or LinearTwoClass(torch.tensor([1.0]), 0.0)
-    return SmoothedClassifier(model, sigma=sigma, batch_size=batch_size)
+    return SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, input_range=None)
 
 
 def at(margins):
@@ -215,7 +215,7 @@ def test_model_state_is_restored():
     model.train()
     model[0].weight.requires_grad_(False)
     before = model[1].running_mean.clone()
-    SmoothedClassifier(model, sigma=0.5).certify_radius(
+    SmoothedClassifier(model, sigma=0.5, input_range=None).certify_radius(
         at([0.1, 0.2]), 0.1, max_n=500, generator=torch.Generator().manual_seed(0)
     )
     assert model.training and all(m.training for m in model.modules())

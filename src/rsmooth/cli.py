@@ -490,8 +490,8 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
 
 _EXPORT_HINT = (
     "export it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
-    'dynamic_shapes={"x": {0: torch.export.Dim("batch")}}) where x is the forward argument '
-    "(rsmooth feeds batches of --batch-size noisy copies and a smaller last batch)"
+    'dynamic_shapes=({0: torch.export.Dim("batch")},)) (rsmooth feeds batches of '
+    "--batch-size noisy copies and a smaller last batch)"
 )
 
 
