@@ -1,4 +1,4 @@
-"""Train a base classifier for randomized smoothing with any of the six rsmooth criteria.
+"""Train a base classifier for randomized smoothing with any of the rsmooth criteria.
 
 One loop for every criterion: they all share the call ``loss = criterion(model, inputs, targets)``,
 so only their construction differs (``CRITERIA``). Examples::
@@ -7,6 +7,10 @@ so only their construction differs (``CRITERIA``). Examples::
     python examples/train.py --criterion smoothmix --sigma 0.5 --num-noise 4 --num-steps 4 \\
         --step-size 1.0 --eta 5.0 --one-step-adversary --epochs 90 --out smoothmix.pt
     python examples/train.py --criterion smoothadv --epsilon 1.0 --num-steps 10 --num-noise 4
+    python examples/train.py --criterion gaussian --sigma 0.25 --out gaussian025.pt
+    python examples/train.py --criterion catrs --prior-from gaussian025.pt --prior prior.pt
+    python examples/train.py --criterion adaptive --discard-epoch 42 --threshold 0.4 \\
+        --reweight-every 10 --epsilon 0.25 --num-steps 6
 
 Conventions (those of the authors' code, ``shared/algorithms.md``):
 
@@ -20,8 +24,18 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
   ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` ``w_e = min(1, (e + 1) / 10)``, which
   scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
   ``lr_step`` epochs (until the first learning-rate drop);
-- SmoothAdv, Consistency and SmoothMix take one optimizer step per B/m examples in the official
-  code, so the default loader batch is ``256 // num_noise`` for them (256 for the others).
+  Sun et al.'s adaptive criterion turns its adversary on at ``--discard-epoch``;
+- SmoothAdv, Consistency, SmoothMix, CAT-RS and Sun et al.'s adaptive noise take one optimizer
+  step per B/m examples in the official code, so the default loader batch is ``256 // num_noise``
+  for them (256 for the others);
+- CAT-RS needs a prior table (``rsmooth.training.prediction_table``): ``--prior FILE`` loads a
+  saved one; ``--prior-from CHECKPOINT`` computes it from a Gaussian model (the official recipe:
+  sigma 0.25, 10,000 samples per training image) and saves it to ``--prior`` when given;
+- ``--criterion adaptive`` (Sun et al.) runs the discard-then-reweight schedule
+  (``rsmooth.training.EasySampleSchedule``): plain Gaussian training before ``--discard-epoch``,
+  then examples with noisy accuracy below ``--threshold`` are dropped, the rest resampled with
+  replacement by approximate certified radius (refreshed every ``--reweight-every`` epochs), and
+  the adversary on the noise is on.
 
 The checkpoint (``--out``) records sigma, the criterion and its hyperparameters, the architecture,
 the normalisation, the dataset, the epoch, the per-epoch log and the state dicts;
@@ -42,13 +56,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/models.py
 
 from models import ARCHS, CHECKPOINT_FORMAT, build_model, load_checkpoint
 
 from rsmooth.datasets import DATASETS, dataset_info, load_dataset
+from rsmooth.training import EasySampleSchedule, IndexedDataset
 
 __all__ = ["CHUNKED", "CRITERIA", "Criterion", "load_checkpoint", "main", "train"]
 
@@ -112,6 +127,26 @@ def _smoothmix(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
     return SmoothMixLoss, {"sigma": args.sigma, **kwargs}
 
 
+def _catrs(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import CATRSLoss
+
+    # The argparse defaults of the official code (m 4, epsilon 256/256, T 4, lambda 1).
+    kwargs = _given(args, num_noise=4, epsilon=1.0, num_steps=4, lbd=1.0)
+    return CATRSLoss, {"sigma": args.sigma, **kwargs, "confidence": args.confidence}
+
+
+def _adaptive(args: argparse.Namespace) -> tuple[type, dict[str, Any]]:
+    from rsmooth.losses import AdaptiveNoiseLoss
+
+    # The CIFAR-10 sigma = 0.5 script of Sun et al. (m 4, epsilon 0.25, T 6); no (F)MNIST one exists.
+    kwargs = _given(args, epsilon=0.25, num_steps=6, num_noise=4)
+    return AdaptiveNoiseLoss, {
+        "sigma": args.sigma,
+        **kwargs,
+        "adversarial_from": args.discard_epoch,
+    }
+
+
 #: Criterion name -> factory ``args -> (class, constructor kwargs)``.
 CRITERIA: dict[str, Factory] = {
     "gaussian": _gaussian,
@@ -120,10 +155,12 @@ CRITERIA: dict[str, Factory] = {
     "macer": _macer,
     "consistency": _consistency,
     "smoothmix": _smoothmix,
+    "catrs": _catrs,
+    "adaptive": _adaptive,
 }
 
 #: Criteria whose official code takes one optimizer step per B/m examples (algorithms.md §9.1).
-CHUNKED = frozenset({"smoothadv", "consistency", "smoothmix"})
+CHUNKED = frozenset({"smoothadv", "consistency", "smoothmix", "catrs", "adaptive"})
 
 
 def make_criterion(
@@ -134,7 +171,7 @@ def make_criterion(
     criterion = cls(**kwargs, **_schedule_kwargs(name, args), generator=generator)
     hparams = dict(kwargs)
     for field in getattr(cls, "_repr_fields", ()):  # fill in the class defaults
-        if field == "warmup":  # a schedule (SmoothMix), set per epoch
+        if field in ("warmup", "adversarial"):  # schedules (SmoothMix, adaptive), set per epoch
             continue
         value = getattr(criterion, field, None)
         if isinstance(value, (bool, int, float, str)):
@@ -156,6 +193,7 @@ SCHEDULED: dict[str, tuple[str, ...]] = {
     "smoothadv": ("epsilon",),
     "smoothmix": ("warmup",),
     "macer": ("lbd",),
+    "adaptive": ("adversarial",),
 }
 
 
@@ -179,6 +217,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     args.lr_step = step if args.lr_step is None else args.lr_step
     if args.arch is None:
         args.arch = "cifar_resnet110" if cifar_like else "lenet"
+    if getattr(args, "discard_epoch", None) is None:  # Sun et al.'s 70 of 150 epochs
+        args.discard_epoch = round(args.epochs * 70 / 150)
     if args.out is None:
         args.out = f"checkpoints/{args.dataset}_{args.arch}_{args.criterion}_sigma{args.sigma}.pt"
 
@@ -203,13 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--eta", type=float, default=None, help="eta (consistency, smoothmix)")
     h.add_argument("--gamma", type=float, default=None, help="MACER hinge margin")
     h.add_argument("--beta", type=float, default=None, help="MACER inverse temperature")
-    h.add_argument("--epsilon", type=float, default=None, help="SmoothAdv L2 radius (pixel units)")
+    h.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="L2 radius (smoothadv, catrs; pixel units) or step length (adaptive)",
+    )
     h.add_argument("--num-steps", type=int, default=None, help="T: attack steps")
     h.add_argument("--step-size", type=float, default=None, help="SmoothMix step size alpha")
     h.add_argument("--attack", choices=["pgd", "ddn"], default="pgd", help="SmoothAdv attack")
     h.add_argument("--one-step-adversary", action="store_true", help="SmoothMix +one-step")
     h.add_argument("--deferred", action="store_true", help="MACER: lambda = 0 until lr-step")
     h.add_argument("--warmup", type=int, default=10, help="warm-up epochs (SmoothAdv, SmoothMix)")
+    c = p.add_argument_group("CAT-RS (--criterion catrs)")
+    c.add_argument("--prior", default=None, help="prior table file (torch.save of [N, K])")
+    c.add_argument("--prior-from", default=None, help="Gaussian checkpoint to compute the prior")
+    c.add_argument("--prior-sigma", type=float, default=0.25, help="noise level of the prior")
+    c.add_argument("--prior-samples", type=int, default=10_000, help="samples per image")
+    c.add_argument("--confidence", choices=["model", "prior"], default="model")
+    a = p.add_argument_group("Sun et al. (--criterion adaptive)")
+    a.add_argument("--discard-epoch", type=int, default=None, help="default 70/150 of --epochs")
+    a.add_argument("--threshold", type=float, default=0.4, help="discard threshold tau")
+    a.add_argument("--reweight-every", type=int, default=10, help="epochs between weights")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="default 90 (MNIST-like) / 150")
     o.add_argument("--batch-size", type=int, default=None, help="default 256, or 256 // m (§9.1)")
@@ -240,6 +295,21 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
 
     model = build_model(args.arch, info.input_shape, info.num_classes, info.mean, info.std)
     model.to(device)
+    train_set: Dataset = TensorDataset(*data.tensors)
+    prior = None  # CAT-RS: the per-example prior, looked up by dataset index
+    if args.criterion == "catrs":
+        prior = prior_table(args, train_set, info.num_classes, device)
+        train_set = IndexedDataset(train_set)
+    easy = None  # Sun et al.: the discard-then-reweight sampling schedule
+    if args.criterion == "adaptive":
+        easy = EasySampleSchedule(
+            args.threshold,
+            args.discard_epoch,
+            sigma=args.sigma,
+            reweight_every=args.reweight_every,
+            generator=torch.Generator(device=device).manual_seed(args.seed + 4),
+            progress=not args.quiet,
+        )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
@@ -252,10 +322,12 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, history = saved["epoch"], saved["history"]
+        if easy is not None and saved.get("easy_schedule") is not None:
+            easy.load_state_dict(saved["easy_schedule"])
 
     loader_generator = torch.Generator().manual_seed(args.seed + 2 + start_epoch)
     loader = DataLoader(
-        TensorDataset(*data.tensors),
+        train_set,
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=len(data) > args.batch_size,  # no size-1 BatchNorm batches
@@ -270,15 +342,24 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     checkpoint: dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         criterion.set_epoch(epoch)  # the criterion's official schedule (warm-up, deferred terms)
-        schedule = {k: getattr(criterion, k) for k in SCHEDULED.get(args.criterion, ())}
+        schedule = {k: float(getattr(criterion, k)) for k in SCHEDULED.get(args.criterion, ())}
         model.train()
         started = time.perf_counter()
         total, count, terms = 0.0, 0, {}
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+        if easy is not None:  # this epoch's draw of the kept examples
+            sampler = easy.sampler(epoch, model, train_set)
+            loader = DataLoader(
+                train_set,
+                batch_size=args.batch_size,
+                sampler=sampler,
+                drop_last=len(sampler) > args.batch_size,
+            )
+        for batch in loader:
+            inputs, targets = batch[0].to(device), batch[1].to(device)
+            extra = {} if prior is None else {"prior": prior[batch[2]].to(device)}
             if augment:
                 inputs = _augment_cifar(inputs, loader_generator)
-            loss = criterion(model, inputs, targets)
+            loss = criterion(model, inputs, targets, **extra)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -306,6 +387,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         checkpoint = _checkpoint(
             args, info, hparams, model, optimizer, scheduler, epoch + 1, history
         )
+        if easy is not None:
+            checkpoint["easy_schedule"] = easy.state_dict()
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         torch.save(checkpoint, partial)
@@ -316,6 +399,46 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         )
     model.eval()
     return model, checkpoint
+
+
+def prior_table(
+    args: argparse.Namespace, data: Dataset, num_classes: int, device: torch.device
+) -> Tensor:
+    """The CAT-RS prior ``[N, K]``: loaded from ``--prior``, or computed from ``--prior-from``."""
+    from rsmooth.training import prediction_table
+
+    path = None if args.prior is None else Path(args.prior)
+    if path is not None and path.is_file():
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    elif args.prior_from is not None:
+        prior_model, saved = load_checkpoint(args.prior_from, map_location=device)
+        if saved["sigma"] != args.prior_sigma:
+            print(f"note: {args.prior_from} was trained at sigma {saved['sigma']}", file=sys.stderr)
+        table = prediction_table(
+            prior_model,
+            data,
+            args.prior_sigma,
+            args.prior_samples,
+            generator=torch.Generator(device=device).manual_seed(args.seed + 3),
+            device=device,
+            progress=not args.quiet,
+        )
+        if path is not None:  # computed once, reused by later runs and resumes
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(table, path.with_name(path.name + ".partial"))
+            os.replace(path.with_name(path.name + ".partial"), path)
+    elif path is not None:
+        raise SystemExit(f"--prior {path} does not exist; give --prior-from CHECKPOINT to make it")
+    else:
+        raise SystemExit("--criterion catrs needs --prior FILE or --prior-from CHECKPOINT")
+    expected = (len(data), num_classes)  # type: ignore[arg-type]
+    if not isinstance(table, Tensor) or tuple(table.shape) != expected:
+        shape = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
+        raise SystemExit(
+            "the prior must have one row per training image and one column per class, "
+            f"{expected}, got {shape}"
+        )
+    return table.float()
 
 
 def _checkpoint(args, info, hparams, model, optimizer, scheduler, epoch, history) -> dict[str, Any]:

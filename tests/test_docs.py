@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-MODULES = ["rsmooth", "rsmooth.losses", "rsmooth.metrics", "rsmooth.stats", "rsmooth.runner"]
+MODULES = [
+    "rsmooth",
+    "rsmooth.losses",
+    "rsmooth.metrics",
+    "rsmooth.stats",
+    "rsmooth.runner",
+    "rsmooth.training",
+]
 OPTIONAL = ["rsmooth.attacks", "rsmooth.datasets", "rsmooth.plotting", "rsmooth.functional"]
 
 

@@ -62,6 +62,16 @@ TINY = {
     "macer": ["--num-noise", "4"],
     "consistency": [],
     "smoothmix": ["--num-steps", "1", "--num-noise", "2"],
+    "adaptive": [
+        "--num-steps",
+        "1",
+        "--num-noise",
+        "2",
+        "--discard-epoch",
+        "0",
+        "--threshold",
+        "0",
+    ],
 }
 
 
@@ -313,6 +323,93 @@ def test_reproduce_tiny_budget(reproduce, tmp_path, monkeypatch, capsys):
     # A second invocation finds both methods complete and redoes nothing.
     capsys.readouterr()
     assert reproduce.main(argv) == 0
+    assert capsys.readouterr().out.count("is complete") == 2
+
+
+@pytest.mark.slow
+def test_train_catrs_with_a_prior_from_a_gaussian_checkpoint(train, tmp_path):
+    gaussian = tmp_path / "g.pt"
+    flags = [
+        "--dataset", "digits", "--arch", "mlp", "--limit", "64", "--epochs", "1",
+        "--batch-size", "32", "--quiet",
+    ]  # fmt: skip
+    assert train.main([*flags, "--sigma", "0.25", "--out", str(gaussian)]) == 0
+    catrs = [*flags, "--criterion", "catrs", "--num-noise", "2", "--num-steps", "1"]
+    prior = tmp_path / "prior.pt"
+    assert train.main([*catrs, "--prior-from", str(gaussian), "--prior", str(prior),
+                       "--prior-samples", "20", "--out", str(tmp_path / "c.pt")]) == 0  # fmt: skip
+    table = torch.load(prior, weights_only=True)
+    assert table.shape == (64, 10)
+    torch.testing.assert_close(table.sum(1), torch.ones(64))
+    assert set((table * 20).round().flatten().tolist()) <= set(range(21))
+    _, checkpoint = train.load_checkpoint(tmp_path / "c.pt")
+    assert checkpoint["hparams"]["lbd"] == 1.0
+    assert set(checkpoint["history"][0]) >= {"low", "high", "accept_rate", "mean_k"}
+    # the saved table is reused as is
+    assert train.main([*catrs, "--prior", str(prior), "--out", str(tmp_path / "c2.pt")]) == 0
+
+
+def test_catrs_prior_errors(train, tmp_path):
+    flags = [*digits_flags(tmp_path, "gaussian"), "--criterion", "catrs", "--epochs", "0"]
+    with pytest.raises(SystemExit, match="needs --prior FILE or --prior-from CHECKPOINT"):
+        train.main(flags)
+    with pytest.raises(SystemExit, match="does not exist; give --prior-from CHECKPOINT"):
+        train.main([*flags, "--prior", str(tmp_path / "missing.pt")])
+    torch.save(torch.full((10, 10), 0.1), tmp_path / "small.pt")
+    with pytest.raises(
+        SystemExit, match=r"one row per training image .*\(64, 10\), got \(10, 10\)"
+    ):
+        train.main([*flags, "--prior", str(tmp_path / "small.pt")])
+
+
+def test_adaptive_schedule_through_the_loop(train, tmp_path):
+    flags = digits_flags(tmp_path, "adaptive", "--epochs", "3", "--discard-epoch", "1")
+    flags += ["--threshold", "0.0", "--reweight-every", "2"]
+    assert train.main(flags) == 0
+    _, checkpoint = train.load_checkpoint(tmp_path / "adaptive.pt")
+    assert [r["adversarial"] for r in checkpoint["history"]] == [0.0, 1.0, 1.0]
+    assert checkpoint["history"][0]["attack_stop_rate"] == 0.0
+    assert "adversarial" not in checkpoint["hparams"]  # a schedule, not a hyperparameter
+    assert checkpoint["hparams"]["adversarial_from"] == 1
+    assert checkpoint["easy_schedule"]["kept"].tolist() == list(range(64))  # threshold 0
+    assert checkpoint["easy_schedule"]["weights_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_reproduce_tiny_budget_newer_methods(reproduce, tmp_path, monkeypatch, capsys):
+    from rsmooth.datasets import FASHION_MNIST_DIR
+
+    if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)")
+    monkeypatch.setitem(
+        reproduce.METHODS, "catrs", ["--criterion", "catrs", "--num-noise", "1", "--num-steps", "1"]
+    )
+    monkeypatch.setitem(
+        reproduce.METHODS,
+        "adaptive",
+        ["--criterion", "adaptive", "--num-noise", "1", "--num-steps", "1", "--threshold", "0"],
+    )
+    argv = [
+        "--methods", "catrs", "adaptive", "--epochs", "1", "--train-limit", "64",
+        "--num-certify", "4", "--n", "200", "--prior-samples", "8", "--device", "cpu",
+        "--results-dir", str(tmp_path), "--work-dir", str(tmp_path), "--quiet",
+    ]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "| catrs | 4 |" in report and "| adaptive | 4 |" in report
+    assert "published no (Fashion-)MNIST settings" in report
+    # the prior came from a Gaussian sigma = 0.25 model trained in the same run
+    prior_model = reproduce.load_checkpoint(tmp_path / "gaussian-sigma0.25.pt")[1]
+    assert prior_model["sigma"] == 0.25 and prior_model["criterion"] == "gaussian"
+    table = torch.load(tmp_path / "catrs-prior-8.pt", weights_only=True)
+    assert table.shape == (64, 10)
+    run = reproduce._load_run(tmp_path / "run.json")
+    assert "--prior-from" in run["methods"]["catrs"]["train_flags"]
+    assert run["budget"]["prior_samples"] == 8
+    flags = run["methods"]["adaptive"]["train_flags"]
+    assert flags[flags.index("--reweight-every") + 1] == "1"
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0  # complete: nothing is redone
     assert capsys.readouterr().out.count("is complete") == 2
 
 

@@ -5,6 +5,10 @@ import rsmooth
 
 EXPECTED_ALL = [
     "ABSTAIN",
+    "AdaptiveNoiseAttack",
+    "AdaptiveNoiseLoss",
+    "CATRSLoss",
+    "CATRSNoiseAttack",
     "Certificate",
     "ConsistencyLoss",
     "GaussianAugmentationLoss",

@@ -228,3 +228,31 @@ def test_plan_from_a_certify_file_predicts_its_cost(tmp_path, dataset, capsys):
 def test_plan_errors(capsys, extra, match):
     assert main(["plan", "--sigma", "0.5", *extra]) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_sequential_equals_a_single_process_run(tmp_path, reference):
+    import subprocess
+    import sys
+
+    from runner_helpers import subprocess_env
+
+    out = tmp_path / "seq.tsv"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+    command += ["-m", "rsmooth", *_cli_certify(out)]
+    done = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for index in range(2):
+        side = json.loads(Path(f"{part_path(out, Shard(index, 2))}.json").read_text())
+        assert side["shard"] == [index, 2] and side["complete"] is True
+        assert side["config"]["mode"] == "sequential"
+    assert rows(out) == reference

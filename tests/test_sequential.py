@@ -171,7 +171,11 @@ def test_stopped_inputs_draw_no_more_samples():
 
 
 # ---------------------------------------------------------------------------- determinism
-def test_bit_identical_alone_in_a_batch_and_across_batch_sizes():
+@pytest.mark.parametrize(
+    "batch_sizes",
+    [(64, 1000), pytest.param((1, 7, "auto"), marks=pytest.mark.slow)],
+)
+def test_bit_identical_alone_in_a_batch_and_across_batch_sizes(batch_sizes):
     margins = [3.0, 0.52, -1.0, 0.8, 0.26, 0.0]
     seeds = [11, 12, 13, 14, 15, 16]
     kwargs = {"alpha": 0.01, "max_n": 4_000}
@@ -186,7 +190,7 @@ def test_bit_identical_alone_in_a_batch_and_across_batch_sizes():
     assert len(set(batch.num_samples.tolist())) > 2
     fields = ("prediction", "certified", "status", "radius", "p_lower", "p_upper", "count",
               "num_samples", "candidate")  # fmt: skip
-    for batch_size in (1, 7, 64, 1000):
+    for batch_size in batch_sizes:
         smoothed = linear(batch_size=batch_size)
         for i in range(6):
             alone = smoothed.certify_radius(at([margins[i]]), radii, generator=gens([i]), **kwargs)
@@ -290,3 +294,52 @@ def test_certify_randomized_bound_uses_the_input_stream_and_is_never_below_clopp
 def test_certify_rejects_an_unknown_bound():
     with pytest.raises(ValueError, match="bound must be 'clopper-pearson' or 'randomized'"):
         linear().certify(at([0.3]), n=100, bound="exact")
+
+
+class ThreeIntervals(nn.Module):
+    """Class 0 if x_0 < -a, 2 if x_0 > a, else 1: class shares are differences of Phi."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x[:, 0]
+        return torch.stack([z < -self.a, z.abs() <= self.a, z > self.a], dim=1).float()
+
+
+@pytest.mark.slow
+def test_a_wrong_selection_from_a_tiny_n0_does_not_certify_beyond_alpha():
+    # shares 0.45 / 0.10 / 0.45: no class is the smoothed prediction with p >= 1/2, so every
+    # certificate (even at radius 0) is false; n0 = 1 selects a class at random
+    sigma, alpha, trials = 0.5, 0.1, 1_000
+    a = sigma * float(norm.ppf(0.55))
+    smoothed = SmoothedClassifier(ThreeIntervals(a), sigma=sigma, batch_size=20_000)
+    g = torch.Generator().manual_seed(11)
+    cert = smoothed.certify_radius(
+        torch.zeros(trials, 1), 0.0, alpha=alpha, max_n=2_000, n0=1, generator=g
+    )
+    assert set(cert.candidate.tolist()) == {0, 1, 2}
+    rate = float(cert.certified.float().mean())
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials), rate
+    assert (cert.status[cert.candidate == 1] == RULED_OUT).all()
+
+
+class NaNBelow(nn.Module):
+    """Logits [x_0, -x_0], NaN for samples with x_0 < -1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x[:, :1]
+        logits = torch.cat([z, -z], dim=1)
+        return torch.where(z < -1, torch.full_like(logits, float("nan")), logits)
+
+
+def test_non_finite_samples_count_against_the_candidate():
+    x = at([0.2, 3.0])
+    g = torch.Generator().manual_seed(12)
+    smoothed = SmoothedClassifier(NaNBelow(), sigma=1.0, nonfinite="count_against")
+    cert = smoothed.certify_radius(x, 0.1, max_n=5_000, generator=g)
+    assert int(cert.nonfinite[0]) > 0
+    assert int(cert.count[0]) + int(cert.nonfinite[0]) <= int(cert.num_samples[0]) + cert.n0
+    with pytest.raises(ValueError, match="non-finite"):
+        SmoothedClassifier(NaNBelow(), sigma=1.0).certify_radius(x, 0.1, max_n=5_000)

@@ -9,10 +9,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from rsmooth.stats import (  # noqa: E402
+from rsmooth.stats import (
     radius_to_probability,
     sequential_looks,
     sequential_operating_characteristic,
@@ -27,8 +27,7 @@ for radii in ([0.25], [0.5], [0.75], [1.0], [0.25, 0.5, 0.75, 1.0]):
     looks = sequential_looks(MAX_N, ALPHA, float(targets[0]))
     cert, fut = sequential_thresholds(looks, targets, ALPHA, ALPHA)
     expected = [
-        sequential_operating_characteristic(p, looks, cert, fut).expected_samples
-        for p in p_values
+        sequential_operating_characteristic(p, looks, cert, fut).expected_samples for p in p_values
     ]
     label = f"r = {radii[0]}" if len(radii) == 1 else "grid 0.25-1.0"
     ax.plot(p_values, expected, label=label, lw=2.2 if len(radii) > 1 else 1.2)

@@ -7,8 +7,16 @@ classifiers with the criteria in :mod:`rsmooth.losses`, attack smoothed classifi
 
 from __future__ import annotations
 
-from rsmooth.attacks import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
+from rsmooth.attacks import (
+    AdaptiveNoiseAttack,
+    CATRSNoiseAttack,
+    SmoothDDNAttack,
+    SmoothPGDAttack,
+    UnrestrictedSmoothAttack,
+)
 from rsmooth.losses import (
+    AdaptiveNoiseLoss,
+    CATRSLoss,
     ConsistencyLoss,
     GaussianAugmentationLoss,
     MACERLoss,
@@ -23,6 +31,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ABSTAIN",
+    "AdaptiveNoiseAttack",
+    "AdaptiveNoiseLoss",
+    "CATRSLoss",
+    "CATRSNoiseAttack",
     "Certificate",
     "ConsistencyLoss",
     "GaussianAugmentationLoss",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
+from rsmooth._prior import check_prior_rows
 from rsmooth._validation import (
     check_generator,
     check_inputs,
@@ -30,13 +31,21 @@ from rsmooth._validation import (
     check_targets,
 )
 from rsmooth.functional import (
+    adaptive_noise_attack,
+    catrs_noise_attack,
     sample_noise,
     smooth_ddn_attack,
     smooth_pgd_attack,
     unrestricted_smooth_attack,
 )
 
-__all__ = ["SmoothDDNAttack", "SmoothPGDAttack", "UnrestrictedSmoothAttack"]
+__all__ = [
+    "AdaptiveNoiseAttack",
+    "CATRSNoiseAttack",
+    "SmoothDDNAttack",
+    "SmoothPGDAttack",
+    "UnrestrictedSmoothAttack",
+]
 
 
 class _SmoothAttack(nn.Module):
@@ -360,3 +369,163 @@ class SmoothDDNAttack(_SmoothAttack):
                 quantize=self.quantize,
                 generator=self.generator,
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks on the noise (CAT-RS, Sun et al.): they return adversarial *noise* ``[m * B, *]``
+# (noise-major, row ``i * B + j`` is copy ``i`` of input ``j``) instead of adversarial inputs.
+# --------------------------------------------------------------------------------------------
+
+
+class CATRSNoiseAttack(_SmoothAttack):
+    r"""CAT-RS's adversary on the noise of a smoothed classifier :cite:`jeong2023catrs`.
+
+    Draws ``m`` noises :math:`\delta_{ij} \sim \mathcal N(0, \sigma^2 I)` per input and moves
+    each one, inside an L2 ball of radius :math:`\epsilon` around itself, to maximise the KL
+    divergence from a per-example target distribution :math:`\pi_j` to
+    :math:`\mathrm{softmax} f(x_j + \delta_{ij})`; ``T`` normalised steps of
+    :math:`2\epsilon/T`, each followed by the projection and a re-standardisation to the
+    original row mean and RMS (see :func:`rsmooth.functional.catrs_noise_attack`). The input is
+    never changed.
+
+    Cost: ``T`` forward and backward passes over ``m * B`` samples.
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        epsilon: Radius :math:`\epsilon` around each noise row (official: 1.0, the flag 256/256).
+            A plain attribute.
+        num_steps: Number of steps ``T`` (official: 4; 1 on ImageNet).
+        num_noise: Noise samples ``m`` per input. Default: 4.
+        generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B, K)`, the target distributions :math:`\pi` (rows summing to 1).
+        - output: :math:`(m B, *)`, adversarial noise, noise-major.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For non-positive ``sigma``/``epsilon``, negative ``num_steps``, a
+            ``num_noise`` below 1, inputs outside :math:`[0, 1]`, or targets that are not
+            distributions of shape ``[B, K]``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(4, 3)
+        >>> x, prior = torch.rand(2, 4, generator=g), torch.full((2, 3), 1 / 3)
+        >>> attack = CATRSNoiseAttack(0.25, 1.0, 2, 4, generator=g)
+        >>> attack
+        CATRSNoiseAttack(sigma=0.25, epsilon=1.0, num_steps=2, num_noise=4)
+        >>> attack(model, x, prior).shape
+        torch.Size([8, 4])
+    """
+
+    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int = 4,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps, min=0)
+
+    def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        r"""Draw noise for ``inputs`` and move it away from the target distributions.
+
+        Args:
+            model: Base classifier returning logits ``[N, K]``.
+            inputs: Clean inputs ``[B, *]`` in ``[0, 1]``.
+            targets: Target distributions :math:`\pi` ``[B, K]``.
+
+        Returns:
+            Adversarial noise ``[m * B, *]`` (noise-major), detached.
+        """
+        epsilon = check_positive("epsilon", self.epsilon)
+        check_model(model)
+        check_inputs("inputs", inputs, unit_box=True)
+        check_prior_rows(targets, inputs.shape[0], inputs.device, name="targets")
+        check_generator(self.generator, inputs.device)
+        noise = sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            return catrs_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
+
+
+class AdaptiveNoiseAttack(_SmoothAttack):
+    r"""Sun et al.'s adaptive attack (ADAPTIVEADV) on the noise of a smoothed classifier :cite:`sun2025acr`.
+
+    Draws ``m`` noises per input and rotates each one on the sphere of its own norm towards
+    misclassification (``T`` steps of raw L2 length :math:`\epsilon` on the per-copy
+    cross-entropy of the true label), keeping the first misclassified iterate; see
+    :func:`rsmooth.functional.adaptive_noise_attack`. After each call,
+    :attr:`last_stop_step` holds, per noise row, the iterate at which it stopped (0: the
+    unperturbed noise was already misclassified) or -1.
+
+    Cost: ``T`` forward and backward passes over ``m * B`` samples.
+
+    Args:
+        sigma: Noise level :math:`\sigma`.
+        epsilon: Step length :math:`\epsilon` (raw L2, not divided by 256). A plain attribute.
+        num_steps: Number of steps ``T`` (0 returns the Gaussian noise unchanged).
+        num_noise: Noise samples ``m`` per input. Default: 4.
+        generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+
+    Shape:
+        - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
+        - targets: :math:`(B)`.
+        - output: :math:`(m B, *)`, adversarial noise, noise-major.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For non-positive ``sigma``/``epsilon``, negative ``num_steps``, a
+            ``num_noise`` below 1, inputs outside :math:`[0, 1]`, or mismatched targets.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.rand(2, 4, generator=g), torch.tensor([0, 1])
+        >>> attack = AdaptiveNoiseAttack(0.25, 0.1, 3, 2, generator=g)
+        >>> noise = attack(model, x, y)
+        >>> noise.shape, attack.last_stop_step.shape
+        (torch.Size([4, 4]), torch.Size([4]))
+    """
+
+    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int = 4,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps, min=0)
+        self.last_stop_step: Tensor | None = None
+
+    def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Draw noise for ``inputs`` and rotate it towards misclassification.
+
+        Args:
+            model: Base classifier returning logits ``[N, K]``.
+            inputs: Clean inputs ``[B, *]`` in ``[0, 1]``.
+            targets: True labels ``[B]``.
+
+        Returns:
+            Adversarial noise ``[m * B, *]`` (noise-major), detached.
+        """
+        self.last_stop_step = None
+        epsilon = check_positive("epsilon", self.epsilon)
+        noise, targets = self._prepare(model, inputs, targets)
+        with preserve_model_state(model, train=False, requires_grad=False):
+            result = adaptive_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
+        self.last_stop_step = result.stop_step
+        return result.noise

@@ -22,10 +22,15 @@ from torch import Tensor, nn
 from rsmooth._validation import check_nonnegative, check_positive
 
 __all__ = [
+    "AdaptiveNoiseAttackResult",
+    "CATRSTerms",
     "ConsistencyTerms",
     "GaussianAugmentationTerms",
     "MACERTerms",
     "StabilityTerms",
+    "adaptive_noise_attack",
+    "catrs_loss",
+    "catrs_noise_attack",
     "consistency_loss",
     "gaussian_augmentation_loss",
     "macer_loss",
@@ -863,3 +868,14 @@ def smoothmix_terms(
     kl = F.kl_div(log_q, replicate(mix_target, num_noise), reduction="none").sum(dim=1)
     mix = (replicate(correct, num_noise) * kl).mean()
     return natural, mix
+
+
+# The criteria that attack the noise (CAT-RS, Sun et al.) live in their own module, which builds on
+# the helpers above; they are imported last so that ``rsmooth.functional`` stays the public path.
+from rsmooth._functional_noise import (  # noqa: E402
+    AdaptiveNoiseAttackResult,
+    CATRSTerms,
+    adaptive_noise_attack,
+    catrs_loss,
+    catrs_noise_attack,
+)

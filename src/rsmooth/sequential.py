@@ -120,7 +120,7 @@ class RadiusCertificate:
 
 
 def _check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
-    if isinstance(radius, Tensor):
+    if isinstance(radius, (Tensor, np.ndarray)):
         radius = radius.tolist()
     values = [radius] if isinstance(radius, numbers.Real) else radius
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from rsmooth.losses import (
+    AdaptiveNoiseLoss,
     ConsistencyLoss,
     GaussianAugmentationLoss,
     MACERLoss,
@@ -28,6 +29,7 @@ FACTORIES: dict[str, Callable[..., SmoothingCriterion]] = {
     "macer": lambda **kw: MACERLoss(0.25, 4, **kw),
     "smoothadv": lambda **kw: SmoothAdvLoss(0.25, 0.5, 1, 2, **kw),
     "smoothmix": lambda **kw: SmoothMixLoss(0.25, 0.5, 1, 2, 1.0, **kw),
+    "adaptive": lambda **kw: AdaptiveNoiseLoss(0.25, 0.5, 1, 2, **kw),
 }
 NAMES = list(FACTORIES)
 # criteria that attack in pixel space cannot turn the [0, 1] check off
