@@ -337,9 +337,13 @@ class NaNBelow(nn.Module):
 def test_non_finite_samples_count_against_the_candidate():
     x = at([0.2, 3.0])
     g = torch.Generator().manual_seed(12)
-    smoothed = SmoothedClassifier(NaNBelow(), sigma=1.0, nonfinite="count_against")
+    smoothed = SmoothedClassifier(
+        NaNBelow(), sigma=1.0, nonfinite="count_against", input_range=None
+    )
     cert = smoothed.certify_radius(x, 0.1, max_n=5_000, generator=g)
     assert int(cert.nonfinite[0]) > 0
     assert int(cert.count[0]) + int(cert.nonfinite[0]) <= int(cert.num_samples[0]) + cert.n0
     with pytest.raises(ValueError, match="non-finite"):
-        SmoothedClassifier(NaNBelow(), sigma=1.0).certify_radius(x, 0.1, max_n=5_000)
+        SmoothedClassifier(NaNBelow(), sigma=1.0, input_range=None).certify_radius(
+            x, 0.1, max_n=5_000
+        )
