@@ -111,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--plot", default=None, help="also save the certified-accuracy plot here")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show rows done, samples/s and time left on stderr (tqdm's bar when installed)",
+    )
     args = p.parse_args(argv)
     for flag in ("skip", "batch", "n", "n0"):
         if getattr(args, flag) < 1:
@@ -132,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch,
         seed=args.seed,
         device=args.device,
+        progress=args.progress,
     )
     name = Path(args.checkpoint).stem
     print()

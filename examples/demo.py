@@ -95,7 +95,12 @@ def certify_models(
         smoothed = SmoothedClassifier(model, sigma=args.sigma, batch_size=args.batch)
         generator = torch.Generator().manual_seed(args.seed)
         certificates[name] = smoothed.certify(
-            images, n=args.n, n0=args.n0, alpha=args.alpha, generator=generator
+            images,
+            n=args.n,
+            n0=args.n0,
+            alpha=args.alpha,
+            generator=generator,
+            progress=not args.quiet,  # samples done and the rate, on stderr
         )
         print(
             f"[{name}] certified {len(labels)} test images (n={args.n}) in "
@@ -131,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=5000, help="forward batch of the certifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="demo_output", help="checkpoints and the plot")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines, no progress")
     return p
 
 

@@ -1,30 +1,37 @@
 """Architectures, the input-normalisation layer and checkpoints shared by the examples and benchmarks.
 
 The model is always ``nn.Sequential(normalize, net)``: a first layer that standardises the
-``[0, 1]`` pixels (or an ``nn.Identity`` for MNIST-like data, as in the reference code), then the
-network. The smoothing noise is therefore added in pixel space and sigma and the certified radii
-are in pixel units. Unlike the reference ``NormalizeLayer``, the mean and std are registered
-buffers, so they are saved in the ``state_dict``.
+``[0, 1]`` pixels (an ``nn.Identity`` for MNIST-like data, as in the reference code), then the
+network, so the smoothing noise is added in pixel space and sigma and the certified radii are in
+pixel units. The papers' architectures and the normalisation layer come from
+:mod:`rsmooth.models`, so the ``state_dict`` of a model trained here has exactly the layout of the
+research code's checkpoints (``rsmooth.models.load_research_checkpoint`` reads it too once saved
+in that format, and ``rsmooth certify --checkpoint`` certifies it).
 
 Architectures (``ARCHS``):
 
-- ``lenet``: the LeNet of the SmoothMix / Consistency MNIST experiments: conv5x5 (C->20), ReLU,
-  maxpool 2, conv5x5 (20->50), ReLU, maxpool 2, FC 800->500, ReLU, FC 500->K. Needs 28x28 inputs.
-- ``cifar_resnet20`` / ``cifar_resnet110``: the CIFAR ResNet of Cohen et al. (bearpaw's
-  pytorch-classification): BasicBlocks, depth 6n+2, widths 16/32/64 with strides 1/2/2, global
-  average pooling, FC 64->K. Conv weights ~ N(0, 2 / (k*k*out_channels)), BatchNorm 1/0.
+- ``lenet``: the LeNet of the SmoothMix / Consistency MNIST experiments (``rsmooth.models.lenet``).
+  Needs 28x28 inputs.
+- ``cifar_resnet20`` / ``cifar_resnet110``: the CIFAR ResNet of Cohen et al.
+  (``rsmooth.models.cifar_resnet20`` / ``cifar_resnet110``).
 - ``mlp``: Flatten, FC D->256, ReLU, FC 256->256, ReLU, FC 256->K (any input size; fast on CPU).
+
+Checkpoints written before the switch to :mod:`rsmooth.models` (format
+``rsmooth-examples-checkpoint/1``) still load: their keys are renamed to the new layout.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from rsmooth.models import NormalizeLayer, cifar_resnet20, cifar_resnet110, lenet
 
 __all__ = [
     "ARCHS",
@@ -35,103 +42,14 @@ __all__ = [
 ]
 
 #: Tag stored in every checkpoint written by ``examples/train.py``.
-CHECKPOINT_FORMAT = "rsmooth-examples-checkpoint/1"
-
-
-class NormalizeLayer(nn.Module):
-    """Per-channel ``(x - mean) / std`` on ``[B, C, H, W]`` inputs, with mean and std as buffers."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        if len(mean) != len(std):
-            raise ValueError(
-                f"mean and std must have the same length, got {len(mean)} and {len(std)}"
-            )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-    def extra_repr(self) -> str:
-        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
-
-
-class LeNet(nn.Sequential):
-    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, 20, kernel_size=5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, kernel_size=5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(800, 500),
-            nn.ReLU(),
-            nn.Linear(500, num_classes),
-        )
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + residual)
-
-
-class CifarResNet(nn.Module):
-    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10) -> None:
-        super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU(inplace=True)
-        layers: list[nn.Module] = []
-        in_planes = 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(n):
-                layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # AvgPool2d(8) on 32x32 inputs, as in the original
-        self.fc = nn.Linear(64, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.layers(x))
-        return self.fc(x.flatten(1))
+CHECKPOINT_FORMAT = "rsmooth-examples-checkpoint/2"
+_LEGACY_FORMAT = "rsmooth-examples-checkpoint/1"
 
 
 def _lenet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     if tuple(shape[1:]) != (28, 28):
         raise ValueError(f"arch 'lenet' needs 28x28 inputs, got input_shape {tuple(shape)}")
-    return LeNet(shape[0], num_classes)
+    return lenet(num_classes=num_classes, in_channels=shape[0])
 
 
 def _mlp(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -149,8 +67,8 @@ def _mlp(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 #: Architecture name -> builder ``(input_shape, num_classes) -> nn.Module``.
 ARCHS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
     "lenet": _lenet,
-    "cifar_resnet20": lambda shape, k: CifarResNet(20, shape[0], k),
-    "cifar_resnet110": lambda shape, k: CifarResNet(110, shape[0], k),
+    "cifar_resnet20": lambda shape, k: cifar_resnet20(num_classes=k, in_channels=shape[0]),
+    "cifar_resnet110": lambda shape, k: cifar_resnet110(num_classes=k, in_channels=shape[0]),
     "mlp": _mlp,
 }
 
@@ -178,6 +96,25 @@ def build_model(
     return nn.Sequential(normalize, ARCHS[arch](shape, num_classes))  # type: ignore[arg-type]
 
 
+def _legacy_state(arch: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the keys of a format-1 checkpoint (own LeNet and ResNet classes) to the new layout."""
+    renamed = {}
+    lenet_layers = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2"}
+    blocks = None
+    if arch.startswith("cifar_resnet"):
+        blocks = (int(arch[len("cifar_resnet") :]) - 2) // 6
+    for key, value in state.items():
+        if key in ("0.mean", "0.std"):  # normalisation buffers: now rebuilt from the checkpoint
+            continue
+        if arch == "lenet" and (match := re.fullmatch(r"1\.(\d+)\.(.+)", key)):
+            key = f"1.{lenet_layers.get(match[1], match[1])}.{match[2]}"
+        elif blocks and (match := re.fullmatch(r"1\.layers\.(\d+)\.(.+)", key)):
+            index = int(match[1])
+            key = f"1.layer{index // blocks + 1}.{index % blocks}.{match[2]}"
+        renamed[key] = value
+    return renamed
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Sequential, dict[str, Any]]:
@@ -186,11 +123,16 @@ def load_checkpoint(
     The model is in eval mode. ``checkpoint`` holds everything that was saved: ``arch``,
     ``dataset``, ``input_shape``, ``num_classes``, ``normalization`` (``{"mean", "std"}`` or
     None), ``sigma``, ``criterion``, ``hparams``, ``epoch``, ``history``, ``args`` and the state
-    dicts.
+    dicts (for an older checkpoint, ``state_dict`` already renamed to the current layout).
     """
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in (
+        CHECKPOINT_FORMAT,
+        _LEGACY_FORMAT,
+    ):
         raise ValueError(f"{os.fspath(path)} is not a checkpoint written by examples/train.py")
+    if checkpoint["format"] == _LEGACY_FORMAT:
+        checkpoint["state_dict"] = _legacy_state(checkpoint["arch"], checkpoint["state_dict"])
     norm = checkpoint["normalization"]
     model = build_model(
         checkpoint["arch"],

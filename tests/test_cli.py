@@ -304,3 +304,91 @@ def test_interrupt_exit_status(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(rsmooth.runner, "certify_dataset", interrupted)
     code, _, err = run(certify_args(tmp_path / "r.tsv"), capsys)
     assert code == 130 and re.fullmatch(r"rsmooth certify: interrupted .* resume\n", err)
+
+
+# ---------------------------------------------------------------------------- research checkpoints
+RESEARCH = ROOT / "tests" / "data" / "reference-archs"  # copies of shared/data/reference-archs
+
+
+def fake_cifar10(root, size=2):
+    """A CIFAR-10 python-pickle folder with `size` test images (the layout of the real one)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(size, 3072), dtype=np.uint8)
+    batch = {"data": pixels, "labels": [i % 10 for i in range(size)]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    return root
+
+
+def research_args(tmp_path, *extra, checkpoint=None, dataset="cifar10"):
+    checkpoint = checkpoint or RESEARCH / "cifar_resnet20.checkpoint.pth.tar"
+    return [
+        "certify", "--checkpoint", str(checkpoint), "--dataset", dataset,
+        "--data-root", str(tmp_path / "data"), "--sigma", "0.25", "--n", "50", "--n0", "10",
+        "--batch-size", "60", "--out", str(tmp_path / "r.tsv"), "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_certify_a_research_checkpoint_without_model(tmp_path, capsys):
+    from rsmooth.datasets import load_dataset
+    from rsmooth.models import load_research_checkpoint
+
+    fake_cifar10(tmp_path / "data")
+    code, out, err = run(research_args(tmp_path), capsys)
+    assert code == 0, err
+    assert "| r.tsv |" in out
+    # the same rows as certifying the loaded model directly with the same settings
+    model = load_research_checkpoint(RESEARCH / "cifar_resnet20.checkpoint.pth.tar", "cifar10")
+    smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=60)
+    dataset = load_dataset("cifar10", "test", root=tmp_path / "data")
+    expected = tmp_path / "expected.tsv"
+    certify_dataset(smoothed, dataset, expected, n0=10, n=50, alpha=0.001, progress=False)
+    assert rows(tmp_path / "r.tsv") == rows(expected) and len(rows(expected)) == 2
+
+
+def test_research_checkpoint_normalisation_is_the_datasets(tmp_path, capsys):
+    fake_cifar10(tmp_path / "data")
+    assert run(research_args(tmp_path, "--normalization", "cifar10"), capsys)[0] == 0
+    same = rows(tmp_path / "r.tsv")
+    (tmp_path / "r.tsv").unlink()
+    (tmp_path / "r.tsv.json").unlink()
+    assert run(research_args(tmp_path), capsys)[0] == 0
+    assert rows(tmp_path / "r.tsv") == same
+
+
+@pytest.mark.parametrize(
+    ("make_argv", "message"),
+    [
+        (lambda t: [a for a in research_args(t) if a != "--checkpoint" and not a.endswith(".tar")], "give --model (package.module:factory or a model file), or --checkpoint with a research-format checkpoint"),
+        (lambda t: research_args(t, dataset=DATASET), "--dataset 'runner_helpers:tiny_dataset': a research checkpoint does not record its dataset"),
+        (lambda t: research_args(t, "--normalization", "svhn"), "--normalization 'svhn': a research checkpoint does not record its dataset"),
+        (lambda t: research_args(t, checkpoint=t / "missing.pth.tar"), "--checkpoint: no such file"),
+        (lambda t: research_args(t, checkpoint=write(t / "c.pth.tar", "garbage")), "is not a PyTorch checkpoint"),
+        (lambda t: research_args(t, checkpoint=save(t / "sd.pt", {"w": torch.zeros(1)})), "is not a research-format checkpoint"),
+        (lambda t: research_args(t, checkpoint=save(t / "x.pt", {"arch": "vgg", "state_dict": {}})), "arch must be one of ['lenet', 'cifar_resnet20'"),
+        (lambda t: research_args(t, checkpoint=RESEARCH / "lenet.checkpoint.pth.tar"), "dataset 'cifar10' has 3-channel images but arch 'lenet' takes 1"),
+        (lambda t: certify_args(t / "r.tsv", "--normalization", "cifar10"), "--normalization only applies to a research checkpoint without --model"),
+    ],
+)  # fmt: skip
+def test_research_checkpoint_errors(tmp_path, capsys, make_argv, message):
+    fake_cifar10(tmp_path / "data")
+    code, _, err = run(make_argv(tmp_path), capsys)
+    assert code == 2
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def save(path, obj):
+    torch.save(obj, path)
+    return str(path)
+
+
+def test_certify_help_explains_research_checkpoints(capsys):
+    code, out, _ = run(["certify", "--help"], capsys)
+    assert code == 0
+    assert "--normalization" in out and "research-format" in out
+    assert "rsmooth certify --checkpoint released/checkpoint.pth.tar --dataset cifar10" in out

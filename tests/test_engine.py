@@ -44,6 +44,10 @@ def test_block_size_depends_only_on_the_number_of_elements():
     assert _block_size(64) == 512
     assert _block_size(784) == 2**16 // 784
     assert _block_size(3 * 224 * 224) == 1
+    # accelerators: larger blocks (fewer launches per forward batch), still batch-size free
+    assert _block_size(784, "cuda") == 2**20 // 784
+    assert _block_size(2, "cuda") == 4096
+    assert _block_size(3 * 224 * 224, "cuda") == 2**20 // (3 * 224 * 224)
     assert len({SELECTION, ESTIMATION, AUXILIARY}) == 3
 
 
@@ -566,3 +570,23 @@ def test_cli_batch_size_and_compile_options(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--batch-size", "big"])
     assert "batch size must be a positive integer or 'auto', got 'big'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the throughput benchmark
+@pytest.mark.slow
+def test_certify_throughput_benchmark_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "certify_throughput.py"
+    spec = importlib.util.spec_from_file_location("rsmooth_bench_certify_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "perf"
+    argv = ["--quick", "--no-compile", "--models", "lenet", "--floor-samples", "64"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    (row,) = result["rows"]
+    assert set(row["floor"]) == {str(b) for b in bench.FLOOR_BATCH_SIZES}
+    assert row["certify_auto"] > 0 and row["memory_gib"] >= 0
+    assert "bare-forward floor" in out.with_suffix(".md").read_text()

@@ -190,18 +190,118 @@ def test_lenet_is_the_authors(models):
         models.build_model("lenet", (1, 8, 8), 10)
 
 
-def test_cifar_resnet_and_normalisation_in_state_dict(models):
+def test_cifar_resnet_and_normalisation_come_from_rsmooth_models(models):
+    import rsmooth.models
+
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     model = models.build_model("cifar_resnet20", (3, 32, 32), 10, mean, std)
-    state = model.state_dict()
-    assert torch.allclose(state["0.mean"].flatten(), torch.tensor(mean))
-    assert torch.allclose(state["0.std"].flatten(), torch.tensor(std))
+    assert isinstance(model[0], rsmooth.models.NormalizeLayer)
+    assert isinstance(model[1], rsmooth.models.CifarResNet)
     x = torch.rand(2, 3, 32, 32)
-    assert torch.allclose(model[0](x), (x - state["0.mean"]) / state["0.std"])
-    assert model.eval()(x).shape == (2, 10)
-    blocks = lambda m: sum(isinstance(b, sys.modules["models"].BasicBlock) for b in m.modules())
-    assert blocks(model) == 9
-    assert blocks(models.build_model("cifar_resnet110", (3, 32, 32), 10, mean, std)) == 54
+    expected = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model[0](x), expected)
+    # the research code's layout: the same keys and shapes as rsmooth.models.get_model
+    research = rsmooth.models.get_model("cifar_resnet20", "cifar10").state_dict()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in research.items()
+    }
+    assert len(models.build_model("cifar_resnet110", (3, 32, 32), 10, mean, std)[1].layer1) == 18
+
+
+def test_checkpoint_of_examples_train_loads_as_a_research_checkpoint(models, tmp_path):
+    from rsmooth.models import load_research_checkpoint
+
+    model = models.build_model("lenet", (1, 28, 28), 10)
+    torch.save({"epoch": 1, "arch": "lenet", "state_dict": model.state_dict()}, tmp_path / "c.tar")
+    loaded = load_research_checkpoint(tmp_path / "c.tar", "fashion-mnist")
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+class LegacyLeNet(torch.nn.Sequential):  # examples/models.py before rsmooth.models (format 1)
+    def __init__(self):
+        nn = torch.nn
+        super().__init__(
+            nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10),
+        )  # fmt: skip
+
+
+class LegacyBlock(torch.nn.Module):
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + residual)
+
+
+class LegacyResNet(torch.nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+        nn, n = torch.nn, (depth - 2) // 6
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(LegacyBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class LegacyNormalize(torch.nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+@pytest.mark.parametrize("arch", ["lenet", "cifar_resnet20"])
+def test_checkpoints_of_the_previous_format_still_load(models, tmp_path, arch):
+    torch.manual_seed(0)
+    if arch == "lenet":
+        legacy, shape, norm = (
+            torch.nn.Sequential(torch.nn.Identity(), LegacyLeNet()),
+            (1, 28, 28),
+            None,
+        )
+    else:
+        mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+        legacy = torch.nn.Sequential(LegacyNormalize(mean, std), LegacyResNet(20))
+        legacy.train()(torch.rand(4, 3, 32, 32))  # BatchNorm statistics away from 0 / 1
+        shape, norm = (3, 32, 32), {"mean": mean, "std": std}
+    torch.save(
+        {
+            "format": "rsmooth-examples-checkpoint/1", "arch": arch, "dataset": "x",
+            "input_shape": list(shape), "num_classes": 10, "normalization": norm, "sigma": 0.5,
+            "state_dict": legacy.state_dict(), "epoch": 1,
+        },
+        tmp_path / "old.pt",
+    )  # fmt: skip
+    model, checkpoint = models.load_checkpoint(tmp_path / "old.pt")
+    assert not model.training and checkpoint["state_dict"].keys() == model.state_dict().keys()
+    x = torch.rand(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), legacy.eval()(x))
 
 
 @pytest.mark.parametrize(
@@ -247,15 +347,18 @@ def test_certify_end_to_end(certify, tiny_checkpoint, tmp_path, capsys):
         assert row[4] == str(int(row[2] == row[1]))
         assert float(row[3]) >= 0.0
         assert len(row[3].rstrip("0").replace(".", "").lstrip("0")) <= 3  # 3 significant digits
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "ACR" in printed
     assert "r=0.25" in printed
+    assert "10/10" in captured.err  # progress: tqdm's bar or the runner's plain line
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.read_bytes()[:4] == b"\x89PNG"
     # Same settings again: the complete file is kept (resumed), not recomputed.
     before = out.read_text()
-    assert certify.main(argv) == 0
+    assert certify.main([*argv, "--no-progress"]) == 0
     assert out.read_text() == before
+    assert capsys.readouterr().err == ""
 
 
 def test_certify_errors(certify, tiny_checkpoint, tmp_path):
@@ -282,6 +385,20 @@ def test_demo_building_blocks(demo, tmp_path, capsys):
     for cert in certificates.values():
         assert cert.prediction.shape == cert.radius.shape == (12,)
     assert (tmp_path / "smoothmix.pt").is_file()
+
+
+def test_demo_certification_shows_progress(demo, capsys):
+    torch.manual_seed(0)
+    models = {"gaussian": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))}
+    flags = ["--dataset", "digits", "--num-certify", "4", "--n", "100", "--n0", "10"]
+    args = demo.build_parser().parse_args(flags)
+    certificates, labels = demo.certify_models(models, args)
+    assert certificates["gaussian"].radius.shape == labels.shape == (4,)
+    err = capsys.readouterr().err
+    assert "certify" in err and "440" in err  # (n0 + n) * 4 samples, as the engine counts them
+    args = demo.build_parser().parse_args([*flags, "--quiet"])
+    demo.certify_models(models, args)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

@@ -153,3 +153,106 @@ def test_missing_matplotlib_gives_the_install_hint(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'rsmooth[plot]'" in err and err.count("\n") == 1
     assert not (tmp_path / "p.png").exists()
+
+
+# ---------------------------------------------------------------------------- radius cap marker
+def cap_lines(ax):
+    """(x, label, colour, dashed) of each vertical line collection on the axes."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_hex
+
+    found = []
+    for collection in ax.collections:
+        assert isinstance(collection, LineCollection)
+        ((x0, y0), (x1, y1)) = collection.get_segments()[0]
+        assert x0 == x1 and (y0, y1) == (0.0, 1.0)
+        _, dashes = collection.get_linestyle()[0]
+        found.append(
+            (x0, collection.get_label(), to_hex(collection.get_color()[0]), dashes is not None)
+        )
+    return found
+
+
+def test_radius_cap_of_a_certificate_is_a_labelled_dashed_line():
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+    from scipy.stats import norm
+
+    cert = Certificate(
+        prediction=torch.tensor([1, 0]), radius=torch.tensor([0.5, 0.9]), p_lower=torch.zeros(2),
+        count=torch.zeros(2), n=1000, n0=10, alpha=0.001, sigma=0.25,
+    )  # fmt: skip
+    ax = plot_certified_accuracy({"run": cert}, targets={"run": torch.tensor([1, 0])})
+    cap = 0.25 * norm.ppf(0.001 ** (1 / 1000))  # sigma * Phi^-1(alpha^(1/N)), about 0.64
+    ((x, label, color, dashed),) = cap_lines(ax)
+    assert x == pytest.approx(cap, rel=1e-9)
+    assert label == f"run: radius cap {cap:.2f} (sigma=0.25, N=1,000, alpha=0.001)"
+    assert dashed and color == to_hex(ax.get_lines()[0].get_color())
+    assert label in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xlim()[1] == pytest.approx(1.05 * 0.9)  # the largest radius is past the cap here
+
+
+def test_radius_cap_of_a_results_file_comes_from_its_sidecar(tmp_path):
+    pytest.importorskip("matplotlib")
+    from runner_helpers import TinyLinear, tiny_dataset
+
+    from rsmooth import SmoothedClassifier
+    from rsmooth.runner import certify_dataset
+    from rsmooth.stats import max_certified_radius
+
+    smoothed = SmoothedClassifier(TinyLinear(), sigma=0.25, batch_size=200)
+    certify_dataset(
+        smoothed, tiny_dataset(6), tmp_path / "r.tsv", n0=20, n=200, alpha=0.01, progress=False
+    )
+    released = results_file(tmp_path / "released.tsv", [0.2, 0.3], [1, 1])  # no sidecar
+    runs = {"ours": read_results(tmp_path / "r.tsv"), "released": read_results(released)}
+    ax = plot_certified_accuracy(runs)
+    cap = max_certified_radius(200, 0.01, 0.25)
+    assert [(x, label) for x, label, _, _ in cap_lines(ax)] == [
+        (pytest.approx(cap), f"ours: radius cap {cap:.2f} (sigma=0.25, N=200, alpha=0.01)")
+    ]
+    assert ax.get_xlim()[1] == pytest.approx(1.05 * cap)  # the cap is in view
+    # a file without settings: give its cap; or draw none
+    ax = plot_certified_accuracy(runs, radius_caps={"released": 3.81})
+    assert sorted(label for _, label, _, _ in cap_lines(ax)) == [
+        f"ours: radius cap {cap:.2f} (sigma=0.25, N=200, alpha=0.01)",
+        "released: radius cap 3.81",
+    ]
+    assert cap_lines(plot_certified_accuracy(runs, show_caps=False)) == []
+
+
+@pytest.mark.parametrize(
+    ("caps", "match"),
+    [
+        ({"other": 1.0}, "radius_caps names 'other', which is not in results"),
+        ({"a": 0.0}, r"radius_caps\['a'\] must be positive and finite, got 0.0"),
+    ],
+)
+def test_radius_caps_errors(caps, match):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ValueError, match=match):
+        plot_certified_accuracy({"a": random_results(0)}, radius_caps=caps)
+
+
+def test_runs_with_the_same_cap_share_one_grey_line():
+    pytest.importorskip("matplotlib")
+    from rsmooth.stats import max_certified_radius
+
+    def cert(n):
+        return Certificate(
+            prediction=torch.tensor([1]), radius=torch.tensor([0.2]), p_lower=torch.zeros(1),
+            count=torch.zeros(1), n=n, n0=10, alpha=0.001, sigma=0.5,
+        )  # fmt: skip
+
+    runs = {"a": cert(1000), "b": cert(1000), "c": cert(100_000)}
+    targets = dict.fromkeys(runs, torch.tensor([1]))
+    lines = cap_lines(plot_certified_accuracy(runs, targets=targets))
+    small, large = max_certified_radius(1000, 0.001, 0.5), max_certified_radius(100_000, 0.001, 0.5)
+    assert [(x, label, color) for x, label, color, _ in lines] == [
+        (pytest.approx(small), f"a, b: radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)", "#595959"),
+        (pytest.approx(large), f"c: radius cap {large:.2f} (sigma=0.5, N=100,000, alpha=0.001)", "#2ca02c"),
+    ]  # fmt: skip
+    ((_, label, _, _),) = cap_lines(
+        plot_certified_accuracy(dict(list(runs.items())[:2]), targets=targets)
+    )
+    assert label == f"radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)"

@@ -333,8 +333,27 @@ def test_sigterm_finishes_the_current_call_then_runs_the_previous_handler(
     assert json.loads((tmp_path / "r.tsv.json").read_text())["complete"] is False
 
 
-def test_sigint_raises_keyboard_interrupt_after_the_rows_are_written(tmp_path, dataset, reference):
-    before = signal.getsignal(signal.SIGINT)
+@pytest.fixture
+def sigint_handler():
+    """Install `handler` for SIGINT for one test, whatever the test process inherited.
+
+    A process started in the background by a non-interactive shell (`nohup pytest &`) inherits
+    SIGINT as ignored, and Python then installs no KeyboardInterrupt handler: set it explicitly.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+
+    def install(handler):
+        signal.signal(signal.SIGINT, handler)
+        return handler
+
+    yield install
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_raises_keyboard_interrupt_after_the_rows_are_written(
+    tmp_path, dataset, reference, sigint_handler
+):
+    before = sigint_handler(signal.default_int_handler)
     model = SignallingLinear(signal.SIGINT, at=3)
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(
@@ -342,6 +361,19 @@ def test_sigint_raises_keyboard_interrupt_after_the_rows_are_written(tmp_path, d
         )
     assert signal.getsignal(signal.SIGINT) is before
     assert rows(tmp_path / "r.tsv") == reference[:2]
+
+
+def test_sigint_ignored_by_the_parent_stays_ignored(tmp_path, dataset, reference, sigint_handler):
+    # nohup / `cmd &`: SIGINT arrives, nothing happens, the run finishes all its rows
+    sigint_handler(signal.SIG_IGN)
+    model = SignallingLinear(signal.SIGINT, at=3)
+    results = certify_dataset(
+        smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
+    )
+    assert model.calls > 3  # the signal was sent, and certification went on
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert len(results) == len(reference) and rows(tmp_path / "r.tsv") == reference
+    assert json.loads((tmp_path / "r.tsv.json").read_text())["complete"] is True
 
 
 def wait_for_rows(path, count, process, timeout=60):

@@ -32,6 +32,8 @@ _EPILOG_CERTIFY = """\
 examples:
   rsmooth certify --model mypkg.models:lenet --checkpoint ckpt.pt --dataset mnist \\
       --sigma 0.5 --out results.tsv
+  rsmooth certify --checkpoint released/checkpoint.pth.tar --dataset cifar10 \\
+      --data-root ~/data --sigma 0.25 --skip 20 --out released.tsv   # research format
   rsmooth certify --model model.pt2 --dataset mypkg.data:test_set --sigma 0.25 \\
       --n 10000 --skip 20 --out quick.tsv
   torchrun --nproc-per-node 4 -m rsmooth certify ... --out results.tsv   # 4 shards, merged
@@ -166,16 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     model = certify.add_argument_group("model")
     model.add_argument(
         "--model",
-        required=True,
         metavar="MODEL",
         help="package.module:factory (called to build the nn.Module; the current folder is "
-        "importable), or a TorchScript (.pt) or torch.export (.pt2) file",
+        "importable), or a TorchScript (.pt) or torch.export (.pt2) file; leave it out for a "
+        "research-format --checkpoint, which names its architecture",
     )
     model.add_argument(
         "--checkpoint",
         metavar="PATH",
         help="weights for a factory model: a state_dict, or a dict with a 'state_dict' or "
-        "'model' entry (a 'module.' prefix from DataParallel is removed)",
+        "'model' entry (a 'module.' prefix from DataParallel is removed); without --model, a "
+        "checkpoint of the research code ({'epoch', 'arch', 'state_dict', 'optimizer'}, e.g. "
+        "Cohen et al.'s released models), normalised for the named --dataset",
+    )
+    model.add_argument(
+        "--normalization",
+        metavar="DATASET",
+        help="for a research-format --checkpoint: the dataset whose normalisation its first "
+        "layer applies (default: --dataset), e.g. cifar100 or imagenet with a factory --dataset",
     )
     model.add_argument(
         "--factory-loads-weights",
@@ -436,7 +446,41 @@ def _import_object(spec: str, option: str) -> Any:
     return target
 
 
+def _load_research_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    from rsmooth import models
+
+    if args.checkpoint is None:
+        raise _CommandError(
+            "give --model (package.module:factory or a model file), or --checkpoint with a "
+            "research-format checkpoint ({'epoch', 'arch', 'state_dict', 'optimizer'})"
+        )
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise _CommandError(f"--checkpoint: no such file: {path}")
+    normalization = args.normalization or args.dataset
+    if normalization not in models.NORMALIZATION:
+        option = "--normalization" if args.normalization else "--dataset"
+        raise _CommandError(
+            f"{option} {normalization!r}: a research checkpoint does not record its dataset, "
+            "which decides the normalisation layer; name one rsmooth knows "
+            f"({', '.join(sorted(models.NORMALIZATION))}) with --dataset, or with "
+            "--normalization when --dataset is a factory"
+        )
+    checkpoint = models._read_checkpoint(path, "cpu")
+    if not models.is_research_checkpoint(checkpoint):
+        raise _CommandError(
+            f"--checkpoint: {path} is not a research-format checkpoint (a dict with 'arch' and "
+            "'state_dict'); for your own architecture give --model package.module:factory too"
+        )
+    model = models._model_from_checkpoint(checkpoint, normalization, path, "cpu")
+    return model.to(device)
+
+
 def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    if args.model is None:
+        return _load_research_model(args, device)
+    if args.normalization is not None:
+        raise _CommandError("--normalization only applies to a research checkpoint without --model")
     path = Path(args.model)
     if path.is_file():
         if args.checkpoint is not None:

@@ -7,6 +7,7 @@ as a function of the radius :math:`r`, a decreasing step curve.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from rsmooth._validation import check_int, check_positive
 from rsmooth.metrics import _correct_and_radius
+from rsmooth.stats import max_certified_radius
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -84,8 +86,20 @@ def plot_certified_accuracy(
     max_radius: float | None = None,
     num_points: int = 1001,
     title: str | None = None,
+    radius_caps: Mapping[str, float] | None = None,
+    show_caps: bool = True,
 ) -> Axes:
-    """Plot certified accuracy against radius, one step curve per named run.
+    r"""Plot certified accuracy against radius, one step curve per named run.
+
+    Each run's **radius cap** :math:`\sigma\,\Phi^{-1}(\alpha^{1/N})`, the largest radius
+    CERTIFY can report with N samples at level alpha, is marked by a dashed vertical line in the
+    run's colour (one grey line for runs that share it), labelled in the legend: it explains the
+    cliff at the right end of every curve (no input can be certified beyond it, however robust
+    the model). The cap is known for a
+    :class:`~rsmooth.Certificate` (its ``sigma``, ``n`` and ``alpha``) and for results files
+    written by rsmooth (their ``.json`` sidecar); give it in ``radius_caps`` for other files
+    (e.g. :func:`~rsmooth.stats.max_certified_radius` ``(100_000, 0.001, sigma)`` for the
+    released logs of the papers).
 
     Args:
         results: Named :class:`~rsmooth.metrics.CertificationResults` (or certificates, with
@@ -96,6 +110,9 @@ def plot_certified_accuracy(
         max_radius: Right end of the radius axis. Default: a little past the largest radius.
         num_points: Points of the radius grid. Default: 1001.
         title: Optional title.
+        radius_caps: Radius cap per name, overriding the one read from the run (the others are
+            still read). Default: none given.
+        show_caps: Draw the radius caps. Default: True.
 
     Returns:
         The matplotlib ``Axes``; its figure is ``ax.figure`` (see :func:`save_figure`).
@@ -114,6 +131,8 @@ def plot_certified_accuracy(
         >>> ax = plot_certified_accuracy({"run": cert}, targets={"run": torch.tensor([1, 0])})
         >>> [line.get_label() for line in ax.get_lines()]
         ['run']
+        >>> [c.get_label() for c in ax.collections]  # the cap: 0.5 * Phi^-1(0.1 ** (1 / 10))
+        ['run: radius cap 0.41 (sigma=0.5, N=10, alpha=0.1)']
     """
     _matplotlib()
     from matplotlib.figure import Figure
@@ -121,23 +140,61 @@ def plot_certified_accuracy(
     if not results:
         raise ValueError("results must name at least one result, got none")
     num_points = check_int("num_points", num_points, min=2)
+    given_caps = dict(radius_caps or {})
+    for name, value in given_caps.items():
+        if name not in results:
+            raise ValueError(f"radius_caps names {name!r}, which is not in results")
+        check_positive(f"radius_caps[{name!r}]", value)
     curves = {}
+    caps: dict[str, tuple[float, str]] = {}
     largest = 0.0
     for name, cert in results.items():
         labels = None if targets is None else targets.get(name)
         correct, radius = _correct_and_radius(cert, labels)
         largest = max(largest, float(radius[correct].max()) if bool(correct.any()) else 0.0)
         curves[name] = (cert, labels)
+        if name in given_caps:
+            caps[name] = (float(given_caps[name]), "")
+        elif show_caps:
+            found = _radius_cap(cert)
+            if found is not None:
+                caps[name] = found
+    if not show_caps:
+        caps = {}
     if max_radius is None:
-        max_radius = 1.05 * largest if largest > 0 else 1.0
+        right = max([largest, *(cap for cap, _ in caps.values())])
+        max_radius = 1.05 * right if right > 0 else 1.0
     max_radius = check_positive("max_radius", max_radius)
     grid = np.linspace(0.0, max_radius, num_points)
     if ax is None:
         figure = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = figure.add_subplot()
+    colors: dict[str, Any] = {}
     for name, (cert, labels) in curves.items():
         _, accuracy = certified_accuracy_curve(cert, labels, grid)
-        ax.plot(grid, accuracy, label=str(name), drawstyle="steps-post")
+        (line,) = ax.plot(grid, accuracy, label=str(name), drawstyle="steps-post")
+        colors[name] = line.get_color()
+    shared: dict[tuple[float, str], list[str]] = {}
+    for name, key in caps.items():
+        shared.setdefault(key, []).append(name)
+    for (cap, settings), names in shared.items():
+        color: Any
+        # one line per distinct cap: in the run's colour, or grey when several runs share it
+        if len(names) == len(results) and len(names) > 1:
+            who, color = "", "0.35"
+        elif len(names) > 1:
+            who, color = ", ".join(map(str, names)) + ": ", "0.35"
+        else:
+            who, color = f"{names[0]}: ", colors[names[0]]
+        ax.vlines(
+            cap,
+            0.0,
+            1.0,
+            colors=color,
+            linestyles="dashed",
+            linewidth=1.0,
+            label=f"{who}radius cap {cap:.2f}{settings}",
+        )
     ax.set_xlim(0.0, max_radius)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("radius")
@@ -147,6 +204,29 @@ def plot_certified_accuracy(
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+def _radius_cap(cert: Any) -> tuple[float, str] | None:
+    """``(cap, " (sigma=..., N=..., alpha=...)")`` of a run, when its settings are known."""
+    settings: Any = None
+    if all(isinstance(getattr(cert, key, None), (int, float)) for key in ("sigma", "n", "alpha")):
+        settings = {key: getattr(cert, key) for key in ("sigma", "n", "alpha")}
+    elif isinstance(getattr(cert, "path", None), str):
+        sidecar = Path(cert.path + ".json")
+        try:
+            settings = json.loads(sidecar.read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if not isinstance(settings, dict):
+        return None
+    sigma, n, alpha = settings.get("sigma"), settings.get("n"), settings.get("alpha")
+    try:
+        cap = max_certified_radius(n, alpha, sigma)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not recorded, or not a fixed-n run
+        return None
+    if cap <= 0:
+        return None
+    return cap, f" (sigma={sigma:g}, N={n:,}, alpha={alpha:g})"
 
 
 def save_figure(figure: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:

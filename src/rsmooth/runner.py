@@ -579,7 +579,11 @@ def certify_dataset(
     **Interrupting.** ``SIGTERM`` or ``SIGINT`` (Ctrl-C) stop the run after the current call's
     rows are written; then the previous handler gets the signal (``KeyboardInterrupt`` for
     ``SIGINT`` by default, process exit for ``SIGTERM``). A second signal acts at once; a killed
-    run leaves at most a half line, repaired by the next run.
+    run leaves at most a half line, repaired by the next run. A signal the process ignores stays
+    ignored: a run started in the background (``nohup``, or ``cmd &`` from a script) inherits
+    ``SIGINT`` as ignored, so Ctrl-C or ``kill -INT`` does not stop it and it goes on to the end;
+    stop such a run with ``SIGTERM`` (``kill PID``). The same holds for a handler installed
+    from C (``signal.getsignal`` returns ``None``), which is left alone.
 
     **Sharding.** With several shards (``shard=``, or :func:`detect_shard` under ``torchrun`` or
     a SLURM array), this process certifies ``selection[index::count]`` into

@@ -62,9 +62,14 @@ _AutoKey = tuple[tuple[int, ...], torch.dtype, str]
 SELECTION, ESTIMATION, AUXILIARY = 0, 1, 2
 
 _SEED_HIGH = 2**63 - 1
-#: A noise block holds about this many elements: BLOCK = clamp(_BLOCK_ELEMENTS // numel, 1, 512).
-_BLOCK_ELEMENTS = 2**16
-_MAX_BLOCK = 512
+#: A noise block holds about this many elements: BLOCK = clamp(elements // numel, 1, max_block),
+#: per device type. On the CPU drawing noise costs about as much as a small model's forward pass, so
+#: blocks stay small (little noise drawn past the end of a range); on an accelerator each block costs
+#: a few kernel launches from Python and the noise itself is nearly free, so blocks are large.
+_BLOCK_ELEMENTS = {"cpu": 2**16}
+_MAX_BLOCK = {"cpu": 512}
+_BLOCK_ELEMENTS_ACCELERATOR = 2**20
+_MAX_BLOCK_ACCELERATOR = 4096
 _NONFINITE_POLICIES = ("raise", "count_against")
 #: batch_size="auto": forward batch sizes tried, from the device's first one, while the throughput
 #: grows; the tuning uses at most _AUTO_BUDGET of the call's forward rows, else the device default.
@@ -149,9 +154,15 @@ def _auto_key(inputs: Tensor) -> _AutoKey:
     return (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
 
 
-def _block_size(numel: int) -> int:
-    """Samples per noise block for inputs of ``numel`` elements (never depends on batch_size)."""
-    return max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(numel, 1)))
+def _block_size(numel: int, device_type: str = "cpu") -> int:
+    """Samples per noise block for inputs of ``numel`` elements on a device type.
+
+    Depends only on these two, never on batch_size (the noise differs between device types
+    anyway, since their generators differ).
+    """
+    elements = _BLOCK_ELEMENTS.get(device_type, _BLOCK_ELEMENTS_ACCELERATOR)
+    largest = _MAX_BLOCK.get(device_type, _MAX_BLOCK_ACCELERATOR)
+    return max(1, min(largest, elements // max(numel, 1)))
 
 
 def _memory_format(inputs: Tensor) -> torch.memory_format | None:
@@ -334,9 +345,11 @@ class SmoothedClassifier:
     Sampling is vectorised: forward batches of at most ``batch_size`` noisy samples are filled
     across inputs and samples, so memory is bounded by ``batch_size`` (never by ``n`` or the
     number of inputs), and certifying many inputs with a small ``n`` is as efficient as one input
-    with a large ``n``. For every call, each input gets its own noise stream seeded from the
-    ``generator``; the same generator state, arguments and ``batch_size`` give bit-identical
-    results on the same device.
+    with a large ``n``. For every call, each input gets its own noise streams seeded from the
+    ``generator``; sample ``s`` of an input depends only on its seed and ``s`` (fixed-size noise
+    blocks), so the same generator state and arguments give bit-identical results on the same
+    device for every ``batch_size``, however the samples are split and whatever other inputs
+    share the call.
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
@@ -610,7 +623,8 @@ class SmoothedClassifier:
         Sample ``s`` of stream ``stream`` of input ``j`` depends only on ``(seeds[j], stream,
         s)``: row ``s % BLOCK`` of noise block ``s // BLOCK``, one ``normal_`` of shape
         ``[BLOCK, *input_shape]`` drawn from a generator seeded with ``mix(seeds[j], stream,
-        s // BLOCK)``, where ``BLOCK`` depends only on the input's number of elements. So the
+        s // BLOCK)``, where ``BLOCK`` depends only on the input's number of elements and the
+        device type. So the
         counts do not depend on ``batch_size``, on how ``[0, n)`` is split into calls, or on the
         other inputs of the call. Forward batches of ``batch_size`` samples are filled across
         inputs and samples.
@@ -622,7 +636,7 @@ class SmoothedClassifier:
         batch = inputs.shape[0]
         device, dtype = inputs.device, inputs.dtype
         sample_shape = tuple(inputs.shape[1:])
-        block = _block_size(math.prod(sample_shape))
+        block = _block_size(math.prod(sample_shape), device.type)
         total = batch * (stop - start)
         self._check_autocast_device(device)
         limit = self._resolve_batch_size(inputs, total)
