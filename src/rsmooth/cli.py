@@ -563,10 +563,12 @@ def _file_sha256(path: Path) -> str:
 
 def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies a certify run besides its settings, recorded in the results sidecar."""
-    model_path = Path(args.model)
+    model_path = Path(args.model) if args.model is not None else None
     return {
         "model": args.model,
-        "model_file_sha256": _file_sha256(model_path) if model_path.is_file() else None,
+        "model_file_sha256": (
+            _file_sha256(model_path) if model_path is not None and model_path.is_file() else None
+        ),
         "model_kwargs": args.model_kwargs,
         "checkpoint_sha256": (
             None if args.checkpoint is None else _file_sha256(Path(args.checkpoint))
