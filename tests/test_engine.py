@@ -181,7 +181,7 @@ class NaNFor(nn.Module):
 
 def test_nonfinite_logits_raise_naming_inputs_and_counts():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
-    smoothed = SmoothedClassifier(NaNFor(), 0.1)
+    smoothed = SmoothedClassifier(NaNFor(), 0.1, input_range=None)
     with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
         smoothed.sample_counts(x, num=50)
     with pytest.raises(ValueError, match="nonfinite='count_against'"):
@@ -192,7 +192,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
 
 def test_count_against_counts_nonfinite_samples_for_no_class():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
-    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
+    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against", input_range=None)
     counts = smoothed.sample_counts(x, num=400)
     assert counts[1].sum() == 0
     assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
@@ -519,8 +519,10 @@ def test_bfloat16_autocast_counts_match_float32_on_a_well_separated_model():
         linear.bias.zero_()
     x = torch.eye(3, 6)[[0, 1, 2, 0]] * 2.0  # each input far (in sigma units) from the others
     probe = DtypeProbe(linear)
-    half = SmoothedClassifier(probe, 0.25, batch_size=256, autocast=torch.bfloat16)
-    full = SmoothedClassifier(linear, 0.25, batch_size=256)
+    half = SmoothedClassifier(
+        probe, 0.25, batch_size=256, autocast=torch.bfloat16, input_range=None
+    )
+    full = SmoothedClassifier(linear, 0.25, batch_size=256, input_range=None)
     a = half.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
     b = full.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
     assert probe.dtypes == {torch.bfloat16}  # the forward passes did run in bfloat16

@@ -26,7 +26,10 @@ from torch import Tensor, nn
 from rsmooth._model_state import preserve_model_state
 from rsmooth._seeding import mix
 from rsmooth._validation import (
+    DEFAULT_INPUT_RANGE,
     check_generator,
+    check_input_range,
+    check_input_range_arg,
     check_inputs,
     check_int,
     check_model,
@@ -369,6 +372,9 @@ class SmoothedClassifier:
         autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes of
             :meth:`certify`, :meth:`predict` and :meth:`sample_counts` under
             :func:`torch.autocast` (the noise stays in the inputs' dtype). Default: None.
+        input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
+            check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
+            [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -376,7 +382,7 @@ class SmoothedClassifier:
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2))
-        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500)
+        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500, input_range=None)
         >>> x = torch.tensor([[3.0, -3.0], [0.0, 0.0]])
         >>> with torch.no_grad():
         ...     _ = model[0].weight.copy_(torch.eye(2)), model[0].bias.zero_()
@@ -400,8 +406,10 @@ class SmoothedClassifier:
         nonfinite: NonFinitePolicy = "raise",
         compile: bool | Mapping[str, Any] = False,
         autocast: torch.dtype | None = None,
+        input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     ) -> None:
         self.model = check_model(model)
+        self.input_range = check_input_range_arg("input_range", input_range)
         self.sigma = check_positive("sigma", sigma)
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
@@ -749,6 +757,7 @@ class SmoothedClassifier:
         self, inputs: Tensor, generator: GeneratorArg
     ) -> tuple[Tensor, torch.Generator | list[torch.Generator] | None]:
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         if isinstance(generator, (list, tuple)):
             if len(generator) != inputs.shape[0]:
                 raise ValueError(
@@ -981,6 +990,7 @@ class SmoothedClassifier:
             torch.Size([4, 3])
         """
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         generator = check_generator(generator, inputs.device)
         num_noise = check_int("num_noise", num_noise)
         noise = sample_noise(inputs, self.sigma, num_noise, generator=generator)
@@ -1061,7 +1071,7 @@ class SmoothedClassifier:
             >>> with torch.no_grad():
             ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
             ...     _ = model.bias.zero_()
-            >>> smoothed = SmoothedClassifier(model, sigma=0.5)
+            >>> smoothed = SmoothedClassifier(model, sigma=0.5, input_range=None)
             >>> x = torch.tensor([[2.0, 0.0], [0.4, 0.0]])  # true radii 2.0 and 0.4
             >>> g = torch.Generator().manual_seed(0)
             >>> cert = smoothed.certify_radius(x, [0.25, 0.5], max_n=20_000, generator=g)
