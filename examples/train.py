@@ -19,10 +19,12 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
 - SGD, momentum 0.9, weight decay 1e-4, StepLR with gamma 0.1; epoch ``e`` uses
   ``lr * 0.1 ** (e // lr_step)``. Defaults per dataset: MNIST-like 90 epochs, lr 0.01, step 30;
   CIFAR-10 150 epochs, lr 0.1, step 50;
-- warm-ups applied at the start of every epoch ``e`` (0-based) over ``--warmup`` epochs (10):
-  SmoothAdv's epsilon ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` attribute
-  ``w_e = min(1, (e + 1) / 10)``, which scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
-  ``lr_step`` epochs;
+- the official schedules, applied by ``criterion.set_epoch(epoch)`` at the start of every epoch
+  ``e`` (0-based), with ``--warmup`` epochs (10): SmoothAdv's epsilon
+  ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` ``w_e = min(1, (e + 1) / 10)``, which
+  scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
+  ``lr_step`` epochs (until the first learning-rate drop);
+  Sun et al.'s adaptive criterion turns its adversary on at ``--discard-epoch``;
 - SmoothAdv, Consistency, SmoothMix, CAT-RS and Sun et al.'s adaptive noise take one optimizer
   step per B/m examples in the official code, so the default loader batch is ``256 // num_noise``
   for them (256 for the others);
@@ -75,7 +77,6 @@ __all__ = [
     "CRITERIA",
     "Criterion",
     "amp_settings",
-    "apply_warmup",
     "load_checkpoint",
     "main",
     "noise_seed",
@@ -185,7 +186,7 @@ def make_criterion(
 ) -> tuple[Criterion, dict[str, Any]]:
     """Build the criterion ``name`` from the flags; returns it and its hyperparameters."""
     cls, kwargs = CRITERIA[name](args)
-    criterion = cls(**kwargs, generator=generator)
+    criterion = cls(**kwargs, **_schedule_kwargs(name, args), generator=generator)
     hparams = dict(kwargs)
     for field in getattr(cls, "_repr_fields", ()):  # fill in the class defaults
         if field in ("warmup", "adversarial"):  # schedules (SmoothMix, adaptive), set per epoch
@@ -196,31 +197,22 @@ def make_criterion(
     return criterion, hparams
 
 
-def warmup_factor(epoch: int, warmup: int) -> float:
-    """``min(1, (epoch + 1) / warmup)``: the official per-epoch linear warm-up (epoch is 0-based)."""
-    return 1.0 if warmup <= 1 else min(1.0, (epoch + 1) / warmup)
+def _schedule_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments of the official schedule that ``criterion.set_epoch`` applies."""
+    if name in ("smoothadv", "smoothmix"):
+        return {"warmup_epochs": args.warmup}
+    if name == "macer" and args.deferred and args.lr_step is not None:
+        return {"deferred_until": args.lr_step - 1}  # lambda = 0 until the first LR drop
+    return {}
 
 
-def apply_warmup(
-    criterion: Criterion, name: str, hparams: dict[str, Any], epoch: int, args: argparse.Namespace
-) -> dict[str, float]:
-    """Set the criterion's schedule attributes for ``epoch``; returns what was set (for the log)."""
-    w = warmup_factor(epoch, args.warmup)
-    changed: dict[str, float] = {}
-    if name == "smoothadv":
-        criterion.epsilon = min(hparams["epsilon"], w * hparams["epsilon"])
-        changed["epsilon"] = criterion.epsilon
-    elif name == "smoothmix":
-        # w_e multiplies eta and, with the one-step adversary, caps ||x^(1) - x|| at w_e * alpha.
-        criterion.warmup = w
-        changed["warmup"] = w
-    elif name == "adaptive":
-        criterion.set_epoch(epoch)  # the adversary is on from the discard epoch
-        changed["adversarial"] = float(criterion.adversarial)
-    elif name == "macer" and args.deferred:
-        criterion.lbd = 0.0 if epoch < args.lr_step else hparams["lbd"]
-        changed["lbd"] = criterion.lbd
-    return changed
+#: The attributes each criterion's schedule sets, logged per epoch.
+SCHEDULED: dict[str, tuple[str, ...]] = {
+    "smoothadv": ("epsilon",),
+    "smoothmix": ("warmup",),
+    "macer": ("lbd",),
+    "adaptive": ("adversarial",),
+}
 
 
 def _augment_cifar(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -506,7 +498,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     )
     checkpoint: dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
-        schedule = apply_warmup(criterion, args.criterion, hparams, epoch, args)
+        criterion.set_epoch(epoch)  # the criterion's official schedule (warm-up, deferred terms)
+        schedule = {k: float(getattr(criterion, k)) for k in SCHEDULED.get(args.criterion, ())}
         if dist_sampler is not None:
             dist_sampler.set_epoch(epoch)
         net.train()

@@ -25,9 +25,11 @@ DATASET = "runner_helpers:tiny_dataset"
 
 
 def certify_args(out, *extra, model=MODEL, dataset=DATASET):
+    # a factory model needs --checkpoint or --factory-loads-weights (tiny_model is untrained)
+    own = ["--factory-loads-weights"] if ":" in model and "--checkpoint" not in extra else []
     return [
         "certify", "--model", model, "--dataset", dataset, "--sigma", "0.25", "--n", "200",
-        "--n0", "20", "--batch-size", "200", "--out", str(out), "--no-progress", *extra,
+        "--n0", "20", "--batch-size", "200", "--out", str(out), "--no-progress", *own, *extra,
     ]  # fmt: skip
 
 
@@ -160,7 +162,7 @@ def test_named_dataset_digits(tmp_path, capsys):
         "certify", "--model", "runner_helpers:flat_linear", "--dataset", "digits",
         "--model-kwargs", json.dumps({"in_features": numel, "num_classes": 10}),
         "--sigma", "0.25", "--n", "100", "--n0", "10", "--max", "3", "--out", str(out),
-        "--no-progress",
+        "--no-progress", "--factory-loads-weights",
     ]  # fmt: skip
     code, _, err = run(argv, capsys)
     assert code == 0, err
@@ -242,7 +244,7 @@ HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
         (lambda t: certify_args(t / "r.tsv", "--batch-size", "0"), "batch_size must be a positive integer, got 0"),
         (lambda t: certify_args(t / "r.tsv", "--seed", "-3"), "seed must be an integer >= 0, got -3"),
         (lambda t: certify_args(t / "r.tsv", "--skip", "0"), "skip must be a positive integer, got 0"),
-        (lambda t: certify_args(t / "r.tsv", "--max", "-5"), "--max must be -1 (all) or a dataset index, got -5"),
+        (lambda t: certify_args(t / "r.tsv", "--max", "-5"), "--max must be -1 (all) or a positive dataset index (certify inputs 0..MAX-1), got -5"),
         (lambda t: certify_args(t / "r.tsv", "--shard", "3/2"), "argument --shard: needs 0 <= INDEX < COUNT"),
         (lambda t: certify_args(t / "r.tsv", "--shard", "x"), "argument --shard: must be INDEX/COUNT"),
         (lambda t: certify_args(t / "r.tsv", "--device", "warp-drive"), "--device: not a device: 'warp-drive'"),
@@ -265,7 +267,9 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys, monkeypatch, make_a
     code, _, err = run(make_argv(tmp_path), capsys)
     assert code == 2
     assert message in err, err
-    assert err.count("\n") == 1 and err.startswith("rsmooth") and "Traceback" not in err
+    # one message (whole, possibly several lines), no traceback, no terminal colour codes
+    assert sum(line.startswith("rsmooth") and "error:" in line for line in err.splitlines()) == 1
+    assert err.startswith("rsmooth") and "Traceback" not in err and "\x1b" not in err
 
 
 def test_resuming_with_other_settings_is_an_error(tmp_path, capsys):

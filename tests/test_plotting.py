@@ -106,7 +106,7 @@ def test_save_figure(tmp_path):
     pytest.importorskip("matplotlib")
     ax = plot_certified_accuracy({"a": random_results(0)})
     path = save_figure(ax, tmp_path / "sub" / "plot.png", dpi=100)
-    assert png_size(path) == (600, 400)
+    assert png_size(path) == (850, 400)
     assert save_figure(ax.figure, tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(TypeError, match="figure must be a matplotlib Figure or Axes, got int"):
         save_figure(3, tmp_path / "x.png")
@@ -131,7 +131,7 @@ def test_report_plot_writes_a_png_with_one_line_per_file(tmp_path, capsys, monke
     out, err = capsys.readouterr()
     assert code == 0 and f"wrote {png}" in err and "| first | 4 |" in out
     width, height = png_size(png)
-    assert (width, height) == (900, 600) and png.stat().st_size > 5000
+    assert (width, height) == (1275, 600) and png.stat().st_size > 5000
     (ax,) = drawn
     assert [line.get_label() for line in ax.get_lines()] == ["first", "second"]
     assert ax.get_xlim() == (0.0, 2.0)

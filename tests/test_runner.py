@@ -392,7 +392,8 @@ def cli_certify(out, model="runner_helpers:slow_model", *extra):
     return [
         sys.executable, "-m", "rsmooth", "certify", "--model", model,
         "--dataset", "runner_helpers:tiny_dataset", "--sigma", "0.25", "--num-samples", "200",
-        "--n0", "20", "--batch-size", "200", "--out", str(out), "--no-progress", *extra,
+        "--n0", "20", "--batch-size", "200", "--out", str(out), "--no-progress",
+        "--factory-loads-weights", *extra,
     ]  # fmt: skip
 
 

@@ -140,7 +140,7 @@ def _cli_certify(out, *extra):
     return [
         "certify", "--model", "runner_helpers:tiny_model", "--dataset",
         "runner_helpers:tiny_dataset", "--sigma", "0.25", "--n0", "20", "--alpha", "0.01",
-        "--radii", "0.1", "0.2", "0.3", "--max-n", "2000", "--out", str(out), "--no-progress",
+        "--radii", "0.1", "0.2", "0.3", "--max-n", "2000", "--out", str(out), "--no-progress", "--factory-loads-weights",
         "--device", "cpu", *extra,
     ]  # fmt: skip
 

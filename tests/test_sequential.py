@@ -30,7 +30,7 @@ def one_thread():
 def linear(sigma=0.5, batch_size=4096, model=None):
     """f(x) = class 0 iff x_0 > 0: input x has true radius x_0 (for x_0 > 0), p_A = Phi(x_0/sigma)."""
     model = model or LinearTwoClass(torch.tensor([1.0]), 0.0)
-    return SmoothedClassifier(model, sigma=sigma, batch_size=batch_size)
+    return SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, input_range=None)
 
 
 def at(margins):
@@ -219,7 +219,7 @@ def test_model_state_is_restored():
     model.train()
     model[0].weight.requires_grad_(False)
     before = model[1].running_mean.clone()
-    SmoothedClassifier(model, sigma=0.5).certify_radius(
+    SmoothedClassifier(model, sigma=0.5, input_range=None).certify_radius(
         at([0.1, 0.2]), 0.1, max_n=500, generator=torch.Generator().manual_seed(0)
     )
     assert model.training and all(m.training for m in model.modules())
@@ -337,9 +337,13 @@ class NaNBelow(nn.Module):
 def test_non_finite_samples_count_against_the_candidate():
     x = at([0.2, 3.0])
     g = torch.Generator().manual_seed(12)
-    smoothed = SmoothedClassifier(NaNBelow(), sigma=1.0, nonfinite="count_against")
+    smoothed = SmoothedClassifier(
+        NaNBelow(), sigma=1.0, nonfinite="count_against", input_range=None
+    )
     cert = smoothed.certify_radius(x, 0.1, max_n=5_000, generator=g)
     assert int(cert.nonfinite[0]) > 0
     assert int(cert.count[0]) + int(cert.nonfinite[0]) <= int(cert.num_samples[0]) + cert.n0
     with pytest.raises(ValueError, match="non-finite"):
-        SmoothedClassifier(NaNBelow(), sigma=1.0).certify_radius(x, 0.1, max_n=5_000)
+        SmoothedClassifier(NaNBelow(), sigma=1.0, input_range=None).certify_radius(
+            x, 0.1, max_n=5_000
+        )

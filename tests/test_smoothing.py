@@ -51,7 +51,7 @@ def test_certify_is_sound_and_unbiased_on_linear_classifier(margin, sigma):
     """
     trials, n, n0, alpha = 4000, 300, 10, 0.05
     model, x, p_a = linear_case(margin, sigma)
-    smoothed = SmoothedClassifier(model, sigma, batch_size=4096)
+    smoothed = SmoothedClassifier(model, sigma, batch_size=4096, input_range=None)
     g = torch.Generator().manual_seed(20260)
     cert = smoothed.certify(x.expand(trials, -1).clone(), n=n, n0=n0, alpha=alpha, generator=g)
 
@@ -111,7 +111,7 @@ def test_counts_match_closed_form_probability():
 
 def test_radius_is_capped_and_abstains_on_the_boundary():
     model = Constant(2)
-    smoothed = SmoothedClassifier(model, 0.5)
+    smoothed = SmoothedClassifier(model, 0.5, input_range=None)
     cert = smoothed.certify(torch.zeros(3, 5), n=1000, n0=10, alpha=0.001)
     assert cert.prediction.tolist() == [2, 2, 2]
     assert torch.allclose(
@@ -121,7 +121,7 @@ def test_radius_is_capped_and_abstains_on_the_boundary():
     # a point on the decision boundary: p_A = 1/2 -> abstains (with prob >= 1 - alpha)
     lin, _, _ = linear_case(0.0, 1.0)
     x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(50, -1).clone()
-    cert = SmoothedClassifier(lin, 1.0).certify(
+    cert = SmoothedClassifier(lin, 1.0, input_range=None).certify(
         x, n=2000, n0=20, alpha=0.001, generator=torch.Generator().manual_seed(0)
     )
     assert bool(cert.abstained.all())
@@ -179,7 +179,7 @@ def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
 def test_predict_on_linear_classifier():
     model, x, _ = linear_case(0.8, 0.5)
     x2 = torch.stack([x, -x + torch.tensor([-0.5 / 3 * 2, 0, 0])])  # mirrored point is class 1
-    smoothed = SmoothedClassifier(model, 0.5)
+    smoothed = SmoothedClassifier(model, 0.5, input_range=None)
     pred = smoothed.predict(x2, n=500, alpha=0.001, generator=torch.Generator().manual_seed(0))
     assert pred.tolist() == [0, 1]
 
@@ -187,7 +187,7 @@ def test_predict_on_linear_classifier():
 def test_predict_abstains_on_the_boundary():
     lin, _, _ = linear_case(0.0, 1.0)
     x = torch.tensor([[-0.5 / 3.0, 0.0, 0.0]]).expand(40, -1).clone()
-    pred = SmoothedClassifier(lin, 1.0).predict(
+    pred = SmoothedClassifier(lin, 1.0, input_range=None).predict(
         x, n=1000, generator=torch.Generator().manual_seed(2)
     )
     assert bool((pred == ABSTAIN).all())
@@ -210,7 +210,7 @@ def test_forward_batches_are_bounded_and_filled_across_inputs():
 
 def test_noise_is_centred_on_each_input_and_has_scale_sigma():
     rec = Spy(small_mlp(2, 3))
-    smoothed = SmoothedClassifier(rec, 0.3, batch_size=500)
+    smoothed = SmoothedClassifier(rec, 0.3, batch_size=500, input_range=None)
     x = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
     smoothed.sample_counts(x, num=2000, generator=torch.Generator().manual_seed(0))
     rows = torch.cat(rec.seen)

@@ -14,7 +14,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_INPUT_RANGE",
     "check_generator",
+    "check_input_range",
+    "check_input_range_arg",
     "check_inputs",
     "check_int",
     "check_model",
@@ -108,12 +111,71 @@ def check_inputs(name: str, inputs: Any, *, unit_box: bool = False) -> Tensor:
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError(f"{name} must be finite, got a tensor containing NaN or inf")
     if unit_box:
-        lo, hi = float(inputs.detach().min()), float(inputs.detach().max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"{name} must lie in [0, 1] (pixel space), got values in [{lo:.4g}, {hi:.4g}]"
-            )
+        check_input_range(name, inputs, DEFAULT_INPUT_RANGE, switch=None)
     return inputs
+
+
+#: The input range checked by default: pixels scaled to [0, 1], the convention of the docs.
+DEFAULT_INPUT_RANGE: tuple[float, float] = (0.0, 1.0)
+
+
+def check_input_range_arg(name: str, value: Any) -> tuple[float, float] | None:
+    """Check an ``input_range`` argument: ``None`` (no check) or a pair ``(low, high)``."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(
+            f"{name} must be None or a pair (low, high), got {_type_name(value)} {value!r}"
+        )
+    low, high = check_real(f"{name}[0]", value[0]), check_real(f"{name}[1]", value[1])
+    if not low < high:
+        raise ValueError(f"{name} must be a pair (low, high) with low < high, got {value!r}")
+    return (low, high)
+
+
+def check_input_range(
+    name: str,
+    inputs: Tensor,
+    input_range: tuple[float, float] | None,
+    *,
+    switch: str | None = "input_range=None",
+) -> Tensor:
+    """Check that every entry of ``inputs`` lies in ``input_range`` (``None``: no check).
+
+    The error says what probably went wrong: 8-bit pixels that were not divided by 255, or a
+    normalisation (mean/std) applied outside the model, and how to turn the check off
+    (``switch``; ``None`` when the check cannot be turned off, e.g. attacks in pixel space).
+    """
+    if input_range is None:
+        return inputs
+    low, high = input_range
+    smallest, largest = (float(v) for v in torch.aminmax(inputs.detach()))
+    if low <= smallest and largest <= high:
+        return inputs
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise ValueError(f"{name} must be finite, got a tensor containing NaN or inf")
+    message = (
+        f"{name} must lie in [{low:g}, {high:g}], got values in [{smallest:.4g}, {largest:.4g}]"
+    )
+    hints = []
+    if largest > 10 * high > 0 and smallest >= 0 and largest <= 255:
+        hints.append(
+            "this looks like unnormalised 8-bit pixels in [0, 255]: divide by 255 "
+            "(torchvision's ToTensor does)"
+        )
+    if smallest < low:
+        hints.append(
+            "negative values suggest a normalisation (mean/std) applied outside the model: "
+            "make it the model's first layer, so that sigma is measured in pixel space"
+        )
+    if not hints:
+        hints.append("check the preprocessing (augmentations or added noise can leave the range)")
+    message += "; " + "; ".join(hints)
+    if switch is not None:
+        message += f". For inputs in another space, pass {switch} to turn this check off"
+    else:
+        message += " (this method works in pixel space and projects onto [0, 1])"
+    raise ValueError(message)
 
 
 def check_targets(name: str, targets: Any, batch_size: int, device: torch.device) -> Tensor:

@@ -64,13 +64,14 @@ class _SmoothAttack(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_fields)
 
-    def _prepare(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        """Validate a call and draw the noise ``[m * B, *]``."""
+    def _prepare(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Validate a call; return the noise ``[m * B, *]`` and the labels as ``int64``."""
         check_model(model)
         check_inputs("inputs", inputs, unit_box=True)
         check_targets("targets", targets, inputs.shape[0], inputs.device)
         check_generator(self.generator, inputs.device)
-        return sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
+        noise = sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
+        return noise, targets.long()
 
     def __getstate__(self) -> dict[str, Any]:  # generators do not pickle
         state = self.__dict__.copy()
@@ -173,7 +174,7 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
             :math:`\tilde x^{(T)}`, ``[B, *]``, detached.
         """
         self.last_one_step = None
-        noise = self._prepare(model, inputs, targets)
+        noise, targets = self._prepare(model, inputs, targets)
         with preserve_model_state(model, train=False, requires_grad=False):
             one_step, x_adv = unrestricted_smooth_attack(
                 model,
@@ -262,7 +263,7 @@ class SmoothPGDAttack(_SmoothAttack):
             Adversarial inputs ``[B, *]``, detached.
         """
         epsilon = check_nonnegative("epsilon", self.epsilon)
-        noise = self._prepare(model, inputs, targets)
+        noise, targets = self._prepare(model, inputs, targets)
         with preserve_model_state(model, train=False, requires_grad=False):
             return smooth_pgd_attack(
                 model, inputs, targets, noise, epsilon, self.num_steps, generator=self.generator
@@ -354,7 +355,7 @@ class SmoothDDNAttack(_SmoothAttack):
         """
         epsilon = check_nonnegative("epsilon", self.epsilon)
         init_norm = check_nonnegative("init_norm", self.init_norm)
-        noise = self._prepare(model, inputs, targets)
+        noise, targets = self._prepare(model, inputs, targets)
         with preserve_model_state(model, train=False, requires_grad=False):
             return smooth_ddn_attack(
                 model,
@@ -523,7 +524,7 @@ class AdaptiveNoiseAttack(_SmoothAttack):
         """
         self.last_stop_step = None
         epsilon = check_positive("epsilon", self.epsilon)
-        noise = self._prepare(model, inputs, targets)
+        noise, targets = self._prepare(model, inputs, targets)
         with preserve_model_state(model, train=False, requires_grad=False):
             result = adaptive_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
         self.last_stop_step = result.stop_step

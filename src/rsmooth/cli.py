@@ -1,16 +1,20 @@
 """The ``rsmooth`` command line: ``certify``, ``report``, ``plan`` and ``merge``.
 
 Run ``rsmooth --help`` or ``rsmooth COMMAND --help`` (also ``python -m rsmooth``). Errors in the
-arguments or the files give a one-line message on stderr and exit status 2; an interrupted
-``certify`` exits with 128 + the signal number after writing its finished rows.
+arguments or the files give a message on stderr (no traceback) and exit status 2; set
+``RSMOOTH_DEBUG=1`` to get the full traceback instead. An interrupted ``certify`` exits with
+128 + the signal number after writing its finished rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import warnings
@@ -34,8 +38,17 @@ examples:
       --n 10000 --skip 20 --out quick.tsv
   torchrun --nproc-per-node 4 -m rsmooth certify ... --out results.tsv   # 4 shards, merged
 
-Rerun the same command to resume an interrupted run: finished rows are kept.
+Rerun the same command to resume an interrupted run: finished rows are kept. A
+results file records its model (spec and checkpoint hash) and dataset; resuming it
+with another one is refused unless --force is given.
 """
+
+_EPILOG_MAIN = """\
+Errors print one message and exit with status 2. Set RSMOOTH_DEBUG=1 to get the
+full Python traceback instead (e.g. RSMOOTH_DEBUG=1 rsmooth certify ...).
+"""
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 _EPILOG_REPORT = """\
 examples:
@@ -69,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _CommandError(Exception):
-    """A user error: printed as one line, exit status 2."""
+    """A user error: printed as one message (no traceback), exit status 2."""
 
 
 class _Terminated(Exception):
@@ -87,6 +100,20 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"k\": 1}}', got {text!r}")
     return value
+
+
+def _input_range(text: str) -> tuple[float, float] | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be LOW,HIGH like 0,1 or none, got {text!r}"
+        ) from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"needs LOW < HIGH, got {text!r}")
+    return low, high
 
 
 def _batch_size(text: str) -> int | str:
@@ -120,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="rsmooth",
         description="Randomized smoothing: certify a dataset, report and plot results files.",
+        epilog=_EPILOG_MAIN,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -159,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         "layer applies (default: --dataset), e.g. cifar100 or imagenet with a factory --dataset",
     )
     model.add_argument(
+        "--factory-loads-weights",
+        action="store_true",
+        help="the factory returns a trained model by itself, so no --checkpoint is needed "
+        "(without it, a factory model needs --checkpoint: certifying random weights is refused)",
+    )
+    model.add_argument(
         "--model-kwargs",
         type=_json_object,
         default={},
@@ -181,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         default={},
         metavar="JSON",
         help="keyword arguments for a dataset factory",
+    )
+    data.add_argument(
+        "--input-range",
+        type=_input_range,
+        default=(0.0, 1.0),
+        metavar="LOW,HIGH",
+        help="every input value must lie in [LOW, HIGH] (default: 0,1, pixels scaled to [0, 1]); "
+        "'none' turns the check off for inputs in another space",
     )
     data.add_argument(
         "--skip", type=int, default=1, help="certify every SKIP-th input (default: 1, all)"
@@ -261,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the part files of a sharded run unmerged (merge later with rsmooth merge)",
     )
     run.add_argument(
+        "--force",
+        action="store_true",
+        help="resume --out even if it was written with another model, checkpoint or dataset",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -274,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Print ACR and approximate certified accuracy (%) at radii for each results file "
             "(idx label predict radius [correct] ...; files of the reference codebases work), "
-            "and optionally save the certified-accuracy-vs-radius plot."
+            "and optionally save the certified-accuracy-vs-radius plot. Each run's sigma, n, "
+            "alpha and radius cap (from its settings file) go to stderr, with a warning when "
+            "the runs differ in them."
         ),
         epilog=_EPILOG_REPORT,
         formatter_class=_Formatter,
@@ -285,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         metavar="R",
-        help="radii of the accuracy columns (default: 0 0.25 ... 2.0)",
+        help="radii of the accuracy columns (default: 0 0.25 ... 2.0, stopping at the largest "
+        "radius cap of the runs when their settings files give it)",
     )
     report.add_argument(
         "--format",
@@ -434,6 +485,10 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if path.is_file():
         if args.checkpoint is not None:
             raise _CommandError("--checkpoint only applies to a package.module:factory --model")
+        if args.factory_loads_weights:
+            raise _CommandError(
+                "--factory-loads-weights only applies to a package.module:factory --model"
+            )
         if path.suffix == ".pt2":
             from torch.export.passes import move_to_device_pass
 
@@ -443,6 +498,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
                 raise _CommandError(
                     f"--model: {path} is not a torch.export file: {error}"
                 ) from None
+            _check_dynamic_batch(program, path)
             return move_to_device_pass(program, device).module()
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10
@@ -457,7 +513,16 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
         raise _CommandError(
             f"--model must be package.module:factory or an existing model file, got {args.model!r}"
         )
-    model = _import_object(args.model, "--model")(**args.model_kwargs)
+    if args.checkpoint is None and not args.factory_loads_weights:
+        raise _CommandError(
+            f"--model {args.model} needs --checkpoint with the trained weights (without them "
+            "the factory's random weights would be certified); if the factory loads its own "
+            "weights, pass --factory-loads-weights"
+        )
+    if args.checkpoint is not None and args.factory_loads_weights:
+        raise _CommandError("give either --checkpoint or --factory-loads-weights, not both")
+    factory = _import_object(args.model, "--model")
+    model = factory(**args.model_kwargs)
     if not isinstance(model, nn.Module):
         raise _CommandError(
             f"--model: {args.model} returned {type(model).__name__}, not a torch.nn.Module"
@@ -467,15 +532,61 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+_EXPORT_HINT = (
+    "export it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
+    'dynamic_shapes=({0: torch.export.Dim("batch")},)) (rsmooth feeds batches of '
+    "--batch-size noisy copies and a smaller last batch)"
+)
+
+
+def _check_dynamic_batch(program: Any, path: Path) -> None:
+    """Refuse a torch.export program whose inputs have a fixed batch size."""
+    user_inputs = set(getattr(program.graph_signature, "user_inputs", ()))
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        shape = getattr(node.meta.get("val"), "shape", None)
+        if shape is not None and len(shape) > 0 and isinstance(shape[0], int):
+            raise _CommandError(
+                f"--model: {path} was exported with a fixed batch size of {shape[0]}; "
+                + _EXPORT_HINT
+            )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What identifies a certify run besides its settings, recorded in the results sidecar."""
+    model_path = Path(args.model) if args.model is not None else None
+    return {
+        "model": args.model,
+        "model_file_sha256": (
+            _file_sha256(model_path) if model_path is not None and model_path.is_file() else None
+        ),
+        "model_kwargs": args.model_kwargs,
+        "checkpoint_sha256": (
+            None if args.checkpoint is None else _file_sha256(Path(args.checkpoint))
+        ),
+        "dataset": args.dataset,
+        "split": None if ":" in args.dataset else args.split,
+        "dataset_kwargs": args.dataset_kwargs,
+        "input_range": None if args.input_range is None else list(args.input_range),
+    }
+
+
 def _load_checkpoint(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise _CommandError(f"--checkpoint: no such file: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise _CommandError(
-            f"--checkpoint: cannot load {path} ({str(error).splitlines()[0]})"
-        ) from None
+        raise _CommandError(f"--checkpoint: cannot load {path}: {str(error).strip()}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -540,8 +651,11 @@ def _certify(args: argparse.Namespace) -> int:
     from rsmooth.runner import Shard, certify_dataset
     from rsmooth.smoothing import SmoothedClassifier
 
-    if args.stop < -1:
-        raise _CommandError(f"--max must be -1 (all) or a dataset index, got {args.stop}")
+    if args.stop < -1 or args.stop == 0:
+        raise _CommandError(
+            f"--max must be -1 (all) or a positive dataset index (certify inputs 0..MAX-1), "
+            f"got {args.stop}"
+        )
     device = _device(args)
     dataset = _load_dataset(args)
     model = _load_model(args, device)
@@ -550,6 +664,7 @@ def _certify(args: argparse.Namespace) -> int:
         args.sigma,
         num_classes=args.num_classes,
         batch_size=args.batch_size,
+        input_range=args.input_range,
         compile=args.compile,
     )
     dist = torch.distributed
@@ -583,6 +698,8 @@ def _certify(args: argparse.Namespace) -> int:
             shard=shard,
             merge=args.merge,
             progress=args.progress,
+            identity=_run_identity(args),
+            force=args.force,
             **_sequential_arguments(args),
         )
     finally:
@@ -644,7 +761,11 @@ def _report(args: argparse.Namespace) -> int:
     grids = {tuple(g) for g in map(_sequential_grid, paths) if g is not None}
     if grids:
         return _report_sequential(args, results, grids)
+    settings = {name: _run_settings(path) for name, path in zip(names, paths, strict=True)}
     radii = DEFAULT_RADII if args.radii is None else args.radii
+    caps = [entry["radius cap"] for entry in settings.values() if entry is not None]
+    if args.radii is None and caps and len(caps) == len(settings):
+        radii = [r for r in DEFAULT_RADII if r <= max(caps)] or [0.0]  # no always-0 columns
     print(format_table(results, radii, fmt=args.format))
     if args.plot is not None:
         from rsmooth.plotting import plot_certified_accuracy, save_figure
@@ -652,7 +773,46 @@ def _report(args: argparse.Namespace) -> int:
         ax = plot_certified_accuracy(results, max_radius=args.max_radius)
         save_figure(ax, args.plot)
         print(f"rsmooth report: wrote {args.plot}", file=sys.stderr)
+    _show_settings(settings)  # after the outputs: an error stays one message
     return 0
+
+
+def _run_settings(path: Path) -> dict[str, float] | None:
+    """sigma, n, alpha and the radius cap of a results file, from its settings file if any."""
+    from rsmooth.stats import max_certified_radius
+
+    side = path.with_name(path.name + ".json")
+    try:
+        config = json.loads(side.read_text())["config"]
+        sigma, n, alpha = float(config["sigma"]), int(config["n"]), float(config["alpha"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no (readable) settings file, e.g. the reference codebases' files
+    cap = max_certified_radius(n, alpha, sigma)
+    return {"sigma": sigma, "n": n, "alpha": alpha, "radius cap": cap}
+
+
+def _show_settings(settings: dict[str, dict[str, float] | None]) -> None:
+    """Print each run's settings on stderr, and warn when runs are not comparable."""
+    for name, entry in settings.items():
+        if entry is None:
+            text = "no settings file (sigma, n and alpha unknown)"
+        else:
+            text = (
+                f"sigma {entry['sigma']:g}, n {entry['n']:d}, alpha {entry['alpha']:g}, "
+                f"radius cap {entry['radius cap']:.3f}"
+            )
+        print(f"rsmooth report: {name}: {text}", file=sys.stderr)
+    known = {name: entry for name, entry in settings.items() if entry is not None}
+    for key in ("sigma", "n", "alpha"):
+        values = {name: entry[key] for name, entry in known.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{name}: {value:g}" for name, value in values.items())
+            print(
+                f"rsmooth report: warning: the runs differ in {key} ({listed}), so their ACRs "
+                "and certified accuracies are not comparable (n and alpha set the radius cap "
+                "and the bound; sigma sets the scale)",
+                file=sys.stderr,
+            )
 
 
 _NO_ACR = (
@@ -859,7 +1019,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name. Default: ``sys.argv[1:]``.
 
     Returns:
-        0 on success, 2 for a usage or input error (one line on stderr), 128 + the signal
+        0 on success, 2 for a usage or input error (one message on stderr), 128 + the signal
         number when ``certify`` was stopped by ``SIGTERM`` or ``SIGINT`` (finished rows are
         kept; rerun to resume).
 
@@ -874,6 +1034,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, usage errors
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     prog = f"rsmooth {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_show_warning, prog)
+        return _run_command(args, prog)
+
+
+def _show_warning(
+    prog: str,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as the command's own message, not as a line of rsmooth's source."""
+    text = _ANSI.sub("", str(message)).strip()
+    print(f"{prog}: warning: {text} ({category.__name__})", file=sys.stderr)
+
+
+def _run_command(args: argparse.Namespace, prog: str) -> int:
     try:
         return int(args.handler(args))
     except _Terminated as stop:
@@ -889,12 +1069,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 128 + signal.SIGINT
-    except (_CommandError, ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
+    except (
+        _CommandError,
+        ValueError,
+        TypeError,
+        OSError,
+        ImportError,
+        RuntimeError,
+        AssertionError,
+    ) as error:
         if os.environ.get("RSMOOTH_DEBUG") == "1":
             raise
-        message = str(error).strip().splitlines()
-        text = message[0] if message else type(error).__name__
-        if isinstance(error, FileNotFoundError) and error.filename and not message[1:]:
+        text = _ANSI.sub("", str(error)).strip() or type(error).__name__
+        if isinstance(error, AssertionError):
+            if "Guard failed" not in text:
+                raise  # a bug, not a user error: keep the traceback
+            text = (
+                f"the --model program refused the input shape ({text}); if it is a "
+                f"torch.export file with a fixed batch size, {_EXPORT_HINT}"
+            )
+        if isinstance(error, FileNotFoundError) and error.filename and "\n" not in text:
             text = f"no such file: {error.filename}" if "No such file" in text else text
         print(f"{prog}: error: {text}", file=sys.stderr)
         return 2

@@ -166,8 +166,9 @@ def plot_certified_accuracy(
         max_radius = 1.05 * right if right > 0 else 1.0
     max_radius = check_positive("max_radius", max_radius)
     grid = np.linspace(0.0, max_radius, num_points)
+    own_figure = ax is None
     if ax is None:
-        figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+        figure = Figure(figsize=(8.5, 4.0), layout="constrained")
         ax = figure.add_subplot()
     colors: dict[str, Any] = {}
     for name, (cert, labels) in curves.items():
@@ -200,7 +201,10 @@ def plot_certified_accuracy(
     ax.set_xlabel("radius")
     ax.set_ylabel("certified accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if own_figure:  # beside the axes (constrained layout makes room): inside, it hides curves
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:  # the caller's axes: their figure's layout is theirs
+        ax.legend()
     if title is not None:
         ax.set_title(title)
     return ax

@@ -25,6 +25,7 @@ Properties the runner guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -36,7 +37,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -46,9 +47,20 @@ from typing import Any, Protocol, TextIO
 import torch
 
 from rsmooth._seeding import splitmix64 as _splitmix64
-from rsmooth._validation import check_inputs, check_int, check_open_unit, check_real
+from rsmooth._validation import (
+    check_input_range,
+    check_inputs,
+    check_int,
+    check_open_unit,
+    check_real,
+)
 from rsmooth.metrics import CertificationResults, read_results
-from rsmooth.smoothing import SampleSizeWarning, SmoothedClassifier, _warn_sample_size
+from rsmooth.smoothing import (
+    Certificate,
+    SampleSizeWarning,
+    SmoothedClassifier,
+    _warn_sample_size,
+)
 
 __all__ = [
     "COLUMNS",
@@ -58,6 +70,7 @@ __all__ = [
     "input_seed",
     "merge_results",
     "part_path",
+    "write_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,6 +260,30 @@ def _config_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def _state_dict_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values), on any device."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _identity_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    def show(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return [
+        f"{key}: {show(old.get(key))} in the file, {show(new.get(key))} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
 def _scan_rows(path: Path, data: bytes) -> list[int]:
     """Indices of the complete rows of a results file's contents (header already checked)."""
     text = data.decode("utf-8", errors="replace")
@@ -270,7 +307,12 @@ def _scan_rows(path: Path, data: bytes) -> list[int]:
 
 
 def _open_for_append(
-    path: Path, config: dict[str, Any], selection: Sequence[int], shard: Shard
+    path: Path,
+    config: dict[str, Any],
+    selection: Sequence[int],
+    shard: Shard,
+    identity: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> tuple[TextIO, set[int]]:
     """Open (or create) a results file for appending; return it and the indices already done."""
     done: list[int] = []
@@ -309,6 +351,15 @@ def _open_for_append(
                         f"{path} was written with other settings ({'; '.join(mismatch)}); "
                         "choose another out, or rerun with the file's settings to resume"
                     )
+                differ = _identity_mismatch(recorded.get("identity") or {}, identity or {})
+                if differ and "identity" in recorded and done:
+                    if not force:
+                        raise ValueError(
+                            f"{path} holds {len(done)} rows of another run (model or data "
+                            f"differ: {'; '.join(differ)}); choose another out, or pass "
+                            "force=True (--force) to append to it anyway"
+                        )
+                    logger.warning("%s: resuming another run (forced): %s", path, "; ".join(differ))
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(
         _sidecar(path),
@@ -316,6 +367,7 @@ def _open_for_append(
             "format": _FORMAT_VERSION,
             "columns": list(COLUMNS),
             "config": config,
+            "identity": identity,
             "selection": _selection_record(selection),
             "shard": None if shard.count == 1 else [shard.index, shard.count],
             "complete": False,
@@ -505,6 +557,8 @@ def certify_dataset(
     max_n: int | None = None,
     beta: float | None = None,
     growth: float = 1.5,
+    identity: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> CertificationResults:
     r"""Certify a dataset with CERTIFY, one resumable results row per input.
 
@@ -518,7 +572,8 @@ def certify_dataset(
 
     **Resuming.** If ``out`` exists, its rows are kept and only missing inputs are certified; a
     half-written last line is truncated first. The settings must match the recorded ones
-    (``ValueError`` otherwise). The selection may change between runs (e.g. a larger ``stop``);
+    (``ValueError`` otherwise), and so must the run's identity (the model's weights and
+    ``identity``) unless ``force=True``. The selection may change between runs (e.g. a larger ``stop``);
     rows outside the new selection stay in the file.
 
     **Interrupting.** ``SIGTERM`` or ``SIGINT`` (Ctrl-C) stop the run after the current call's
@@ -571,6 +626,14 @@ def certify_dataset(
         beta: Sequential mode: failure probability of the "ruled out" decisions. Default:
             ``alpha``.
         growth: Sequential mode: ratio of consecutive looks. Default: 1.5.
+        identity: What identifies the run besides the settings, recorded in ``<out>.json``
+            (JSON values, e.g. ``{"model": ..., "dataset": ..., "split": ...}``; the command
+            line records the model spec, the checkpoint's SHA-256, the dataset, split and
+            options). A SHA-256 of the model's state dict is always added as ``model_hash``.
+            Resuming a file whose recorded identity differs is refused with an error naming
+            the difference, so that two models' rows are never mixed in one file.
+        force: Resume even when the recorded identity differs (a warning is logged).
+            Default: False.
 
     Returns:
         The :class:`~rsmooth.metrics.CertificationResults` of the whole of ``out`` (of this
@@ -589,7 +652,7 @@ def certify_dataset(
         >>> from torch import nn
         >>> from torch.utils.data import TensorDataset
         >>> g = torch.Generator().manual_seed(0)
-        >>> data = TensorDataset(torch.randn(6, 2, generator=g), torch.tensor([0, 1, 0, 1, 0, 1]))
+        >>> data = TensorDataset(torch.rand(6, 2, generator=g), torch.tensor([0, 1, 0, 1, 0, 1]))
         >>> smoothed = SmoothedClassifier(nn.Linear(2, 2), sigma=0.25)
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "results.tsv"
         >>> res = certify_dataset(smoothed, data, out, n0=20, n=200, progress=False)
@@ -624,6 +687,24 @@ def certify_dataset(
         _warn_sample_size("certify", n, alpha, stacklevel=2)
 
     mine = selection[shard.index :: shard.count]
+    if identity is not None and not isinstance(identity, Mapping):
+        raise TypeError(f"identity must be a mapping or None, got {type(identity).__name__}")
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool, got {type(force).__name__}")
+    try:
+        run_identity = json.loads(
+            json.dumps({**dict(identity or {}), "model_hash": _state_dict_hash(smoothed.model)})
+        )
+    except TypeError as error:
+        raise TypeError(f"identity must hold JSON values ({error})") from None
+    first = torch.as_tensor(dataset[mine[0]][0]) if mine else None
+    if first is not None and first.is_floating_point() and bool(torch.isfinite(first).all()):
+        check_input_range(  # fail on a wrong input range before any file is written
+            f"dataset[{mine[0]}] input",
+            first,
+            smoothed.input_range,
+            switch="input_range=None to SmoothedClassifier (--input-range none in the CLI)",
+        )
     per_input = n if sequential is None else sequential["max_n"]
     batch_size = _batch_size_for_run(smoothed, dataset, mine, (per_input + n0) * len(mine), device)
     if inputs_per_call is None:
@@ -645,7 +726,7 @@ def certify_dataset(
     if sequential is not None:
         config.update(sequential)
         config["n"] = None
-    handle, done = _open_for_append(path, config, selection, shard)
+    handle, done = _open_for_append(path, config, selection, shard, run_identity, force)
     todo = [i for i in mine if i not in done]
     show = progress and os.environ.get("LOCAL_RANK", "0") == "0"
     desc = "certify" if shard.count == 1 else f"certify {shard.index}/{shard.count}"
@@ -695,6 +776,125 @@ def certify_dataset(
     if not merge:
         return read_results(path)
     return _merge_after_run(out, path, shard)
+
+
+def write_results(
+    path: str | os.PathLike[str],
+    certificate: Certificate,
+    labels: Sequence[int] | torch.Tensor,
+    *,
+    times: float | Sequence[float] | torch.Tensor | None = None,
+    indices: Sequence[int] | torch.Tensor | None = None,
+) -> CertificationResults:
+    r"""Write a :class:`~rsmooth.Certificate` to a standard results file, with its settings.
+
+    The file has the columns :data:`COLUMNS` (``idx label predict radius correct time count n``),
+    the format :func:`certify_dataset` writes and every randomized-smoothing codebase reads, and
+    ``<path>.json`` records the certificate's ``sigma``, ``n``, ``n0`` and ``alpha`` (what
+    ``rsmooth report`` shows). Use it for certificates from your own loop, without the dataset
+    runner. An existing file is replaced.
+
+    Args:
+        path: The results file to write.
+        certificate: The certificate of ``B`` inputs.
+        labels: The true class of each input, ``B`` integers.
+        times: Seconds spent per input: one number for every input (e.g. the call's time
+            divided by ``B``), or ``B`` numbers. Default: 0.
+        indices: The dataset index of each input (column ``idx``). Default: ``0..B-1``.
+
+    Returns:
+        The :class:`~rsmooth.metrics.CertificationResults` read back from ``path``.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``labels``, ``times`` or ``indices`` do not have one entry per input, or
+            hold negative values.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from torch import nn
+        >>> g = torch.Generator().manual_seed(0)
+        >>> smoothed = SmoothedClassifier(nn.Linear(2, 2), sigma=0.25)
+        >>> x, y = torch.rand(3, 2, generator=g), torch.tensor([0, 1, 0])
+        >>> cert = smoothed.certify(x, n0=10, n=100, alpha=0.01, generator=g)
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "mine.tsv"
+        >>> res = write_results(out, cert, y, times=0.5)
+        >>> len(res), res.n.tolist()
+        (3, [100, 100, 100])
+    """
+    if not isinstance(certificate, Certificate):
+        raise TypeError(f"certificate must be a Certificate, got {type(certificate).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path, got {type(path).__name__}")
+    size = len(certificate)
+
+    def column(name: str, value: Any, integer: bool) -> list[Any]:
+        if isinstance(value, torch.Tensor):
+            if integer and value.is_floating_point():
+                raise TypeError(f"{name} must hold integers, got a tensor of dtype {value.dtype}")
+            value = value.detach().cpu().reshape(-1).tolist()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not integer:
+            value = [float(value)] * size
+        elif not isinstance(value, Sequence) or isinstance(value, str):
+            raise TypeError(f"{name} must be a sequence or a tensor, got {type(value).__name__}")
+        values = list(value)
+        if len(values) != size:
+            raise ValueError(
+                f"{name} must have one entry per certified input ({size}), got {len(values)}"
+            )
+        return [check_int(name, v, min=0) if integer else _check_seconds(name, v) for v in values]
+
+    label_list = column("labels", labels, True)
+    time_list = column("times", 0.0 if times is None else times, False)
+    index_list = column("indices", list(range(size)) if indices is None else indices, True)
+    if len(set(index_list)) != size:
+        raise ValueError("indices must not repeat an index")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = zip(
+        index_list,
+        label_list,
+        certificate.prediction.tolist(),
+        certificate.radius.tolist(),
+        time_list,
+        certificate.count.tolist(),
+        strict=True,
+    )
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(_HEADER)
+        for idx, label, predict, radius, seconds, count in rows:
+            handle.write(_format_row(idx, label, predict, radius, seconds, count, certificate.n))
+    os.replace(tmp, out)
+    config = {
+        "sigma": certificate.sigma,
+        "n": certificate.n,
+        "n0": certificate.n0,
+        "alpha": certificate.alpha,
+        "seed": None,
+        "batch_size": None,
+    }
+    _write_json(
+        _sidecar(out),
+        {
+            "format": _FORMAT_VERSION,
+            "columns": list(COLUMNS),
+            "config": config,
+            "identity": None,
+            "selection": _selection_record(index_list),
+            "shard": None,
+            "complete": True,
+        },
+    )
+    return read_results(out)
+
+
+def _check_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must hold numbers of seconds, got {type(value).__name__}")
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError(f"{name} must be non-negative finite seconds, got {value}")
+    return float(value)
 
 
 def _sequential_config(
@@ -887,6 +1087,7 @@ def merge_results(
     header = ""  # set from the first part
     rows: dict[int, tuple[str, Path]] = {}
     config: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
     selection: list[int] | None = None
     config_from: Path | None = None
     for part in paths:
@@ -931,6 +1132,7 @@ def merge_results(
             if config is None:
                 config, config_from = recorded["config"], part
                 selection = _selection_from_record(recorded.get("selection"))
+                identity = recorded.get("identity")
             else:
                 mismatch = _config_mismatch(config, recorded["config"])
                 if mismatch:
@@ -958,6 +1160,7 @@ def merge_results(
                 "format": _FORMAT_VERSION,
                 "columns": header.split("\t"),
                 "config": config,
+                "identity": identity,
                 "selection": None if selection is None else _selection_record(selection),
                 "shard": None,
                 "complete": True,

@@ -26,7 +26,10 @@ from torch import Tensor, nn
 from rsmooth._model_state import preserve_model_state
 from rsmooth._seeding import mix
 from rsmooth._validation import (
+    DEFAULT_INPUT_RANGE,
     check_generator,
+    check_input_range,
+    check_input_range_arg,
     check_inputs,
     check_int,
     check_model,
@@ -369,6 +372,9 @@ class SmoothedClassifier:
         autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes of
             :meth:`certify`, :meth:`predict` and :meth:`sample_counts` under
             :func:`torch.autocast` (the noise stays in the inputs' dtype). Default: None.
+        input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
+            check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
+            [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -376,7 +382,7 @@ class SmoothedClassifier:
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2))
-        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500)
+        >>> smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=500, input_range=None)
         >>> x = torch.tensor([[3.0, -3.0], [0.0, 0.0]])
         >>> with torch.no_grad():
         ...     _ = model[0].weight.copy_(torch.eye(2)), model[0].bias.zero_()
@@ -400,8 +406,10 @@ class SmoothedClassifier:
         nonfinite: NonFinitePolicy = "raise",
         compile: bool | Mapping[str, Any] = False,
         autocast: torch.dtype | None = None,
+        input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     ) -> None:
         self.model = check_model(model)
+        self.input_range = check_input_range_arg("input_range", input_range)
         self.sigma = check_positive("sigma", sigma)
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
@@ -466,28 +474,34 @@ class SmoothedClassifier:
 
         An integer ``batch_size`` is returned as is. With ``"auto"``, the first call for an
         input shape, dtype and device times a few batch sizes with real forward passes (at most
-        2% of ``total`` forward rows) and caches the fastest; when that budget is too small for
-        two candidates, the device's default is used for this call and nothing is cached.
+        2% of ``total`` forward rows) and caches the fastest once the search has settled (a
+        larger size was slower, ran out of memory, or none is left). When the budget is too small
+        for two candidates, or ends the search while the throughput still grows, this call uses
+        the larger of the best size so far and the device's default, and nothing is cached.
         """
         if self.batch_size != "auto":
             return self.batch_size
         key = _auto_key(inputs)
         if key in self._auto_batch_sizes:
             return self._auto_batch_sizes[key]
-        chosen = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
+        default = _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+        chosen, settled = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
         if chosen is None:
-            return _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
+            return default
+        if not settled:  # the budget ended the search while throughput still grew: a larger
+            return max(chosen, default)  # call tunes further; nothing is cached
         self._auto_batch_sizes[key] = chosen
         return chosen
 
-    def _tune_batch_size(self, inputs: Tensor, budget: int) -> int | None:
+    def _tune_batch_size(self, inputs: Tensor, budget: int) -> tuple[int | None, bool]:
         """The fastest forward batch size, trying sizes upwards while the throughput grows.
 
         Each candidate costs one warm-up and ``_AUTO_REPEATS`` timed forward passes. Stops at
         the first candidate that is slower than the best, that would exceed ``budget`` forward
-        rows, or that runs out of memory (then the memory is released). None when ``budget``
-        does not cover the first two candidates, or the model fails (the real call then reports
-        the model's error).
+        rows, or that runs out of memory (then the memory is released). Returns the size and
+        whether the search settled (False when the budget stopped it); the size is None when
+        ``budget`` does not cover the first two candidates, or the model fails (the real call
+        then reports the model's error).
         """
         device, dtype = inputs.device, inputs.dtype
         shape = tuple(inputs.shape[1:])
@@ -498,13 +512,14 @@ class SmoothedClassifier:
             candidates = [b for b in candidates if b * per_row <= _AUTO_MAX_CPU_BYTES] or [1]
         per_candidate = 1 + _AUTO_REPEATS
         if len(candidates) < 2 or per_candidate * (candidates[0] + candidates[1]) > budget:
-            return None
+            return None, False
         generator = torch.Generator(device=device).manual_seed(0)
         memory_format = _memory_format(inputs)
-        best, best_rate, spent, out_of_memory = None, 0.0, 0, False
+        best, best_rate, spent, out_of_memory, settled = None, 0.0, 0, False, True
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             for size in candidates:
                 if spent + per_candidate * size > budget:
+                    settled = False
                     break
                 spent += per_candidate * size
                 try:
@@ -525,14 +540,14 @@ class SmoothedClassifier:
                     out_of_memory = True
                     break
                 except Exception:  # the real forward pass reports it, with hints
-                    return None
+                    return None, False
                 rate = size / max(min(seconds[1:]), 1e-9)
                 if rate <= best_rate:
                     break
                 best, best_rate = size, rate
         if out_of_memory:
             _release_memory(device)
-        return best
+        return best, settled
 
     def _autocast_forward(self, batch: Tensor) -> object:
         with self._autocast_context(batch.device):
@@ -742,6 +757,7 @@ class SmoothedClassifier:
         self, inputs: Tensor, generator: GeneratorArg
     ) -> tuple[Tensor, torch.Generator | list[torch.Generator] | None]:
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         if isinstance(generator, (list, tuple)):
             if len(generator) != inputs.shape[0]:
                 raise ValueError(
@@ -974,6 +990,7 @@ class SmoothedClassifier:
             torch.Size([4, 3])
         """
         inputs = check_inputs("inputs", inputs)
+        check_input_range("inputs", inputs, self.input_range)
         generator = check_generator(generator, inputs.device)
         num_noise = check_int("num_noise", num_noise)
         noise = sample_noise(inputs, self.sigma, num_noise, generator=generator)
@@ -1054,7 +1071,7 @@ class SmoothedClassifier:
             >>> with torch.no_grad():
             ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
             ...     _ = model.bias.zero_()
-            >>> smoothed = SmoothedClassifier(model, sigma=0.5)
+            >>> smoothed = SmoothedClassifier(model, sigma=0.5, input_range=None)
             >>> x = torch.tensor([[2.0, 0.0], [0.4, 0.0]])  # true radii 2.0 and 0.4
             >>> g = torch.Generator().manual_seed(0)
             >>> cert = smoothed.certify_radius(x, [0.25, 0.5], max_n=20_000, generator=g)

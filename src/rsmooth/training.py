@@ -105,7 +105,7 @@ def _dataset_counts(
         raise ValueError(f"dataset must be a non-empty map-style dataset, got {dataset!r}")
     target = _default_device(model) if device is None else torch.device(device)
     seed = _base_seed(generator)
-    smoothed = SmoothedClassifier(model, sigma, batch_size=batch_size)
+    smoothed = SmoothedClassifier(model, sigma, batch_size=batch_size, input_range=None)
     per_call = max(1, batch_size // num_samples)
     loader = DataLoader(dataset, batch_size=per_call, shuffle=False)
     counts, labels = [], []

@@ -95,7 +95,8 @@ class CriterionChecks:
         assert int(bn.num_batches_tracked) > 0
         tracked = int(bn.num_batches_tracked)
         model.eval()
-        criterion(model, x, y)  # eval mode: running stats untouched
+        with pytest.warns(UserWarning, match=r"eval\(\) mode"):
+            criterion(model, x, y)  # eval mode: running stats untouched, with a warning
         assert not model.training
         assert int(bn.num_batches_tracked) == tracked
 

@@ -164,7 +164,7 @@ def test_module_finite_on_saturated_model() -> None:
     model = _TwoClass()
     with torch.no_grad():
         model.scale.fill_(1e4)
-    criterion = MACERLoss(0.25, 4, generator=torch.Generator().manual_seed(0))
+    criterion = MACERLoss(0.25, 4, generator=torch.Generator().manual_seed(0), input_range=None)
     loss = criterion(model, torch.rand(6, 1) + 0.5, torch.zeros(6, dtype=torch.int64))
     loss.backward()
     assert torch.isfinite(loss)

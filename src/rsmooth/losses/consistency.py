@@ -47,6 +47,8 @@ class ConsistencyLoss(SmoothingCriterion):
         detach_target: Stop the gradient through :math:`\hat p` as the KL target.
             Default: False.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+        input_range: ``(low, high)`` the inputs must lie in, or ``None`` to turn the check
+            off (inputs in another space). Default: ``(0.0, 1.0)``.
 
     Shape:
         - inputs: :math:`(B, *)`, any input shape the model accepts.
@@ -91,8 +93,9 @@ class ConsistencyLoss(SmoothingCriterion):
         *,
         detach_target: bool = False,
         generator: torch.Generator | None = None,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        super().__init__(sigma, generator=generator)
+        super().__init__(sigma, generator=generator, input_range=input_range)
         self.num_noise = check_int("num_noise", num_noise, min=2)
         self.lbd = check_nonnegative("lbd", lbd)
         self.eta = check_nonnegative("eta", eta)

@@ -33,6 +33,8 @@ class GaussianAugmentationLoss(SmoothingCriterion):
         sigma: Noise standard deviation :math:`\sigma > 0`, the same as at certification.
         num_noise: Noise copies per input, :math:`m`. The paper uses 1. Default: 1.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+        input_range: ``(low, high)`` the inputs must lie in, or ``None`` to turn the check
+            off (inputs in another space). Default: ``(0.0, 1.0)``.
 
     Shape:
         - inputs: :math:`(B, *)`, any input shape the model accepts.
@@ -67,8 +69,9 @@ class GaussianAugmentationLoss(SmoothingCriterion):
         num_noise: int = 1,
         *,
         generator: torch.Generator | None = None,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        super().__init__(sigma, generator=generator)
+        super().__init__(sigma, generator=generator, input_range=input_range)
         self.num_noise = check_int("num_noise", num_noise)
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:

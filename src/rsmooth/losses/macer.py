@@ -39,8 +39,15 @@ class MACERLoss(SmoothingCriterion):
 
     After each call, :attr:`last_terms` holds ``"classification"`` and ``"robustness"``
     (unweighted, each divided by ``B``), so ``loss = classification + lbd * robustness``.
-    ``lbd`` is a plain attribute: set ``criterion.lbd = 0.0`` for the deferred start some
-    configurations use. The pure form is :func:`rsmooth.functional.macer_loss`.
+    The pure form is :func:`rsmooth.functional.macer_loss`.
+
+    **Deferred start.** Jeong's MACER training (``--deferred``, used for MNIST and for CIFAR-10 at
+    :math:`\sigma = 1`) sets :math:`\lambda = 0` while ``epoch <= lr_step_size``. Pass
+    ``deferred_until`` (the LR step size, e.g. 30 on MNIST or 50 on CIFAR-10) and call
+    ``criterion.set_epoch(epoch)`` at the start of every epoch: :attr:`lbd` is 0 for epochs
+    ``0..deferred_until`` and the constructor's :math:`\lambda` afterwards. Without the deferred
+    start, a large :math:`\lambda` from the first epoch can collapse a short run to a single
+    class.
 
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`; also scales the robustness term.
@@ -48,7 +55,11 @@ class MACERLoss(SmoothingCriterion):
         lbd: Weight :math:`\lambda \ge 0` of the robustness term. Default: 12.0.
         gamma: Hinge margin :math:`\gamma > 0`. Default: 8.0.
         beta: Inverse temperature :math:`\beta > 0` of the robustness term. Default: 16.0.
+        deferred_until: Last epoch (0-based) with :math:`\lambda = 0`, applied by
+            :meth:`set_epoch`; ``None`` (the official default) never defers. Default: ``None``.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+        input_range: ``(low, high)`` the inputs must lie in, or ``None`` to turn the check
+            off (inputs in another space). Default: ``(0.0, 1.0)``.
 
     Shape:
         - inputs: :math:`(B, *)`, any input shape the model accepts.
@@ -85,13 +96,24 @@ class MACERLoss(SmoothingCriterion):
         gamma: float = 8.0,
         beta: float = 16.0,
         *,
+        deferred_until: int | None = None,
         generator: torch.Generator | None = None,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        super().__init__(sigma, generator=generator)
+        super().__init__(sigma, generator=generator, input_range=input_range)
         self.num_noise = check_int("num_noise", num_noise)
         self.lbd = check_nonnegative("lbd", lbd)
         self.gamma = check_positive("gamma", gamma)
         self.beta = check_positive("beta", beta)
+        self.deferred_until = (
+            None if deferred_until is None else check_int("deferred_until", deferred_until, min=0)
+        )
+        self._full_lbd = self.lbd
+
+    def _apply_schedule(self, epoch: int) -> None:
+        # Jeong's train_macer.py: lbd = 0 if args.deferred and epoch <= args.lr_step_size
+        deferred = self.deferred_until is not None and epoch <= self.deferred_until
+        self.lbd = 0.0 if deferred else self._full_lbd
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)

@@ -45,9 +45,12 @@ class SmoothAdvLoss(SmoothingCriterion):
     **Units and warm-up.** The official ``--epsilon`` flag is an integer divided by **256**
     (64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0). The official loop warms
     :math:`\epsilon` up per epoch: :math:`\epsilon_e = \min(\epsilon, (e+1)\epsilon/10)` at
-    epoch ``e`` (0-based); :attr:`epsilon` is a plain attribute, so do
-    ``criterion.epsilon = min(eps, (epoch + 1) * eps / 10)``. PGD's step :math:`2\epsilon/T` and
-    DDN's initial norm (set to :math:`\epsilon`, as the official training does) follow it.
+    epoch ``e`` (0-based). Call ``criterion.set_epoch(epoch)`` at the start of every epoch: it
+    sets :attr:`epsilon` to :math:`\min(\epsilon, (e+1)\epsilon/W)` with :math:`W` =
+    ``warmup_epochs`` (10 in every published command) and :math:`\epsilon` the constructor's
+    value. PGD's step :math:`2\epsilon/T` and DDN's initial norm (set to :math:`\epsilon`, as the
+    official training does) follow it. Without :meth:`set_epoch`, the full :math:`\epsilon` is
+    used from the first call.
 
     **Batch size.** The official code takes one optimizer step per chunk of ``B/m`` examples of
     a loader batch ``B``; with this criterion, use a loader batch of ``B/m`` to reproduce it.
@@ -64,6 +67,8 @@ class SmoothAdvLoss(SmoothingCriterion):
         num_steps: Attack steps :math:`T` (official CIFAR-10: 1 to 10).
         num_noise: Noise samples :math:`m` (official CIFAR-10: 1, 2, 4 or 8).
         attack: ``"pgd"`` or ``"ddn"`` (DDN with :math:`\gamma = 0.05`). Default: ``"pgd"``.
+        warmup_epochs: Epochs :math:`W` of the linear :math:`\epsilon` warm-up applied by
+            :meth:`set_epoch` (the official ``--warmup``); 0 turns it off. Default: 10.
         generator: Optional ``torch.Generator`` for the noise (and random directions).
 
     Shape:
@@ -83,7 +88,9 @@ class SmoothAdvLoss(SmoothingCriterion):
         >>> criterion = SmoothAdvLoss(0.5, 255 / 256, 2, 2, generator=g)
         >>> criterion
         SmoothAdvLoss(sigma=0.5, epsilon=0.99609375, num_steps=2, num_noise=2, attack='pgd')
-        >>> criterion.epsilon = min(255 / 256, (0 + 1) * (255 / 256) / 10)  # warm-up, epoch 0
+        >>> criterion.set_epoch(0)  # the official warm-up: epsilon / 10 in epoch 0
+        >>> round(criterion.epsilon, 4)
+        0.0996
         >>> loss = criterion(model, x, y)
         >>> loss.shape, list(criterion.last_terms)
         (torch.Size([]), ['adversarial'])
@@ -107,6 +114,7 @@ class SmoothAdvLoss(SmoothingCriterion):
         num_noise: int,
         *,
         attack: Literal["pgd", "ddn"] = "pgd",
+        warmup_epochs: int = 10,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, generator=generator)
@@ -116,6 +124,13 @@ class SmoothAdvLoss(SmoothingCriterion):
         if attack not in ("pgd", "ddn"):
             raise ValueError(f"attack must be 'pgd' or 'ddn', got {attack!r}")
         self.attack = attack
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, min=0)
+        self._full_epsilon = self.epsilon
+
+    def _apply_schedule(self, epoch: int) -> None:
+        # official train_pgd.py: epsilon = min(eps, (epoch + 1) * eps / warmup), per epoch
+        eps, epochs = self._full_epsilon, self.warmup_epochs
+        self.epsilon = eps if epochs == 0 else min(eps, (epoch + 1) * eps / epochs)
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         epsilon = check_nonnegative("epsilon", self.epsilon)

@@ -38,10 +38,12 @@ class SmoothMixLoss(SmoothingCriterion):
     (the official code), and the mix branch is a second, separate forward. See
     :func:`rsmooth.functional.smoothmix_terms`.
 
-    **Warm-up.** The official loop sets :math:`w_e = \min(1, (e+1)/10)` at epoch ``e`` (0-based):
-    do ``criterion.warmup = min(1.0, (epoch + 1) / 10)``. It multiplies :math:`\eta` and, for the
-    one-step adversary, the norm cap of :math:`\tilde x^{(1)}` (:math:`w_e \alpha`, see
-    :attr:`one_step_max_norm`).
+    **Warm-up.** The official loop sets :math:`w_e = \min(1, (e+1)/10)` at epoch ``e`` (0-based).
+    Call ``criterion.set_epoch(epoch)`` at the start of every epoch: it sets :attr:`warmup` to
+    :math:`\min(1, (e+1)/W)` with :math:`W` = ``warmup_epochs`` (10, as in the official code).
+    :math:`w_e` multiplies :math:`\eta` and, for the one-step adversary, the norm cap of
+    :math:`\tilde x^{(1)}` (:math:`w_e \alpha`, see :attr:`one_step_max_norm`). Without
+    :meth:`set_epoch`, :attr:`warmup` keeps its constructor value (1.0: no warm-up).
 
     **Batch size.** The official code takes one optimizer step per chunk of ``B/m`` examples of
     a loader batch ``B``; with this criterion, use a loader batch of ``B/m`` (e.g. 64 for MNIST
@@ -63,7 +65,9 @@ class SmoothMixLoss(SmoothingCriterion):
         eta: Mixup weight :math:`\eta` (official: 1.0 or 5.0 on MNIST, 5.0 on CIFAR-10).
         one_step_adversary: Use :math:`\tilde x^{(1)}` as the clean side (``--mix_step 1``).
             Default: ``False``.
-        warmup: Warm-up factor :math:`w_e` (a plain attribute). Default: 1.0.
+        warmup: Warm-up factor :math:`w_e`, set by :meth:`set_epoch`. Default: 1.0.
+        warmup_epochs: Epochs :math:`W` of the linear warm-up applied by :meth:`set_epoch`
+            (the official ``--warmup``); 0 turns it off. Default: 10.
         detach_target: Stop the gradient through :math:`\hat F` (not the official behaviour).
             Default: ``False``.
         max_norm: Optional L2 radius for the attack (the ``--maxnorm`` ablation). Default:
@@ -93,6 +97,9 @@ class SmoothMixLoss(SmoothingCriterion):
         >>> criterion
         SmoothMixLoss(sigma=0.5, step_size=1.0, num_steps=2, num_noise=2, eta=5.0,
                       one_step_adversary=False, warmup=1.0)
+        >>> criterion.set_epoch(0)  # the official warm-up: w = 1/10 in epoch 0
+        >>> criterion.warmup
+        0.1
         >>> loss = criterion(model, x, y)
         >>> loss.shape, sorted(criterion.last_terms)
         (torch.Size([]), ['mix', 'natural'])
@@ -120,6 +127,7 @@ class SmoothMixLoss(SmoothingCriterion):
         *,
         one_step_adversary: bool = False,
         warmup: float = 1.0,
+        warmup_epochs: int = 10,
         detach_target: bool = False,
         max_norm: float | None = None,
         generator: torch.Generator | None = None,
@@ -138,8 +146,14 @@ class SmoothMixLoss(SmoothingCriterion):
         self.one_step_adversary = one_step_adversary
         self.detach_target = detach_target
         self.warmup = check_nonnegative("warmup", warmup)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, min=0)
         self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
         self.one_step_max_norm: float | None = None
+
+    def _apply_schedule(self, epoch: int) -> None:
+        # official train_smoothmix.py: warmup_v = min(1, (epoch + 1) / warmup)
+        epochs = self.warmup_epochs
+        self.warmup = 1.0 if epochs == 0 else min(1.0, (epoch + 1) / epochs)
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         warmup = check_nonnegative("warmup", self.warmup)

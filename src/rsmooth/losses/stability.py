@@ -42,6 +42,8 @@ class StabilityLoss(SmoothingCriterion):
             :cite:`li2019certified`). Default: 2.0.
         detach_target: Stop the gradient through the clean soft target. Default: False.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
+        input_range: ``(low, high)`` the inputs must lie in, or ``None`` to turn the check
+            off (inputs in another space). Default: ``(0.0, 1.0)``.
 
     Shape:
         - inputs: :math:`(B, *)`, any input shape the model accepts.
@@ -79,8 +81,9 @@ class StabilityLoss(SmoothingCriterion):
         *,
         detach_target: bool = False,
         generator: torch.Generator | None = None,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        super().__init__(sigma, generator=generator)
+        super().__init__(sigma, generator=generator, input_range=input_range)
         self.lbd = check_nonnegative("lbd", lbd)
         if not isinstance(detach_target, bool):
             raise TypeError(f"detach_target must be a bool, got {type(detach_target).__name__}")
