@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from runner_helpers import SETTINGS, TinyLinear, rows, subprocess_env, tiny_dataset
 
 from rsmooth import SampleSizeWarning, SmoothedClassifier
@@ -557,3 +559,38 @@ def test_two_process_torchrun_equals_a_single_process_run(tmp_path, reference):
         assert side["shard"] == [index, 2] and side["complete"] is True
     assert rows(out) == reference
     assert done.stdout.count("| r.tsv | 24 |") == 1  # only rank 0 prints the table
+
+
+# ---------------------------------------------------------------- radius column
+@given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False))
+def test_the_written_radius_never_exceeds_the_certified_one(radius):
+    from rsmooth.runner import _radius_text
+
+    text = _radius_text(radius)
+    assert float(text) <= radius
+    assert len(text.replace("0.", "").replace(".", "").lstrip("0").split("e")[0]) <= 3
+
+
+def test_a_radius_just_below_a_grid_radius_is_not_written_as_the_grid_radius(tmp_path):
+    # rounding to nearest (the research code's {:.3}) wrote 0.4996 as 0.5, so certified
+    # accuracy at r = 0.5 read back from the file counted an input certified only below it
+    from rsmooth.metrics import certified_accuracy, read_results
+    from rsmooth.runner import write_results
+    from rsmooth.smoothing import Certificate
+
+    radius = torch.tensor([0.4996, 0.7], dtype=torch.float64)
+    cert = Certificate(
+        prediction=torch.tensor([1, 1]),
+        radius=radius,
+        p_lower=torch.tensor([0.84, 0.92], dtype=torch.float64),
+        count=torch.tensor([99, 99]),
+        n=100,
+        n0=10,
+        alpha=0.001,
+        sigma=0.5,
+    )
+    write_results(tmp_path / "r.tsv", cert, torch.tensor([1, 1]))
+    read_back = read_results(tmp_path / "r.tsv")
+    assert read_back.radius.tolist() == pytest.approx([0.499, 0.7])
+    assert certified_accuracy(read_back, radii=[0.5]) == pytest.approx([0.5])
+    assert certified_accuracy(cert, torch.tensor([1, 1]), radii=[0.5]) == pytest.approx([0.5])

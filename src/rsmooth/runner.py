@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
@@ -206,13 +208,30 @@ def _sidecar(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- file handling
+def _radius_text(radius: float) -> str:
+    """``radius`` to 3 significant digits, as the research code writes it, but rounded *down*.
+
+    Rounding to nearest could write 0.4996 as ``0.5`` and so count the input as certified at
+    r = 0.5 when the file is read back; rounding down never claims more than was certified.
+
+    Example:
+        >>> _radius_text(0.4996), _radius_text(1.23456), _radius_text(0.0), _radius_text(2.0)
+        ('0.499', '1.23', '0.0', '2.0')
+    """
+    if radius <= 0.0 or not math.isfinite(radius):
+        return f"{radius:.3}"
+    exact = Decimal(repr(radius))  # the shortest text that reads back as the same float
+    down = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 2), rounding=ROUND_FLOOR)
+    return f"{float(down):.3}"
+
+
 def _format_row(
     idx: int, label: int, predict: int, radius: float, seconds: float, count: int, n: int
 ) -> str:
     correct = int(predict == label)
     return (
-        f"{idx}\t{label}\t{predict}\t{radius:.3}\t{correct}\t{timedelta(seconds=seconds)}"
-        f"\t{count}\t{n}\n"
+        f"{idx}\t{label}\t{predict}\t{_radius_text(radius)}\t{correct}"
+        f"\t{timedelta(seconds=seconds)}\t{count}\t{n}\n"
     )
 
 
