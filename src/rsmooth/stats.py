@@ -49,6 +49,23 @@ __all__ = [
 ArrayLike = npt.ArrayLike
 
 
+def _check_counts(count: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate integer ``count`` and ``n`` (``0 <= count <= n``, ``n >= 1``); broadcast as int64."""
+    count_arr = np.asarray(count)
+    n_arr = np.asarray(n)
+    if not (np.issubdtype(count_arr.dtype, np.integer) and np.issubdtype(n_arr.dtype, np.integer)):
+        raise TypeError(
+            f"count and n must be integers, got dtypes {count_arr.dtype} and {n_arr.dtype}"
+        )
+    count_arr, n_arr = np.broadcast_arrays(count_arr.astype(np.int64), n_arr.astype(np.int64))
+    if np.any(n_arr < 1):
+        raise ValueError(f"n must be positive integers, got {n_arr[n_arr < 1].flat[0]}")
+    if np.any((count_arr < 0) | (count_arr > n_arr)):
+        bad = count_arr[(count_arr < 0) | (count_arr > n_arr)].flat[0]
+        raise ValueError(f"count must be in [0, n], got {bad}")
+    return count_arr, n_arr
+
+
 def clopper_pearson_lower(count: ArrayLike, n: ArrayLike, alpha: float) -> np.ndarray:
     r"""One-sided :math:`(1-\alpha)` Clopper–Pearson lower confidence bound on a proportion.
 
@@ -72,18 +89,7 @@ def clopper_pearson_lower(count: ArrayLike, n: ArrayLike, alpha: float) -> np.nd
     from statsmodels.stats.proportion import proportion_confint
 
     alpha = check_open_unit("alpha", alpha)
-    count_arr = np.asarray(count)
-    n_arr = np.asarray(n)
-    if not (np.issubdtype(count_arr.dtype, np.integer) and np.issubdtype(n_arr.dtype, np.integer)):
-        raise TypeError(
-            f"count and n must be integers, got dtypes {count_arr.dtype} and {n_arr.dtype}"
-        )
-    count_arr, n_arr = np.broadcast_arrays(count_arr.astype(np.int64), n_arr.astype(np.int64))
-    if np.any(n_arr < 1):
-        raise ValueError(f"n must be positive integers, got {n_arr[n_arr < 1].flat[0]}")
-    if np.any((count_arr < 0) | (count_arr > n_arr)):
-        bad = count_arr[(count_arr < 0) | (count_arr > n_arr)].flat[0]
-        raise ValueError(f"count must be in [0, n], got {bad}")
+    count_arr, n_arr = _check_counts(count, n)
     lower, _ = proportion_confint(count_arr, n_arr, alpha=2 * alpha, method="beta")
     lower = np.where(count_arr == 0, 0.0, np.asarray(lower, dtype=np.float64))
     return np.asarray(lower, dtype=np.float64)
@@ -193,22 +199,6 @@ def min_samples_to_predict(alpha: float) -> int:
 
 
 # ---------------------------------------------------------------------------- sequential testing
-def _check_counts(count: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    count_arr = np.asarray(count)
-    n_arr = np.asarray(n)
-    if not (np.issubdtype(count_arr.dtype, np.integer) and np.issubdtype(n_arr.dtype, np.integer)):
-        raise TypeError(
-            f"count and n must be integers, got dtypes {count_arr.dtype} and {n_arr.dtype}"
-        )
-    count_arr, n_arr = np.broadcast_arrays(count_arr.astype(np.int64), n_arr.astype(np.int64))
-    if np.any(n_arr < 1):
-        raise ValueError(f"n must be positive integers, got {n_arr[n_arr < 1].flat[0]}")
-    if np.any((count_arr < 0) | (count_arr > n_arr)):
-        bad = count_arr[(count_arr < 0) | (count_arr > n_arr)].flat[0]
-        raise ValueError(f"count must be in [0, n], got {bad}")
-    return count_arr, n_arr
-
-
 def clopper_pearson_upper(count: ArrayLike, n: ArrayLike, alpha: float) -> np.ndarray:
     r"""One-sided :math:`(1-\alpha)` Clopper–Pearson upper confidence bound on a proportion.
 
