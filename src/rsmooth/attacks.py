@@ -69,9 +69,12 @@ class _SmoothAttack(nn.Module):
         check_model(model)
         check_inputs("inputs", inputs, unit_box=True)
         check_targets("targets", targets, inputs.shape[0], inputs.device)
+        return self._draw_noise(inputs), targets.long()
+
+    def _draw_noise(self, inputs: Tensor) -> Tensor:
+        """Check the generator's device; return the noise ``[m * B, *]`` for ``inputs``."""
         check_generator(self.generator, inputs.device)
-        noise = sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
-        return noise, targets.long()
+        return sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
 
     def __getstate__(self) -> dict[str, Any]:  # generators do not pickle
         state = self.__dict__.copy()
@@ -377,7 +380,26 @@ class SmoothDDNAttack(_SmoothAttack):
 # --------------------------------------------------------------------------------------------
 
 
-class CATRSNoiseAttack(_SmoothAttack):
+class _NoiseAttack(_SmoothAttack):
+    """Shared constructor of the attacks on the noise: ``sigma, epsilon, num_steps, num_noise``."""
+
+    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
+
+    def __init__(
+        self,
+        sigma: float,
+        epsilon: float,
+        num_steps: int,
+        num_noise: int = 4,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(sigma, num_noise, generator=generator)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.num_steps = check_int("num_steps", num_steps, min=0)
+
+
+class CATRSNoiseAttack(_NoiseAttack):
     r"""CAT-RS's adversary on the noise of a smoothed classifier :cite:`jeong2023catrs`.
 
     Draws ``m`` noises :math:`\delta_{ij} \sim \mathcal N(0, \sigma^2 I)` per input and moves
@@ -420,21 +442,6 @@ class CATRSNoiseAttack(_SmoothAttack):
         torch.Size([8, 4])
     """
 
-    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
-
-    def __init__(
-        self,
-        sigma: float,
-        epsilon: float,
-        num_steps: int,
-        num_noise: int = 4,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(sigma, num_noise, generator=generator)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps, min=0)
-
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         r"""Draw noise for ``inputs`` and move it away from the target distributions.
 
@@ -450,13 +457,12 @@ class CATRSNoiseAttack(_SmoothAttack):
         check_model(model)
         check_inputs("inputs", inputs, unit_box=True)
         check_prior_rows(targets, inputs.shape[0], inputs.device, name="targets")
-        check_generator(self.generator, inputs.device)
-        noise = sample_noise(inputs.detach(), self.sigma, self.num_noise, generator=self.generator)
+        noise = self._draw_noise(inputs)
         with preserve_model_state(model, train=False, requires_grad=False):
             return catrs_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
 
 
-class AdaptiveNoiseAttack(_SmoothAttack):
+class AdaptiveNoiseAttack(_NoiseAttack):
     r"""Sun et al.'s adaptive attack (ADAPTIVEADV) on the noise of a smoothed classifier :cite:`sun2025acr`.
 
     Draws ``m`` noises per input and rotates each one on the sphere of its own norm towards
@@ -495,8 +501,6 @@ class AdaptiveNoiseAttack(_SmoothAttack):
         (torch.Size([4, 4]), torch.Size([4]))
     """
 
-    _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
-
     def __init__(
         self,
         sigma: float,
@@ -506,9 +510,7 @@ class AdaptiveNoiseAttack(_SmoothAttack):
         *,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(sigma, num_noise, generator=generator)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps, min=0)
+        super().__init__(sigma, epsilon, num_steps, num_noise, generator=generator)
         self.last_stop_step: Tensor | None = None
 
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
