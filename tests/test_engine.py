@@ -13,12 +13,15 @@ import torch
 from conftest import Spy, small_cnn
 from torch import nn
 
+import rsmooth._autobatch as autobatch
 import rsmooth.smoothing as smoothing
 from rsmooth import ABSTAIN, SmoothedClassifier
+from rsmooth._autobatch import AutoBatch
 from rsmooth.smoothing import (
     AUXILIARY,
     ESTIMATION,
     SELECTION,
+    _auto_key,
     _auxiliary_uniform,
     _block_size,
 )
@@ -307,87 +310,168 @@ def test_progress_must_be_a_bool():
 
 # ---------------------------------------------------------------- batch_size="auto"
 class RowCounter(nn.Module):
-    """A linear model that counts the rows of every forward pass; optionally runs out of memory
-    on batches larger than `memory`."""
+    """A linear model that records the rows of every forward pass. Optionally it runs out of
+    memory on batches larger than `memory`, or sleeps `cost(rows)` seconds per forward pass."""
 
-    def __init__(
-        self, numel: int, memory: int | None = None, sleep: float = 0.0, peak: int | None = None
-    ) -> None:
+    def __init__(self, numel: int, memory: int | None = None, cost=None) -> None:
         super().__init__()
         self.linear = nn.Linear(numel, 3)
-        self.memory, self.sleep, self.sizes, self.refused = memory, sleep, [], []
-        self.peak = peak  # batches larger than this are much slower: the tuning settles there
+        self.memory, self.cost, self.sizes, self.refused = memory, cost, [], []
 
     def forward(self, x):
         if self.memory is not None and x.shape[0] > self.memory:
             self.refused.append(x.shape[0])
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         self.sizes.append(x.shape[0])
-        time.sleep(self.sleep)  # a fixed cost per call: larger batches are always faster
-        if self.peak is not None:
-            time.sleep(0.002 if x.shape[0] <= self.peak else 0.05)
+        if self.cost is not None:
+            time.sleep(self.cost(x.shape[0]))
         return self.linear(x.flatten(1))
 
 
-def test_auto_is_the_default_tuned_once_per_shape_and_bounded_in_cost():
-    model = RowCounter(16, peak=64)
+def peaked(peak: int):
+    """Forward seconds for `rows`: a fixed cost per call plus a cost per row, doubled above
+    `peak` (as when a batch no longer fits a cache), so the fastest batch size is `peak`."""
+    return lambda rows: (0.001 + 1e-5 * rows) * (2.0 if rows > peak else 1.0)
+
+
+def search_cost(tuning: AutoBatch, cost, best: int) -> float:
+    """The extra model time of a search's batches, in rows of the `best` size's time."""
+    fastest = cost(best) / best
+    return sum(rows * (cost(size) / size - fastest) for size, rows in tuning.rows.items()) / fastest
+
+
+def test_auto_tunes_on_the_real_batches_within_its_budget_and_caches():
+    cost = peaked(128)
+    model = RowCounter(16, cost=cost)
     smoothed = SmoothedClassifier(model, 0.5)
     assert smoothed.batch_size == "auto" and "batch_size='auto'" in repr(smoothed)
     x = torch.rand(4, 1, 4, 4)
-    smoothed.sample_counts(x, num=10_000)
     total = 4 * 10_000
-    tuning = sum(model.sizes) - total
-    assert 0 < tuning <= 0.02 * total  # real forward passes, at most 2% of the call's rows
-    (key, chosen), *others = smoothed._auto_batch_sizes.items()
-    assert not others and key == ((1, 4, 4), torch.float32, "cpu")
-    assert max(model.sizes[-(total // chosen) :]) == chosen  # the call used the choice
-    assert f"'auto' (chosen: {chosen} for [1, 4, 4] float32 on cpu)" in repr(smoothed)
-    model.sizes.clear()
+    calls = []
+    while not smoothed._chosen_batch_sizes() and len(calls) < 5:  # the budget spreads the search
+        model.sizes = []
+        smoothed.sample_counts(x, num=10_000)
+        calls.append(model.sizes)
+        assert sum(model.sizes) == total  # no extra forward rows: the search is real work
+    assert 1 < len(calls) < 5 and {32, 64, 128, 256} <= set(itertools.chain(*calls))
+    ((key, chosen),) = smoothed._chosen_batch_sizes().items()
+    assert key == ((1, 4, 4), torch.float32, "cpu") and chosen == 128
+    assert "'auto' (chosen: 128 for [1, 4, 4] float32 on cpu)" in repr(smoothed)
+    # the cost: the search's batches took at most 2% (and the estimate's slack) of the time
+    # of the rows served at the best size beyond what they would have taken at it
+    assert search_cost(smoothed._auto[key], cost, 128) <= 0.021 * len(calls) * total
+    settled = sum(cost(rows) for rows in calls[-1])
+    model.sizes = []
     smoothed.sample_counts(x, num=10_000)
-    assert sum(model.sizes) == total  # cached: no more tuning
-    model.peak = 32
+    assert set(model.sizes[:-1]) == {128} and sum(model.sizes) == total  # cached
+    assert sum(cost(rows) for rows in model.sizes) <= settled
     smoothed.sample_counts(torch.rand(2, 16), num=20_000)  # another shape: tuned again
-    assert len(smoothed._auto_batch_sizes) == 2
+    assert len(smoothed._auto) == 2
 
 
-def test_auto_does_not_cache_a_search_that_the_budget_cut_short():
-    # throughput still grows when the 2% budget ends the search (as on a GPU with a small
-    # call): this call uses at least the device default, nothing is cached, a larger call
-    # tunes further and caches once the search settles
-    model = RowCounter(4, sleep=0.002)
+def test_a_broken_budget_fails_the_cost_check(monkeypatch):
+    # the same check with the budget ignored: the search costs more than 2%
+    monkeypatch.setattr(autobatch, "BUDGET", 1.0)
+    cost = peaked(128)
+    model = RowCounter(16, cost=cost)
     smoothed = SmoothedClassifier(model, 0.5)
-    x = torch.rand(2, 4)
-    smoothed.sample_counts(x, num=20_000)  # budget 800 rows: 32, 64, 128 tried, 256 not
-    assert max(model.sizes) == 256 and smoothed._auto_batch_sizes == {}
-    assert smoothed._tune_batch_size(x, 800) == (128, False)
-    assert smoothed._tune_batch_size(x, 10**6) == (8192, True)  # every candidate tried
+    x = torch.rand(4, 1, 4, 4)
+    smoothed.sample_counts(x, num=10_000)
+    assert smoothed._chosen_batch_sizes()  # settled in one call
+    assert search_cost(smoothed._auto[_auto_key(x)], cost, 128) > 0.021 * 40_000
 
 
-def test_auto_uses_the_device_default_when_the_call_is_too_small_to_tune():
+def test_auto_uses_the_device_default_when_the_call_is_too_small_to_time():
     model = RowCounter(2)
     smoothed = SmoothedClassifier(model, 0.5)
-    smoothed.sample_counts(torch.rand(3, 2), num=300)
-    assert sum(model.sizes) == 900 and max(model.sizes) == 256
-    assert smoothed._auto_batch_sizes == {}
+    smoothed.sample_counts(torch.rand(2, 2), num=100)  # 200 rows: not the 9 batches of 32
+    assert model.sizes == [200] and smoothed._chosen_batch_sizes() == {}
+    model.sizes.clear()
+    smoothed.sample_counts(torch.rand(3, 2), num=300)  # 900 rows: 32 is timed, then used
+    assert sum(model.sizes) == 900 and set(model.sizes) == {32, 4}
+    assert smoothed._planned_batch_size(torch.rand(1, 2)) == 32
+
+
+def _search(tuning: AutoBatch, per_row: dict[int, float], rows: int = 10**6) -> list[int]:
+    """Drive a search with fixed per-row times; the sizes it runs."""
+    tuning.begin_call(rows)
+    sizes = []
+    while tuning.choice is None and len(sizes) < 1000:
+        size, timed = tuning.next_size(rows)
+        assert timed
+        tuning.record(size, per_row[size] * size)
+        sizes.append(size)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("per_row", "chosen"),
+    [
+        # noise: 64 looks 3% slower than 32, the search goes on and finds 256
+        ({32: 1.0, 64: 1.03, 128: 0.8, 256: 0.7, 512: 1.2}, 256),
+        # clearly slower (0.7 / 0.9 < 1.0): settles at once
+        ({32: 1.0, 64: 0.7, 128: 1.0, 256: 0.1}, 64),
+        # two candidates in a row within the noise: settles at the best
+        ({32: 1.0, 64: 0.9, 128: 0.92, 256: 0.95, 512: 0.1}, 64),
+    ],
+)
+def test_auto_search_rule(per_row, chosen):
+    tuning = AutoBatch.for_device("cpu")
+    sizes = _search(tuning, per_row)
+    assert tuning.choice == chosen
+    # each candidate: a warm-up, then at least 3 timed batches and 512 timed rows, alternating
+    # with as many of the best size's (a paired comparison)
+    assert sizes[:17] == [32] * 17
+    assert sizes[17:34] == [64, 64] + [32, 32, 64] * 5  # 64: 8 timed batches, 32: 16
+    assert sizes.count(128) >= 1 + 4
+
+
+def test_auto_search_compares_in_pairs_so_a_slow_spell_does_not_decide():
+    # the machine is 3x slower while 64 is first timed: without pairing 64 would lose to 32
+    tuning = AutoBatch.for_device("cpu", largest=64)
+    tuning.begin_call(10**6)
+    clock = 0
+    while tuning.choice is None:
+        size, _ = tuning.next_size(10**6)
+        slow = 3.0 if 17 <= clock < 30 else 1.0
+        tuning.record(size, size * {32: 1.0, 64: 0.8}[size] * slow)
+        clock += 1
+    assert tuning.choice == 64
+
+
+def test_auto_search_stops_at_the_last_candidate():
+    tuning = AutoBatch.for_device("cpu", largest=100)
+    assert tuning.candidates == (32, 64)
+    _search(tuning, {32: 1.0, 64: 0.5})
+    assert tuning.choice == 64 and tuning.default == 64
 
 
 def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
     x = torch.rand(3, 1, 8, 8)
-    auto = SmoothedClassifier(cnn(), 0.5)
+    model = cnn()
+    sizes = []
+    model.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    auto = SmoothedClassifier(model, 0.5)
     fixed = SmoothedClassifier(cnn(), 0.5, batch_size=97)
-    tuned = []
-    tune = auto._tune_batch_size
-    auto._tune_batch_size = lambda *args: tuned.append(tune(*args)) or tuned[-1]
+    fixed.model.load_state_dict(model.state_dict())
     a = auto.sample_counts(x, num=5000, generator=gens([1, 2, 3]))
-    assert tuned and tuned[0][0] is not None  # it did time real batch sizes
+    assert len(set(sizes)) >= 3  # it did run batches of several sizes
     assert torch.equal(a, fixed.sample_counts(x, num=5000, generator=gens([1, 2, 3])))
 
 
-def test_auto_backs_off_when_tuning_runs_out_of_memory():
-    model = RowCounter(4, memory=300, sleep=0.02)
+def test_auto_backs_off_when_tuning_runs_out_of_memory(monkeypatch):
+    monkeypatch.setattr(autobatch, "BUDGET", 1.0)  # time every candidate in one call
+    x = torch.rand(2, 4)
+    model = RowCounter(4, memory=300)
+    expected = SmoothedClassifier(model, 0.5, batch_size=64).sample_counts(
+        x, num=20_000, generator=gens([1, 2])
+    )
+    model.sizes = []
     smoothed = SmoothedClassifier(model, 0.5)
-    assert smoothed._tune_batch_size(torch.rand(2, 4), 10**6) == (256, True)
+    counts = smoothed.sample_counts(x, num=20_000, generator=gens([1, 2]))
     assert model.refused == [512] and max(model.sizes) == 256
+    assert smoothed._chosen_batch_sizes()[_auto_key(x)] <= 256
+    assert torch.equal(counts, expected)
 
 
 def test_auto_halves_the_batch_size_when_a_call_runs_out_of_memory():
@@ -399,9 +483,10 @@ def test_auto_halves_the_batch_size_when_a_call_runs_out_of_memory():
     model.memory, model.sizes = 300, []
     smoothed = SmoothedClassifier(model, 0.5)
     key = ((4,), torch.float32, "cpu")
-    smoothed._auto_batch_sizes[key] = 2048  # as if tuned with more memory free
+    smoothed._auto[key] = AutoBatch.for_device("cpu")
+    smoothed._auto[key].choice = 2048  # as if tuned with more memory free
     counts = smoothed.sample_counts(x, num=3000, generator=gens([1, 2]))
-    assert smoothed._auto_batch_sizes[key] == 256 and max(model.sizes) == 256
+    assert smoothed._chosen_batch_sizes()[key] == 256 and max(model.sizes) == 256
     assert torch.equal(counts, expected)  # the same noise, whatever the batch size
 
 
@@ -437,7 +522,8 @@ def test_the_runner_records_the_resolved_batch_size(tmp_path):
     certify_dataset(smoothed, data, tmp_path / "a.tsv", n0=10, n=100, progress=False)
     config = json.loads((tmp_path / "a.tsv.json").read_text())["config"]
     assert config["batch_size"] == 256 and config["batch_size_auto"] is True  # too small to tune
-    smoothed._auto_batch_sizes[((3,), torch.float32, "cpu")] = 48
+    smoothed._auto[((3,), torch.float32, "cpu")] = AutoBatch.for_device("cpu")
+    smoothed._auto[((3,), torch.float32, "cpu")].choice = 48
     certify_dataset(smoothed, data, tmp_path / "b.tsv", n0=10, n=100, progress=False)
     assert json.loads((tmp_path / "b.tsv.json").read_text())["config"]["batch_size"] == 48
     fixed = SmoothedClassifier(nn.Linear(3, 2), 0.5, batch_size=64)

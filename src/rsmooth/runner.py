@@ -61,6 +61,7 @@ from rsmooth.smoothing import (
     Certificate,
     SampleSizeWarning,
     SmoothedClassifier,
+    _auto_key,
     _warn_sample_size,
 )
 
@@ -402,10 +403,13 @@ def _open_for_append(
     return handle, set(done)
 
 
-def _mark_complete(path: Path) -> None:
+def _mark_complete(path: Path, batch_size: int | None = None) -> None:
+    """Mark a part complete in its sidecar, recording the settled automatic batch size."""
     data = _read_sidecar(path)
     if data is not None:
         data["complete"] = True
+        if batch_size is not None and isinstance(data.get("config"), dict):
+            data["config"]["batch_size"] = batch_size
         _write_json(_sidecar(path), data)
 
 
@@ -623,8 +627,9 @@ def certify_dataset(
         stop: Certify only inputs with index ``< stop``. Default: all.
         indices: Explicit dataset indices instead of ``skip``/``stop``.
         inputs_per_call: Inputs certified per engine call. Default:
-            ``max(1, batch_size // n)`` (with ``batch_size="auto"``, the size chosen for this
-            run, which the sidecar records), which fills the forward batches when ``n``
+            ``max(1, batch_size // n)`` (with ``batch_size="auto"``, the size known when the
+            run starts: the automatic choice, or the device's default before it has settled),
+            which fills the forward batches when ``n``
             is small and keeps one input per call (fine-grained progress and resumption)
             when it is large. It does not change the results.
         device: Device for the inputs and the noise. Default: the model's.
@@ -724,8 +729,7 @@ def certify_dataset(
             smoothed.input_range,
             switch="input_range=None to SmoothedClassifier (--input-range none in the CLI)",
         )
-    per_input = n if sequential is None else sequential["max_n"]
-    batch_size = _batch_size_for_run(smoothed, dataset, mine, (per_input + n0) * len(mine), device)
+    batch_size = _batch_size_for_run(smoothed, dataset, mine, device)
     if inputs_per_call is None:
         # sequential: many inputs per call keep the forward batches of the small looks full
         inputs_per_call = max(1, batch_size // (n if sequential is None else 10))
@@ -789,7 +793,7 @@ def certify_dataset(
     if guard.received is not None:
         guard.redeliver()  # the previous handler decides (exit, KeyboardInterrupt, ...)
         return read_results(path)
-    _mark_complete(path)
+    _mark_complete(path, _chosen_batch_size(smoothed, dataset, mine, device))
     if shard.count == 1:
         return read_results(path)
     if not merge:
@@ -993,20 +997,30 @@ def _certify_sequential(
 
 
 def _batch_size_for_run(
-    smoothed: SmoothedClassifier,
-    dataset: _Dataset,
-    mine: Sequence[int],
-    total: int,
-    device: torch.device,
+    smoothed: SmoothedClassifier, dataset: _Dataset, mine: Sequence[int], device: torch.device
 ) -> int:
-    """The smoothed classifier's forward batch size for this run (``"auto"`` resolved once)."""
+    """The forward batch size planned for this run.
+
+    An integer ``batch_size``, else the automatic size known so far (its choice once settled, the
+    best size timed so far, or the device's default): it tunes itself on the run's batches.
+    """
     if smoothed.batch_size != "auto":
         return smoothed.batch_size
     if not mine:
-        return smoothed._resolve_batch_size(torch.zeros(1, 1, device=device), 0)
+        return smoothed._planned_batch_size(torch.zeros(1, 1, device=device))
     example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
     check_inputs("dataset inputs", example)
-    return smoothed._resolve_batch_size(example, total)
+    return smoothed._planned_batch_size(example)
+
+
+def _chosen_batch_size(
+    smoothed: SmoothedClassifier, dataset: _Dataset, mine: Sequence[int], device: torch.device
+) -> int | None:
+    """The automatic batch size that the run's tuning settled on, else None."""
+    if smoothed.batch_size != "auto" or not mine:
+        return None
+    example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
+    return smoothed._chosen_batch_sizes().get(_auto_key(example))
 
 
 def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rsmooth._autobatch import AutoBatch
 from rsmooth._model_state import preserve_model_state
 from rsmooth._seeding import mix
 from rsmooth._validation import (
@@ -71,16 +72,7 @@ _MAX_BLOCK = {"cpu": 512}
 _BLOCK_ELEMENTS_ACCELERATOR = 2**20
 _MAX_BLOCK_ACCELERATOR = 4096
 _NONFINITE_POLICIES = ("raise", "count_against")
-#: batch_size="auto": forward batch sizes tried, from the device's first one, while the throughput
-#: grows; the tuning uses at most _AUTO_BUDGET of the call's forward rows, else the device default.
-_AUTO_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-_AUTO_FIRST = {"cuda": 128}
-_AUTO_FIRST_OTHER = 32
-_AUTO_DEFAULT = {"cuda": 1024}
-_AUTO_DEFAULT_OTHER = 256
-_AUTO_BUDGET = 0.02
-_AUTO_REPEATS = 2  # timed forwards per candidate, after one warm-up forward
-_AUTO_MAX_CPU_BYTES = 2**28  # largest tuning batch of inputs on the CPU (256 MiB)
+_AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
 _OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
@@ -356,12 +348,13 @@ class SmoothedClassifier:
         sigma: Noise standard deviation :math:`\sigma > 0`.
         num_classes: Number of classes ``K``. Default: inferred from the model's output (and
             checked against it when given).
-        batch_size: Number of noisy samples per forward pass, or ``"auto"``: the first call for
-            an input shape, dtype and device times a few batch sizes with real forward passes
-            (at most 2% of the call's samples; a call too small for that uses 256 on the CPU
-            and 1024 on CUDA) and keeps the fastest (shown in ``repr``); on CUDA it halves the
-            size when a forward pass runs out of memory. Results never depend on it.
-            Default: ``"auto"``.
+        batch_size: Number of noisy samples per forward pass, or ``"auto"``: the batch size
+            tunes itself on the calls' own forward batches (growing sizes, each timed against
+            the best so far; the extra time stays under 2% of the time of the rows served, so a
+            small call explores a little and later calls go on) and the settled choice is
+            cached per input shape, dtype and device and shown in ``repr``. Until a size has
+            been timed it is 256 on the CPU and 1024 on CUDA; on CUDA an out-of-memory error
+            falls back to a smaller size. Results never depend on it. Default: ``"auto"``.
         nonfinite: What a noisy sample with a non-finite logit (NaN or inf) does: ``"raise"``
             a ``ValueError`` naming the inputs and counts, or ``"count_against"``: vote for no
             class (sound; reported in :attr:`Certificate.nonfinite`). Default: ``"raise"``.
@@ -415,7 +408,7 @@ class SmoothedClassifier:
             None if num_classes is None else check_int("num_classes", num_classes, min=2)
         )
         self.batch_size: BatchSize = _check_batch_size(batch_size)
-        self._auto_batch_sizes: dict[_AutoKey, int] = {}
+        self._auto: dict[_AutoKey, AutoBatch] = {}  # batch_size="auto": tuning per key
         if nonfinite not in _NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_POLICIES))}, "
@@ -460,94 +453,49 @@ class SmoothedClassifier:
             for g in generator
         ]
 
+    def _chosen_batch_sizes(self) -> dict[_AutoKey, int]:
+        """``batch_size="auto"``: the settled choice per input shape, dtype and device."""
+        return {key: t.choice for key, t in self._auto.items() if t.choice is not None}
+
     def _batch_size_repr(self) -> str:
-        if self.batch_size != "auto" or not self._auto_batch_sizes:
+        chosen = self._chosen_batch_sizes()
+        if self.batch_size != "auto" or not chosen:
             return repr(self.batch_size)
-        chosen = "; ".join(
+        text = "; ".join(
             f"{value} for {list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
-            for (shape, dtype, device), value in self._auto_batch_sizes.items()
+            for (shape, dtype, device), value in chosen.items()
         )
-        return f"'auto' (chosen: {chosen})"
+        return f"'auto' (chosen: {text})"
 
-    def _resolve_batch_size(self, inputs: Tensor, total: int) -> int:
-        """The forward batch size for inputs like ``inputs`` in a call of ``total`` samples.
+    def _auto_tuning(self, inputs: Tensor) -> AutoBatch | None:
+        """The automatic batch size's search for inputs like ``inputs``, started on first use.
 
-        An integer ``batch_size`` is returned as is. With ``"auto"``, the first call for an
-        input shape, dtype and device times a few batch sizes with real forward passes (at most
-        2% of ``total`` forward rows) and caches the fastest once the search has settled (a
-        larger size was slower, ran out of memory, or none is left). When the budget is too small
-        for two candidates, or ends the search while the throughput still grows, this call uses
-        the larger of the best size so far and the device's default, and nothing is cached.
+        None for an integer ``batch_size``. There is one per input shape, dtype and device.
         """
         if self.batch_size != "auto":
-            return self.batch_size
+            return None
         key = _auto_key(inputs)
-        if key in self._auto_batch_sizes:
-            return self._auto_batch_sizes[key]
-        default = _AUTO_DEFAULT.get(inputs.device.type, _AUTO_DEFAULT_OTHER)
-        chosen, settled = self._tune_batch_size(inputs, int(_AUTO_BUDGET * total))
-        if chosen is None:
-            return default
-        if not settled:  # the budget ended the search while throughput still grew: a larger
-            return max(chosen, default)  # call tunes further; nothing is cached
-        self._auto_batch_sizes[key] = chosen
-        return chosen
+        tuning = self._auto.get(key)
+        if tuning is None:
+            largest = None
+            if inputs.device.type == "cpu":
+                per_row = max(1, math.prod(inputs.shape[1:])) * inputs.element_size()
+                largest = max(1, _AUTO_MAX_CPU_BYTES // per_row)
+            tuning = self._auto[key] = AutoBatch.for_device(inputs.device.type, largest)
+        return tuning
 
-    def _tune_batch_size(self, inputs: Tensor, budget: int) -> tuple[int | None, bool]:
-        """The fastest forward batch size, trying sizes upwards while the throughput grows.
+    def _planned_batch_size(self, inputs: Tensor) -> int:
+        """The forward batch size for inputs like ``inputs``, as far as it is known before a call.
 
-        Each candidate costs one warm-up and ``_AUTO_REPEATS`` timed forward passes. Stops at
-        the first candidate that is slower than the best, that would exceed ``budget`` forward
-        rows, or that runs out of memory (then the memory is released). Returns the size and
-        whether the search settled (False when the budget stopped it); the size is None when
-        ``budget`` does not cover the first two candidates, or the model fails (the real call
-        then reports the model's error).
+        An integer ``batch_size``, else the automatic choice, the best size timed so far, or the
+        device's default.
         """
-        device, dtype = inputs.device, inputs.dtype
-        shape = tuple(inputs.shape[1:])
-        first = _AUTO_FIRST.get(device.type, _AUTO_FIRST_OTHER)
-        candidates = [b for b in _AUTO_CANDIDATES if b >= first]
-        if device.type == "cpu":
-            per_row = max(1, math.prod(shape)) * inputs.element_size()
-            candidates = [b for b in candidates if b * per_row <= _AUTO_MAX_CPU_BYTES] or [1]
-        per_candidate = 1 + _AUTO_REPEATS
-        if len(candidates) < 2 or per_candidate * (candidates[0] + candidates[1]) > budget:
-            return None, False
-        generator = torch.Generator(device=device).manual_seed(0)
-        memory_format = _memory_format(inputs)
-        best, best_rate, spent, out_of_memory, settled = None, 0.0, 0, False, True
-        with preserve_model_state(self.model, train=False), torch.inference_mode():
-            for size in candidates:
-                if spent + per_candidate * size > budget:
-                    settled = False
-                    break
-                spent += per_candidate * size
-                try:
-                    batch = torch.randn(
-                        (size, *shape), generator=generator, dtype=dtype, device=device
-                    )
-                    batch.mul_(self.sigma).add_(inputs[0])
-                    if memory_format is not None:
-                        batch = batch.contiguous(memory_format=memory_format)
-                    seconds = []
-                    for _ in range(per_candidate):
-                        _synchronize(device)
-                        began = time.perf_counter()
-                        self._autocast_forward(batch)
-                        _synchronize(device)
-                        seconds.append(time.perf_counter() - began)
-                except _OutOfMemoryError:
-                    out_of_memory = True
-                    break
-                except Exception:  # the real forward pass reports it, with hints
-                    return None, False
-                rate = size / max(min(seconds[1:]), 1e-9)
-                if rate <= best_rate:
-                    break
-                best, best_rate = size, rate
-        if out_of_memory:
-            _release_memory(device)
-        return best, settled
+        tuning = self._auto_tuning(inputs)
+        if tuning is None:
+            return int(self.batch_size)
+        if tuning.choice is not None:
+            return tuning.choice
+        return tuning.default if tuning.best is None else tuning.best
 
     def _autocast_forward(self, batch: Tensor) -> object:
         with self._autocast_context(batch.device):
@@ -595,9 +543,12 @@ class SmoothedClassifier:
             raise ValueError(f"the model must return at least 2 logits, got {classes}")
         return classes
 
-    def _forward(self, batch: Tensor, inputs: Tensor) -> Tensor:
-        """The model's logits on one forward batch, with hints for the usual mistakes."""
-        model = self.model if self._compiled is None else self._compiled
+    def _forward(self, batch: Tensor, inputs: Tensor, *, compiled: bool = False) -> Tensor:
+        """The model's (or with ``compiled`` the compiled model's) logits on one forward batch.
+
+        Raises with hints for the usual mistakes.
+        """
+        model = self._compiled if compiled and self._compiled is not None else self.model
         try:
             with self._autocast_context(batch.device):
                 logits = model(batch)
@@ -646,13 +597,11 @@ class SmoothedClassifier:
         block = _block_size(math.prod(sample_shape), device.type)
         total = batch * (stop - start)
         self._check_autocast_device(device)
-        limit = self._resolve_batch_size(inputs, total)
-        fixed = self._compiled is not None  # compile: every forward has exactly `limit` rows
-        rows = limit if fixed else min(limit, total)
+        tuning = self._auto_tuning(inputs)
+        if tuning is not None:
+            tuning.begin_call(total)
         memory_format = _memory_format(inputs)
-        buffer = torch.empty((rows, *sample_shape), dtype=dtype, device=device)
-        if memory_format is not None:
-            buffer = buffer.contiguous(memory_format=memory_format)
+        buffer = torch.empty((0, *sample_shape), dtype=dtype, device=device)
         noise = torch.empty((block, *sample_shape), dtype=dtype, device=device)
         noise_generator = torch.Generator(device=device)
         held: tuple[int, int] | None = None  # (input, block) whose noise is in `noise`
@@ -660,7 +609,11 @@ class SmoothedClassifier:
         nonfinite = torch.zeros(batch + 1, dtype=torch.long, device=device)
         owners: list[int] = []
         lengths: list[int] = []
-        filled = 0
+        filled = done = 0
+        limit = math.inf  # most rows per forward pass; lowered when one runs out of memory
+        # the batch being filled: its size, and whether it is timed for the automatic batch size
+        # and runs through the compiled model (always a full batch, padded: compiled once)
+        size, timed, compiled = 0, False, False
 
         def fill(j: int, first: int, last: int, offset: int) -> None:
             nonlocal held
@@ -679,26 +632,47 @@ class SmoothedClassifier:
                 offset += end - s
                 s = end
 
+        def begin_batch() -> None:
+            nonlocal size, timed, compiled, buffer
+            if tuning is None:
+                size, timed = int(self.batch_size), False
+            else:  # explicit sizes run compiled at once; automatic ones once they settle
+                size, timed = tuning.next_size(total - done)
+            compiled = self._compiled is not None and (tuning is None or tuning.choice == size)
+            if not compiled:
+                size = min(size, total - done)
+            if buffer.shape[0] < size:
+                buffer = torch.empty((size, *sample_shape), dtype=dtype, device=device)
+                if memory_format is not None:
+                    buffer = buffer.contiguous(memory_format=memory_format)
+
         def forward(count: int) -> Tensor:
             nonlocal limit
             while True:
                 try:
                     if count <= limit:
-                        return self._forward(buffer[:count], inputs)
-                    pieces = buffer[:count].split(limit)
-                    return torch.cat([self._forward(piece, inputs) for piece in pieces])
+                        return self._forward(buffer[:count], inputs, compiled=compiled)
+                    pieces = buffer[:count].split(int(limit))
+                    return torch.cat(
+                        [self._forward(piece, inputs, compiled=compiled) for piece in pieces]
+                    )
                 except _OutOfMemoryError:
-                    if self.batch_size != "auto" or limit == 1:
+                    if tuning is None or limit == 1:
                         raise
-                    limit = max(1, limit // 2)  # the noise does not depend on it: same results
-                    self._auto_batch_sizes[_auto_key(inputs)] = limit
-                    _release_memory(device)
+                    limit = tuning.out_of_memory(int(min(count, limit)))
+                    _release_memory(device)  # the noise does not depend on it: same results
 
         def flush() -> None:
-            nonlocal counts, filled
-            if fixed and filled < rows:
-                buffer[filled:].zero_()  # padding rows; their outputs are discarded
-                logits = forward(rows)[:filled]
+            nonlocal counts, filled, done
+            if compiled and filled < size:
+                buffer[filled:size].zero_()  # padding rows; their outputs are discarded
+                logits = forward(size)[:filled]
+            elif timed and tuning is not None:
+                _synchronize(device)
+                began = time.perf_counter()
+                logits = forward(filled)
+                _synchronize(device)
+                tuning.record(filled, time.perf_counter() - began)
             else:
                 logits = forward(filled)
             classes = int(logits.shape[1])
@@ -715,19 +689,22 @@ class SmoothedClassifier:
                 progress.update(filled)
             owners.clear()
             lengths.clear()
+            done += filled
             filled = 0
 
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             for j in range(batch):
                 s = start
                 while s < stop:
-                    take = min(stop - s, rows - filled)
+                    if filled == 0:
+                        begin_batch()
+                    take = min(stop - s, size - filled)
                     fill(j, s, s + take, filled)
                     owners.append(j)
                     lengths.append(take)
                     filled += take
                     s += take
-                    if filled == rows:
+                    if filled == size:
                         flush()
             if filled:
                 flush()
