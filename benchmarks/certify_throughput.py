@@ -2,18 +2,25 @@
 compile), and IBM ART's certify, with peak memory.
 
 For a LeNet on 1x28x28 and a CIFAR ResNet-20 on 3x32x32 (``rsmooth.models.get_model``, random
-weights: throughput does not depend on them), in one run and on one device, it measures samples per second of
+weights: throughput does not depend on them), in one run and on one device, it measures samples
+per second of
 
-- the **floor**: a bare forward pass + argmax over a pre-generated noisy batch, at each batch
-  size in {64, 128, 256, 512, 1024, 2048} (no noise generation, no counting);
+- the **floor**: a bare forward pass + argmax over pre-generated noisy batches (distinct ones,
+  up to ``FLOOR_ELEMENTS`` elements in all, so the model reads new samples as it would in a
+  real run), at each batch size in {32, 64, 128, 256, 512, 1024, 2048} (no noise generation, no
+  counting);
 - ``SmoothedClassifier.certify`` at its defaults (``batch_size="auto"``): a fresh classifier's
-  first call, which includes the automatic batch-size tuning, and a second call; ratio to the
-  best floor;
-- ``certify`` with ``compile=True`` (after a warm-up call that compiles; the compile time is
-  reported); ratio to the best eager floor;
-- ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at the best floor's
-  batch size, when ``adversarial-robustness-toolbox`` is importable (skipped with a message
-  otherwise);
+  first call, which starts the automatic batch-size tuning, then (after the calls that let the
+  tuning settle) its steady state; ratio to the best floor;
+- ``certify`` with ``compile=True`` and the automatic batch size (the time of the calls that
+  tune and compile is reported); ratio to the best eager floor;
+- ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at the batch size
+  that our automatic search chose (``--art-batch`` to choose) and at its default (32), when
+  ``adversarial-robustness-toolbox`` is importable (skipped with a message otherwise).
+
+The floors, certify, compile and ART are measured in turn in each of ``--rounds`` rounds, and the
+median over rounds is reported (the raw rounds are in the JSON): a slow spell of a shared machine
+then slows all of them alike rather than one.
 
 and the peak extra memory of certifying one input at ``--memory-n`` samples (CUDA: max allocated;
 CPU: peak resident-set growth, sampled every millisecond in a fresh subprocess). It needs no
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -44,7 +52,8 @@ from rsmooth import SmoothedClassifier
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"lenet": (1, 28, 28), "cifar_resnet20": (3, 32, 32)}
-FLOOR_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
+FLOOR_BATCH_SIZES = (32, 64, 128, 256, 512, 1024, 2048)
+ART_DEFAULT_BATCH = 32  # the default batch_size of ART 1.20.1's certify
 
 
 def build_model(name: str) -> nn.Module:
@@ -75,15 +84,29 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - began
 
 
-def floor(model: nn.Module, x: torch.Tensor, total: int, batch_size: int, sigma: float) -> None:
-    """Bare forward + argmax over one pre-generated noisy batch, repeated to cover ``total``."""
-    noise = torch.randn((batch_size, *x.shape[1:]), device=x.device) * sigma
-    batch = x[:1] + noise
+#: The floor's pre-generated noisy samples: distinct batches of about this many elements in all
+#: (more than a CPU's caches hold), cycled through, so the forward pass reads new samples.
+FLOOR_ELEMENTS = 2**25
+
+
+def floor_batches(x: torch.Tensor, batch_size: int, total: int, sigma: float) -> list[torch.Tensor]:
+    """Distinct noisy batches for the floor: ``total`` samples, or ``FLOOR_ELEMENTS`` worth."""
+    per_batch = batch_size * x[0].numel()
+    count = max(1, min(-(-total // batch_size), FLOOR_ELEMENTS // per_batch))
+    return [
+        x[i % len(x)] + sigma * torch.randn((batch_size, *x.shape[1:]), device=x.device)
+        for i in range(count)
+    ]
+
+
+def floor(model: nn.Module, batches: list[torch.Tensor], total: int) -> None:
+    """Bare forward + argmax over pre-generated noisy batches, cycled to cover ``total``."""
     with torch.inference_mode():
         done = 0
         while done < total:
+            batch = batches[(done // batches[0].shape[0]) % len(batches)]
             model(batch).argmax(1)
-            done += batch_size
+            done += batch.shape[0]
 
 
 def art_certify(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, batch_size: int):
@@ -109,6 +132,14 @@ def art_certify(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, bat
     return lambda: classifier.certify(data, n=args.n, batch_size=batch_size)
 
 
+def settle(smoothed: SmoothedClassifier, run: Callable[[], object]) -> None:
+    """Run certify calls until the automatic batch size has settled (at most 5 calls)."""
+    for _ in range(5):
+        if smoothed._chosen_batch_sizes():
+            break
+        run()
+
+
 def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)  # benchmark script: fixed random weights and inputs
     model = build_model(name).to(device).eval()
@@ -116,56 +147,80 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     total = args.inputs * (args.n + args.n0)
     row: dict[str, Any] = {"model": name, "inputs": args.inputs, "n": args.n, "n0": args.n0}
 
-    floors = {}
-    for batch_size in FLOOR_BATCH_SIZES:
-        floor(model, x, batch_size, batch_size, args.sigma)  # warm-up
-        samples = max(args.floor_samples, batch_size)
-        floors[batch_size] = samples / timed(
-            lambda b=batch_size, s=samples: floor(model, x, s, b, args.sigma), device
-        )
-        print(f"{name}: floor at batch {batch_size}: {floors[batch_size]:,.0f}/s", flush=True)
-    best_batch = max(floors, key=lambda b: floors[b])
-    row["floor"] = floors
-    row["best_floor_batch"] = best_batch
-    best = floors[best_batch]
-
     def certify(smoothed: SmoothedClassifier) -> Callable[[], object]:
         generator = torch.Generator(device).manual_seed(0)
         return lambda: smoothed.certify(x, n=args.n, n0=args.n0, generator=generator)
 
+    # every contender is measured once per round, in turn; the medians over rounds are
+    # reported, so that a slow spell of the machine hits all of them alike
+    contenders: dict[str, Callable[[], object]] = {}
+    samples_of: dict[str, int] = {}
+    for batch_size in FLOOR_BATCH_SIZES:
+        samples = max(args.floor_samples, batch_size)
+        batches = floor_batches(x, batch_size, samples, args.sigma)
+        floor(model, batches, batch_size)  # warm-up
+        contenders[f"floor {batch_size}"] = lambda b=batches, s=samples: floor(model, b, s)
+        samples_of[f"floor {batch_size}"] = samples
+
     smoothed = SmoothedClassifier(model, args.sigma)
-    first = total / timed(certify(smoothed), device)
-    second = total / timed(certify(smoothed), device)
-    # None: the call was too small to tune (under 2% of it), so the device's default was used
-    row["auto_batch_size"] = next(iter(smoothed._auto_batch_sizes.values()), None)
-    row["certify_auto_first"] = first
-    row["certify_auto"] = second
-    print(f"{name}: certify auto ({row['auto_batch_size']}): {first:,.0f}/s, {second:,.0f}/s")
+    row["certify_auto_first"] = total / timed(certify(smoothed), device)
+    settle(smoothed, certify(smoothed))
+    row["auto_batch_size"] = next(iter(smoothed._chosen_batch_sizes().values()), None)
+    contenders["certify"] = certify(smoothed)
+    print(
+        f"{name}: first certify call {row['certify_auto_first']:,.0f}/s; automatic batch "
+        f"size {row['auto_batch_size']}",
+        flush=True,
+    )
 
-    row["certify_compile"] = row["compile_seconds"] = None
+    row["compile_seconds"] = row["compile_batch_size"] = None
     if not args.no_compile:
-        compiled = SmoothedClassifier(model, args.sigma, batch_size=best_batch, compile=True)
-        small = x[:1]
-        row["compile_seconds"] = timed(
-            lambda: compiled.certify(small, n=best_batch, n0=args.n0), device
-        )
-        row["certify_compile"] = total / timed(certify(compiled), device)
-        print(f"{name}: certify compile: {row['certify_compile']:,.0f}/s", flush=True)
+        compiled = SmoothedClassifier(model, args.sigma, compile=True)
+        began = time.perf_counter()
+        settle(compiled, certify(compiled))
+        certify(compiled)()  # compiles, if the last settling call did not
+        row["compile_seconds"] = time.perf_counter() - began
+        row["compile_batch_size"] = next(iter(compiled._chosen_batch_sizes().values()), None)
+        contenders["compile"] = certify(compiled)
 
-    row["art"] = None
-    run_art = art_certify(model, x, args, best_batch)
+    # ART runs at the batch size our automatic search chose (a good one for the model on this
+    # machine), unless told otherwise, and at its own default
+    row["art_batch"] = args.art_batch or row["auto_batch_size"] or ART_DEFAULT_BATCH
+    run_art = art_certify(model, x, args, row["art_batch"])
     if run_art is not None:
-        run_art_small = art_certify(model, x[:1], args, best_batch)
+        run_art_small = art_certify(model, x[:1], args, row["art_batch"])
         if run_art_small is not None:
             run_art_small()  # warm-up
-        row["art"] = total / timed(run_art, device)
-        print(f"{name}: ART certify: {row['art']:,.0f}/s", flush=True)
+        contenders["art"] = run_art
+        art_default = art_certify(model, x, args, ART_DEFAULT_BATCH)
+        if art_default is not None and row["art_batch"] != ART_DEFAULT_BATCH:
+            contenders["art default"] = art_default
+
+    rates: dict[str, list[float]] = {key: [] for key in contenders}
+    for round_ in range(args.rounds):
+        for key, run in contenders.items():
+            rates[key].append(samples_of.get(key, total) / timed(run, device))
+        print(
+            f"{name}: round {round_ + 1}: "
+            + ", ".join(f"{key} {values[-1]:,.0f}" for key, values in rates.items()),
+            flush=True,
+        )
+    row["rounds"] = rates
+    middle = {key: statistics.median(values) for key, values in rates.items()}
+    floors = {b: middle[f"floor {b}"] for b in FLOOR_BATCH_SIZES}
+    best_batch = max(floors, key=lambda b: floors[b])
+    row["floor"] = floors
+    row["best_floor_batch"] = best_batch
+    row["best_floor"] = floors[best_batch]
+    row["certify_auto"] = middle["certify"]
+    row["certify_compile"] = middle.get("compile")
+    row["art"] = middle.get("art")
+    row["art_default"] = middle.get("art default", row["art"])
 
     row["memory_gib"] = peak_memory(name, args, device, "rsmooth")
     row["art_memory_gib"] = (
         peak_memory(name, args, device, "art") if run_art is not None and args.art_memory else None
     )
-    row["best_floor"] = best
     return row
 
 
@@ -223,7 +278,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']} ({meta['machine']}); torch {meta['torch']}, "
         f"{meta['threads']} threads; {meta['inputs']} inputs, n0 = {meta['n0']}, "
-        f"n = {meta['n']:,}, sigma = {meta['sigma']}. Samples per second.",
+        f"n = {meta['n']:,}, sigma = {meta['sigma']}. Samples per second, the median of "
+        f"{meta['rounds']} rounds.",
         "",
         "| model | batch | bare-forward floor |",
         "|---|---:|---:|",
@@ -245,13 +301,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 "first call incl. tuning",
                 row["certify_auto_first"],
             ),
-            ("certify, defaults, second call", row["certify_auto"]),
+            ("certify, defaults, settled", row["certify_auto"]),
             (
-                f"certify, compile=True (batch {row['best_floor_batch']}; compiled in "
+                f"certify, compile=True (auto → {row['compile_batch_size']}; first calls "
                 f"{fmt(row['compile_seconds'], '.0f')} s)",
                 row["certify_compile"],
             ),
-            (f"ART 1.20.1 certify (batch {row['best_floor_batch']})", row["art"]),
+            (f"ART 1.20.1 certify (batch {row['art_batch']})", row["art"]),
+            (f"ART 1.20.1 certify at its default batch {ART_DEFAULT_BATCH}", row["art_default"]),
         ]
         for what, rate in entries:
             ratio = None if rate is None else rate / best
@@ -278,6 +335,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--floor-samples", type=int, help="samples per floor measurement (default: the workload)"
     )
     parser.add_argument("--memory-n", type=int, default=100_000)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each contender (median reported)"
+    )
+    parser.add_argument("--art-batch", type=int, help="ART's batch size (default: best floor's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile row")
     parser.add_argument("--art-memory", action="store_true", help="also ART's peak memory")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -285,7 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.quick:
-        args.inputs, args.n, args.n0, args.memory_n = 2, 500, 20, 2_000
+        args.inputs, args.n, args.n0, args.memory_n, args.rounds = 2, 500, 20, 2_000, 1
         args.floor_samples = args.floor_samples or 2048
     if args.floor_samples is None:
         args.floor_samples = args.inputs * (args.n + args.n0)
@@ -302,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        **{k: getattr(args, k) for k in ("inputs", "n", "n0", "sigma", "memory_n")},
+        **{k: getattr(args, k) for k in ("inputs", "n", "n0", "sigma", "memory_n", "rounds")},
     }
     print(json.dumps(meta), flush=True)
     rows = [measure(name, args, device) for name in args.models]
