@@ -5,7 +5,6 @@ import json
 import math
 import re
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -311,12 +310,14 @@ def test_progress_must_be_a_bool():
 # ---------------------------------------------------------------- batch_size="auto"
 class RowCounter(nn.Module):
     """A linear model that records the rows of every forward pass. Optionally it runs out of
-    memory on batches larger than `memory`, or sleeps `cost(rows)` seconds per forward pass."""
+    memory on batches larger than `memory`, or advances `clock` by `cost(rows)` seconds per
+    forward pass."""
 
-    def __init__(self, numel: int, memory: int | None = None, cost=None) -> None:
+    def __init__(self, numel: int, memory: int | None = None, cost=None, clock=None) -> None:
         super().__init__()
         self.linear = nn.Linear(numel, 3)
-        self.memory, self.cost, self.sizes, self.refused = memory, cost, [], []
+        self.memory, self.cost, self.clock = memory, cost, clock
+        self.sizes, self.refused = [], []
 
     def forward(self, x):
         if self.memory is not None and x.shape[0] > self.memory:
@@ -324,8 +325,17 @@ class RowCounter(nn.Module):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         self.sizes.append(x.shape[0])
         if self.cost is not None:
-            time.sleep(self.cost(x.shape[0]))
+            self.clock.now += self.cost(x.shape[0])
         return self.linear(x.flatten(1))
+
+
+class FakeClock:
+    """The engine's clock for the batch-size search, advanced only by the model: the timings,
+    and so the search's decisions, do not depend on the machine or its load."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.now = 0.0
+        monkeypatch.setattr(smoothing, "_clock", lambda: self.now)
 
 
 def peaked(peak: int):
@@ -340,9 +350,9 @@ def search_cost(tuning: AutoBatch, cost, best: int) -> float:
     return sum(rows * (cost(size) / size - fastest) for size, rows in tuning.rows.items()) / fastest
 
 
-def test_auto_tunes_on_the_real_batches_within_its_budget_and_caches():
+def test_auto_tunes_on_the_real_batches_within_its_budget_and_caches(monkeypatch):
     cost = peaked(128)
-    model = RowCounter(16, cost=cost)
+    model = RowCounter(16, cost=cost, clock=FakeClock(monkeypatch))
     smoothed = SmoothedClassifier(model, 0.5)
     assert smoothed.batch_size == "auto" and "batch_size='auto'" in repr(smoothed)
     x = torch.rand(4, 1, 4, 4)
@@ -373,7 +383,7 @@ def test_a_broken_budget_fails_the_cost_check(monkeypatch):
     # the same check with the budget ignored: the search costs more than 2%
     monkeypatch.setattr(autobatch, "BUDGET", 1.0)
     cost = peaked(128)
-    model = RowCounter(16, cost=cost)
+    model = RowCounter(16, cost=cost, clock=FakeClock(monkeypatch))
     smoothed = SmoothedClassifier(model, 0.5)
     x = torch.rand(4, 1, 4, 4)
     smoothed.sample_counts(x, num=10_000)
@@ -446,7 +456,8 @@ def test_auto_search_stops_at_the_last_candidate():
     assert tuning.choice == 64 and tuning.default == 64
 
 
-def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
+def test_auto_gives_the_same_counts_as_an_explicit_batch_size(monkeypatch):
+    monkeypatch.setattr(smoothing, "_clock", itertools.count().__next__)  # larger is faster
     x = torch.rand(3, 1, 8, 8)
     model = cnn()
     sizes = []
@@ -461,6 +472,7 @@ def test_auto_gives_the_same_counts_as_an_explicit_batch_size():
 
 def test_auto_backs_off_when_tuning_runs_out_of_memory(monkeypatch):
     monkeypatch.setattr(autobatch, "BUDGET", 1.0)  # time every candidate in one call
+    monkeypatch.setattr(smoothing, "_clock", itertools.count().__next__)  # larger is faster
     x = torch.rand(2, 4)
     model = RowCounter(4, memory=300)
     expected = SmoothedClassifier(model, 0.5, batch_size=64).sample_counts(
@@ -532,6 +544,22 @@ def test_the_runner_records_the_resolved_batch_size(tmp_path):
     assert config["batch_size"] == 64 and "batch_size_auto" not in config
 
 
+def test_the_runner_records_the_size_the_search_settled_on(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    from rsmooth.runner import certify_dataset
+
+    monkeypatch.setattr(autobatch, "BUDGET", 1.0)
+    monkeypatch.setattr(autobatch, "CANDIDATES", (32, 64, 128))  # default: 128
+    data = TensorDataset(torch.rand(3, 3), torch.tensor([0, 1, 0]))
+    model = RowCounter(3, cost=peaked(64), clock=FakeClock(monkeypatch))
+    smoothed = SmoothedClassifier(model, 0.5)
+    certify_dataset(smoothed, data, tmp_path / "a.tsv", n0=10, n=3000, progress=False)
+    config = json.loads((tmp_path / "a.tsv.json").read_text())["config"]
+    assert smoothed._chosen_batch_sizes() == {((3,), torch.float32, "cpu"): 64}
+    assert config["batch_size"] == 64 and config["batch_size_auto"] is True  # planned: 128
+
+
 # ---------------------------------------------------------------- compile
 @pytest.fixture
 def fresh_dynamo():
@@ -563,6 +591,35 @@ def test_compile_feeds_fixed_shapes_and_compiles_once(fresh_dynamo):
     assert counter.frame_count == 1  # no recompilation on later calls
     assert shapes == [(64, 1, 8, 8)]
     assert model.training is False and "compile={'backend'" in repr(compiled)
+
+
+@pytest.mark.slow
+def test_compile_with_the_automatic_batch_size_compiles_once_at_the_settled_size(
+    fresh_dynamo, monkeypatch
+):
+    from torch._dynamo.testing import CompileCounter
+
+    monkeypatch.setattr(autobatch, "BUDGET", 1.0)  # settle within the first call
+    monkeypatch.setattr(autobatch, "CANDIDATES", (32, 64, 128))
+    monkeypatch.setattr(smoothing, "_clock", itertools.count().__next__)  # larger is faster
+    counter = CompileCounter()
+    shapes = []
+
+    def backend(graph, example_inputs):
+        shapes.extend(tuple(t.shape) for t in example_inputs if tuple(t.shape[1:]) == (1, 8, 8))
+        return counter(graph, example_inputs)
+
+    model = cnn()
+    compiled = SmoothedClassifier(model, 0.5, compile={"backend": backend})
+    eager = SmoothedClassifier(model, 0.5, batch_size=50)
+    x = torch.rand(3, 1, 8, 8)
+    for num in (3000, 1000):
+        got = compiled.sample_counts(x, num=num, generator=torch.Generator().manual_seed(num))
+        want = eager.sample_counts(x, num=num, generator=torch.Generator().manual_seed(num))
+        assert torch.equal(got, want)
+    assert compiled._chosen_batch_sizes()[_auto_key(x)] == 128
+    assert counter.frame_count == 1  # the search ran eagerly; compiled once, at the choice
+    assert shapes == [(128, 1, 8, 8)]
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ _BLOCK_ELEMENTS_ACCELERATOR = 2**20
 _MAX_BLOCK_ACCELERATOR = 4096
 _NONFINITE_POLICIES = ("raise", "count_against")
 _AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
+_clock = time.perf_counter  # times the batch-size search's batches (tests drive a fake clock)
 _OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 #: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
@@ -669,10 +670,10 @@ class SmoothedClassifier:
                 logits = forward(size)[:filled]
             elif timed and tuning is not None:
                 _synchronize(device)
-                began = time.perf_counter()
+                began = _clock()
                 logits = forward(filled)
                 _synchronize(device)
-                tuning.record(filled, time.perf_counter() - began)
+                tuning.record(filled, _clock() - began)
             else:
                 logits = forward(filled)
             classes = int(logits.shape[1])
