@@ -8,10 +8,14 @@ per second of
 - the **floor**: a bare forward pass + argmax over pre-generated noisy batches (distinct ones,
   up to ``FLOOR_ELEMENTS`` elements in all, so the model reads new samples as it would in a
   real run), at each batch size in {32, 64, 128, 256, 512, 1024, 2048} (no noise generation, no
-  counting);
-- ``SmoothedClassifier.certify`` at its defaults (``batch_size="auto"``): a fresh classifier's
-  first call, which starts the automatic batch-size tuning, then (after the calls that let the
-  tuning settle) its steady state; ratio to the best floor;
+  counting), in the standard layout and, for images with several channels, in
+  ``channels_last`` too;
+- ``SmoothedClassifier.certify`` at its defaults (``batch_size="auto"``,
+  ``memory_format="auto"``): a fresh classifier's first call, which starts the automatic
+  batch-size tuning, then (after the calls that let the tuning settle) its steady state; ratio
+  to the best floor in the standard layout (what a user's own loop runs);
+- for images with several channels, the same with ``memory_format="preserve"`` (the standard
+  layout), against the same floor;
 - ``certify`` with ``compile=True`` and the automatic batch size (the time of the calls that
   tune and compile is reported); ratio to the best eager floor;
 - ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at the batch size
@@ -155,23 +159,36 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     # reported, so that a slow spell of the machine hits all of them alike
     contenders: dict[str, Callable[[], object]] = {}
     samples_of: dict[str, int] = {}
-    for batch_size in FLOOR_BATCH_SIZES:
-        samples = max(args.floor_samples, batch_size)
-        batches = floor_batches(x, batch_size, samples, args.sigma)
-        floor(model, batches, batch_size)  # warm-up
-        contenders[f"floor {batch_size}"] = lambda b=batches, s=samples: floor(model, b, s)
-        samples_of[f"floor {batch_size}"] = samples
+    # channels_last is a different layout only for images with several channels
+    layouts = [""] + (["channels_last "] if x.dim() == 4 and x.shape[1] > 1 else [])
+    for layout in layouts:
+        for batch_size in FLOOR_BATCH_SIZES:
+            samples = max(args.floor_samples, batch_size)
+            batches = floor_batches(x, batch_size, samples, args.sigma)
+            if layout:
+                batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+            floor(model, batches, batch_size)  # warm-up
+            key = f"floor {layout}{batch_size}"
+            contenders[key] = lambda b=batches, s=samples: floor(model, b, s)
+            samples_of[key] = samples
 
     smoothed = SmoothedClassifier(model, args.sigma)
     row["certify_auto_first"] = total / timed(certify(smoothed), device)
     settle(smoothed, certify(smoothed))
     row["auto_batch_size"] = next(iter(smoothed._chosen_batch_sizes().values()), None)
+    row["channels_last"] = any(smoothed._layouts.values())
     contenders["certify"] = certify(smoothed)
     print(
         f"{name}: first certify call {row['certify_auto_first']:,.0f}/s; automatic batch "
-        f"size {row['auto_batch_size']}",
+        f"size {row['auto_batch_size']}; channels_last {row['channels_last']}",
         flush=True,
     )
+    row["preserve_batch_size"] = None
+    if len(layouts) > 1:
+        standard = SmoothedClassifier(model, args.sigma, memory_format="preserve")
+        settle(standard, certify(standard))
+        row["preserve_batch_size"] = next(iter(standard._chosen_batch_sizes().values()), None)
+        contenders["certify preserve"] = certify(standard)
 
     row["compile_seconds"] = row["compile_batch_size"] = None
     if not args.no_compile:
@@ -212,7 +229,13 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     row["floor"] = floors
     row["best_floor_batch"] = best_batch
     row["best_floor"] = floors[best_batch]
+    row["floor_channels_last"] = {
+        b: middle[f"floor channels_last {b}"] for b in FLOOR_BATCH_SIZES if len(layouts) > 1
+    }
+    cl_floors = row["floor_channels_last"]
+    row["best_floor_channels_last"] = max(cl_floors.values()) if cl_floors else None
     row["certify_auto"] = middle["certify"]
+    row["certify_preserve"] = middle.get("certify preserve")
     row["certify_compile"] = middle.get("compile")
     row["art"] = middle.get("art")
     row["art_default"] = middle.get("art default", row["art"])
@@ -281,13 +304,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"n = {meta['n']:,}, sigma = {meta['sigma']}. Samples per second, the median of "
         f"{meta['rounds']} rounds.",
         "",
-        "| model | batch | bare-forward floor |",
-        "|---|---:|---:|",
+        "| model | batch | bare-forward floor | floor, channels_last |",
+        "|---|---:|---:|---:|",
     ]
     for row in rows:
         for batch_size, rate in row["floor"].items():
             mark = " (best)" if batch_size == row["best_floor_batch"] else ""
-            lines.append(f"| {row['model']} | {batch_size} | {rate:,.0f}{mark} |")
+            last = row["floor_channels_last"].get(batch_size)
+            lines.append(f"| {row['model']} | {batch_size} | {rate:,.0f}{mark} | {fmt(last)} |")
     lines += [
         "",
         "| model | what | samples/s | × best floor |",
@@ -301,7 +325,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 "first call incl. tuning",
                 row["certify_auto_first"],
             ),
-            ("certify, defaults, settled", row["certify_auto"]),
+            (
+                "certify, defaults, settled" + (" (channels_last)" if row["channels_last"] else ""),
+                row["certify_auto"],
+            ),
+            (
+                f"certify, memory_format='preserve' (auto → {row['preserve_batch_size']})",
+                row["certify_preserve"],
+            ),
+            ("best bare-forward floor, channels_last", row["best_floor_channels_last"]),
             (
                 f"certify, compile=True (auto → {row['compile_batch_size']}; first calls "
                 f"{fmt(row['compile_seconds'], '.0f')} s)",
@@ -311,6 +343,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             (f"ART 1.20.1 certify at its default batch {ART_DEFAULT_BATCH}", row["art_default"]),
         ]
         for what, rate in entries:
+            if rate is None and ("channels_last" in what or "preserve" in what):
+                continue  # one-channel images: channels_last is the standard layout
             ratio = None if rate is None else rate / best
             lines.append(f"| {row['model']} | {what} | {fmt(rate)} | {fmt(ratio, '.3f')} |")
     lines += ["", f"Peak extra memory, one input, n = {meta['memory_n']:,}:", ""]

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -723,15 +724,146 @@ def test_channels_last_models_and_inputs():
     assert all(not b.is_contiguous() for b in spy.seen)
 
 
+class ViewsItsInput(nn.Module):
+    """Flattens with ``view``, which a channels_last batch refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # test-only: fixed weights
+        self.linear = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.linear(x.view(x.shape[0], -1))
+
+
+class ReadsRawMemory(ViewsItsInput):
+    """Flattens the input's storage as if it were contiguous: wrong for channels_last."""
+
+    def forward(self, x):
+        return self.linear(torch.as_strided(x, (x.shape[0], 48), (48, 1)))
+
+
+def bn_cnn():
+    torch.manual_seed(0)  # test-only: fixed weights
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)
+    )
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_auto_memory_format_gives_a_cpu_model_channels_last_batches(autocast):
+    model = bn_cnn().train()  # in train mode: the engine must use eval and restore train
+    model[1].running_mean.fill_(0.1)
+    running = [t.clone() for t in (model[1].running_mean, model[1].running_var)]
+    spy = Spy(model)
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=64, autocast=autocast)
+    x = torch.rand(3, 3, 4, 4)
+    counts = smoothed.sample_counts(x, num=300, generator=gens([1, 2, 3]))
+    # the layout check: the clean inputs once in each layout; then every batch channels_last
+    assert [b.shape[0] for b in spy.seen[:2]] == [3, 3]
+    assert spy.seen[0].is_contiguous() and not spy.seen[1].is_contiguous()
+    votes = spy.seen[2:]
+    assert sum(b.shape[0] for b in votes) == 900
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in votes)
+    assert all(not b.is_contiguous() for b in votes)
+    assert "memory_format='auto' (channels_last for [3, 4, 4] float32 on cpu)" in repr(smoothed)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(model[1].running_mean, running[0])
+    assert torch.equal(model[1].running_var, running[1])
+    spy.seen.clear()  # checked once per input shape, dtype and device
+    smoothed.sample_counts(x, num=100, generator=gens([1, 2, 3]))
+    assert sum(b.shape[0] for b in spy.seen) == 300
+    # the same votes as the standard layout, up to a rounding difference on a decision boundary
+    standard = SmoothedClassifier(model, 0.5, batch_size=64, autocast=autocast)
+    standard.memory_format = "preserve"
+    want = standard.sample_counts(x, num=300, generator=gens([1, 2, 3]))
+    assert int((counts - want).abs().sum()) <= 4
+
+
+def test_auto_memory_format_keeps_the_standard_layout_for_a_model_that_views_its_input():
+    x = torch.rand(2, 3, 4, 4)
+    spy = Spy(ViewsItsInput())
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counts = smoothed.sample_counts(x, num=200, generator=gens([1, 2]))
+    assert not spy.seen[1].is_contiguous()  # the check's try, which the model refused
+    assert all(b.is_contiguous() for b in spy.seen[2:])
+    assert "channels_last" not in repr(smoothed)
+    plain = SmoothedClassifier(ViewsItsInput(), 0.5, batch_size=64, memory_format="preserve")
+    assert torch.equal(counts, plain.sample_counts(x, num=200, generator=gens([1, 2])))
+    forced = SmoothedClassifier(ViewsItsInput(), 0.5, memory_format="channels_last")
+    with pytest.raises(RuntimeError, match="view size"):  # asked for explicitly: its error
+        forced.sample_counts(x, num=20)
+
+
+def test_auto_memory_format_refuses_a_model_whose_logits_depend_on_the_layout():
+    x = torch.rand(2, 3, 4, 4)
+    smoothed = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64)
+    with pytest.warns(RuntimeWarning, match="differ from those on the same inputs in the standard"):
+        counts = smoothed.sample_counts(x, num=400, generator=gens([1, 2]))
+    plain = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64, memory_format="preserve")
+    assert torch.equal(counts, plain.sample_counts(x, num=400, generator=gens([1, 2])))
+    # without the check (channels_last forced) this model's votes are wrong: the check matters
+    forced = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64, memory_format="channels_last")
+    assert not torch.equal(counts, forced.sample_counts(x, num=400, generator=gens([1, 2])))
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        torch.rand(2, 12),  # not images
+        torch.rand(2, 1, 4, 4),  # one channel: the two layouts coincide
+        torch.rand(2, 3, 1, 1),  # 1x1 images: the same
+        torch.rand(2, 3, 2, 2).to(torch.float64),  # checked like float32, on its own key
+    ],
+)
+def test_auto_memory_format_leaves_other_inputs_alone(inputs):
+    features = math.prod(inputs.shape[1:])
+    spy = Spy(nn.Sequential(nn.Flatten(), nn.Linear(features, 3)).to(inputs.dtype))
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=64)
+    smoothed.sample_counts(inputs, num=100, generator=gens([1, 2]))
+    votes = [b for b in spy.seen if b.shape[0] == 64 or b.shape[0] == 200 % 64]
+    assert sum(b.shape[0] for b in spy.seen) == 200 + (
+        2 * 2 if inputs.shape[1:] == (3, 2, 2) else 0
+    )
+    if inputs.shape[1:] == (3, 2, 2):  # a real layout change: checked, then channels_last
+        assert all(b.is_contiguous(memory_format=torch.channels_last) for b in votes)
+        assert "float64 on cpu" in repr(smoothed)
+    else:
+        assert all(b.is_contiguous() for b in spy.seen)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        (None, TypeError, r"memory_format must be one of 'auto', 'preserve', 'channels_last', got"),
+        ("nhwc", ValueError, r"memory_format must be one of .*, got 'nhwc'"),
+    ],
+)
+def test_memory_format_validation(value, exc, match):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, memory_format=value)
+
+
+def test_channels_last_memory_format_needs_image_inputs():
+    smoothed = SmoothedClassifier(nn.Linear(3, 2), 0.5, memory_format="channels_last")
+    assert "memory_format='channels_last'" in repr(smoothed)
+    with pytest.raises(ValueError, match=r"needs 4-D .* or 5-D .* inputs, got shape \(2, 3\)"):
+        smoothed.sample_counts(torch.rand(2, 3), num=10)
+
+
 # ---------------------------------------------------------------- command line
 def test_cli_batch_size_and_compile_options(capsys):
     from rsmooth.cli import build_parser
 
     base = ["certify", "--model", "m:f", "--dataset", "digits", "--sigma", "0.5", "--out", "o"]
     args = build_parser().parse_args(base)
-    assert args.batch_size == "auto" and args.compile is False
-    args = build_parser().parse_args([*base, "--batch-size", "128", "--compile"])
-    assert args.batch_size == 128 and args.compile is True
+    assert args.batch_size == "auto" and args.compile is False and args.memory_format == "auto"
+    args = build_parser().parse_args(
+        [*base, "--batch-size", "128", "--compile", "--memory-format", "preserve"]
+    )
+    assert args.batch_size == 128 and args.compile is True and args.memory_format == "preserve"
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--batch-size", "big"])
     assert "batch size must be a positive integer or 'auto', got 'big'" in capsys.readouterr().err

@@ -267,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the model for certification (fixed batch shapes: it compiles once)",
     )
+    smoothing.add_argument(
+        "--memory-format",
+        choices=("auto", "preserve", "channels_last"),
+        default="auto",
+        help="layout of the noisy batches: 'auto' (default) gives a CPU model image batches as "
+        "channels_last when it accepts them with the same logits; 'preserve' keeps the "
+        "dataset's layout; 'channels_last' always",
+    )
     smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
     smoothing.add_argument(
         "--radii",
@@ -666,6 +674,7 @@ def _certify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         input_range=args.input_range,
         compile=args.compile,
+        memory_format=args.memory_format,
     )
     dist = torch.distributed
     started_group = False

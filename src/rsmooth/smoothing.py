@@ -56,6 +56,7 @@ __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 NonFinitePolicy = Literal["raise", "count_against"]
 BatchSize = int | Literal["auto"]
+MemoryFormat = Literal["auto", "preserve", "channels_last"]
 _AutoKey = tuple[tuple[int, ...], torch.dtype, str]
 
 #: Independent noise streams of every input: CERTIFY selects its candidate on SELECTION samples,
@@ -72,6 +73,13 @@ _MAX_BLOCK = {"cpu": 512}
 _BLOCK_ELEMENTS_ACCELERATOR = 2**20
 _MAX_BLOCK_ACCELERATOR = 4096
 _NONFINITE_POLICIES = ("raise", "count_against")
+_MEMORY_FORMATS = ("auto", "preserve", "channels_last")
+#: memory_format="auto": rows of the inputs the layout check runs the model on, both layouts, and
+#: how far apart the two logit rows may be (relative to the largest logit; a model that reads raw
+#: memory gets a different answer, not a rounding difference)
+_LAYOUT_CHECK_ROWS = 32
+_LAYOUT_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+_LAYOUT_RTOL_REDUCED = 5e-2  # float16, bfloat16 and autocast
 _AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
 _clock = time.perf_counter  # times the batch-size search's batches (tests drive a fake clock)
 _OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -167,6 +175,31 @@ def _memory_format(inputs: Tensor) -> torch.memory_format | None:
     if inputs.dim() == 5 and inputs.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return None
+
+
+def _channels_last_format(inputs: Tensor) -> torch.memory_format:
+    """The channels-last layout for 4-D (``channels_last``) or 5-D inputs (its 3-D form)."""
+    if inputs.dim() == 4:
+        return torch.channels_last
+    if inputs.dim() == 5:
+        return torch.channels_last_3d
+    raise ValueError(
+        "memory_format='channels_last' needs 4-D [B, C, H, W] or 5-D [B, C, D, H, W] inputs, got "
+        f"shape {tuple(inputs.shape)}; pass memory_format='auto' or 'preserve'"
+    )
+
+
+def _check_memory_format(value: object) -> MemoryFormat:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"memory_format must be one of {', '.join(map(repr, _MEMORY_FORMATS))}, got "
+            f"{type(value).__name__}"
+        )
+    if value not in _MEMORY_FORMATS:
+        raise ValueError(
+            f"memory_format must be one of {', '.join(map(repr, _MEMORY_FORMATS))}, got {value!r}"
+        )
+    return value  # type: ignore[return-value]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -369,6 +402,14 @@ class SmoothedClassifier:
         input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
             check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
             [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
+        memory_format: Layout of the noisy batches the model receives. ``"auto"``: on the CPU,
+            4-D floating-point inputs ``[B, C, H, W]`` reach the model as ``channels_last``
+            (oneDNN's convolutions run faster on it), provided that a check, once per input
+            shape, dtype and device, finds that the model accepts that layout and returns the
+            same logits as on the standard one up to rounding; otherwise, and on other devices,
+            the inputs' own layout. ``"preserve"``: the inputs' own layout.
+            ``"channels_last"``: always (4-D or 5-D inputs). The choice never depends on timing,
+            so it never makes results differ between runs. Default: ``"auto"``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -401,6 +442,7 @@ class SmoothedClassifier:
         compile: bool | Mapping[str, Any] = False,
         autocast: torch.dtype | None = None,
         input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
+        memory_format: MemoryFormat = "auto",
     ) -> None:
         self.model = check_model(model)
         self.input_range = check_input_range_arg("input_range", input_range)
@@ -423,6 +465,8 @@ class SmoothedClassifier:
             self._compiled = torch.compile(self.model, dynamic=False, **options)
         self.autocast = _check_autocast(autocast)
         self._autocast_checked: set[str] = set()
+        self.memory_format: MemoryFormat = _check_memory_format(memory_format)
+        self._layouts: dict[_AutoKey, bool] = {}  # memory_format="auto": channels_last accepted
 
     def __repr__(self) -> str:
         extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
@@ -430,6 +474,15 @@ class SmoothedClassifier:
             extra += f", compile={self.compile!r}"
         if self.autocast is not None:
             extra += f", autocast={self.autocast}"
+        if self.memory_format != "auto":
+            extra += f", memory_format={self.memory_format!r}"
+        elif any(self._layouts.values()):
+            shapes = "; ".join(
+                f"{list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
+                for (shape, dtype, device), accepted in self._layouts.items()
+                if accepted
+            )
+            extra += f", memory_format='auto' (channels_last for {shapes})"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
             f"batch_size={self._batch_size_repr()}{extra})"
@@ -497,6 +550,70 @@ class SmoothedClassifier:
         if tuning.choice is not None:
             return tuning.choice
         return tuning.default if tuning.best is None else tuning.best
+
+    def _batch_format(self, inputs: Tensor) -> torch.memory_format | None:
+        """The layout of the forward batches for ``inputs`` (None: the standard one)."""
+        own = _memory_format(inputs)
+        if self.memory_format == "channels_last":
+            return _channels_last_format(inputs)
+        if (
+            self.memory_format == "preserve"
+            or own is not None
+            or inputs.dim() != 4
+            or inputs.device.type != "cpu"
+            or not inputs.is_floating_point()
+            or inputs[:1].contiguous().is_contiguous(memory_format=torch.channels_last)
+        ):  # the last case: one channel (or 1x1 images), where the two layouts coincide
+            return own
+        key = _auto_key(inputs)
+        if key not in self._layouts:
+            self._layouts[key] = self._accepts_channels_last(inputs)
+        return torch.channels_last if self._layouts[key] else None
+
+    def _accepts_channels_last(self, inputs: Tensor) -> bool:
+        """Whether the model runs on ``channels_last`` rows of ``inputs`` with the same logits.
+
+        Runs the model on up to ``_LAYOUT_CHECK_ROWS`` clean inputs in both layouts. A model
+        that fails on ``channels_last`` (a ``view`` of its input, say), or whose logits differ
+        by more than rounding (code that reads raw memory), gets the standard layout; the second
+        case warns, since such a model breaks for channels_last callers too.
+        """
+        rows = inputs[:_LAYOUT_CHECK_ROWS].contiguous()
+        with preserve_model_state(self.model, train=False), torch.inference_mode():
+            standard = self._forward(rows, inputs)
+            try:
+                with self._autocast_context(rows.device):
+                    other = self.model(rows.contiguous(memory_format=torch.channels_last))
+            except _OutOfMemoryError:
+                raise
+            except Exception:  # any failure means: keep the standard layout
+                return False
+        if not isinstance(other, Tensor) or other.shape != standard.shape:
+            return False
+        reduced = self.autocast is not None or standard.dtype not in _LAYOUT_RTOL
+        rtol = _LAYOUT_RTOL_REDUCED if reduced else _LAYOUT_RTOL[standard.dtype]
+        a, b = standard.double(), other.double()
+        finite = torch.isfinite(a)
+        if not torch.equal(finite, torch.isfinite(b)) or not torch.equal(a[~finite], b[~finite]):
+            return self._layout_mismatch(float("nan"))
+        if not bool(finite.any()):
+            return True
+        scale = max(1.0, float(a[finite].abs().max()))
+        difference = float((a[finite] - b[finite]).abs().max())
+        if difference > rtol * scale:
+            return self._layout_mismatch(difference)
+        return True
+
+    def _layout_mismatch(self, difference: float) -> bool:
+        warnings.warn(
+            "the model's logits on channels_last inputs differ from those on the same inputs in "
+            f"the standard layout (largest difference {difference:.3g}), beyond rounding: it "
+            "reads its input's raw memory somewhere, or its output is random. rsmooth feeds it "
+            "the standard layout; pass memory_format='preserve' to skip this check",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return False
 
     def _autocast_forward(self, batch: Tensor) -> object:
         with self._autocast_context(batch.device):
@@ -601,7 +718,7 @@ class SmoothedClassifier:
         tuning = self._auto_tuning(inputs)
         if tuning is not None:
             tuning.begin_call(total)
-        memory_format = _memory_format(inputs)
+        memory_format = self._batch_format(inputs)
         buffer = torch.empty((0, *sample_shape), dtype=dtype, device=device)
         noise = torch.empty((block, *sample_shape), dtype=dtype, device=device)
         noise_generator = torch.Generator(device=device)
