@@ -711,9 +711,9 @@ def test_channels_last_models_and_inputs():
         ).eval()
 
     x = torch.rand(3, 3, 8, 8)
-    expected = SmoothedClassifier(cnn3(), 0.5, batch_size=100).sample_counts(
-        x, num=300, generator=gens([1, 2, 3])
-    )
+    expected = SmoothedClassifier(
+        cnn3(), 0.5, batch_size=100, memory_format="preserve"
+    ).sample_counts(x, num=300, generator=gens([1, 2, 3]))
     spy = Spy(cnn3().to(memory_format=torch.channels_last))
     smoothed = SmoothedClassifier(spy, 0.5, batch_size=100)
     x_last = x.contiguous(memory_format=torch.channels_last)
@@ -774,8 +774,9 @@ def test_auto_memory_format_gives_a_cpu_model_channels_last_batches(autocast):
     smoothed.sample_counts(x, num=100, generator=gens([1, 2, 3]))
     assert sum(b.shape[0] for b in spy.seen) == 300
     # the same votes as the standard layout, up to a rounding difference on a decision boundary
-    standard = SmoothedClassifier(model, 0.5, batch_size=64, autocast=autocast)
-    standard.memory_format = "preserve"
+    standard = SmoothedClassifier(
+        model, 0.5, batch_size=64, autocast=autocast, memory_format="preserve"
+    )
     want = standard.sample_counts(x, num=300, generator=gens([1, 2, 3]))
     assert int((counts - want).abs().sum()) <= 4
 
@@ -800,13 +801,85 @@ def test_auto_memory_format_keeps_the_standard_layout_for_a_model_that_views_its
 def test_auto_memory_format_refuses_a_model_whose_logits_depend_on_the_layout():
     x = torch.rand(2, 3, 4, 4)
     smoothed = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64)
-    with pytest.warns(RuntimeWarning, match="differ from those on the same inputs in the standard"):
+    with pytest.warns(RuntimeWarning, match="differ from those on the same inputs") as caught:
         counts = smoothed.sample_counts(x, num=400, generator=gens([1, 2]))
+    assert caught[0].filename == __file__  # it points at the caller's line, not at rsmooth
     plain = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64, memory_format="preserve")
     assert torch.equal(counts, plain.sample_counts(x, num=400, generator=gens([1, 2])))
     # without the check (channels_last forced) this model's votes are wrong: the check matters
     forced = SmoothedClassifier(ReadsRawMemory(), 0.5, batch_size=64, memory_format="channels_last")
     assert not torch.equal(counts, forced.sample_counts(x, num=400, generator=gens([1, 2])))
+
+
+class NaNForDarkImages(nn.Module):
+    """A small CNN whose logits are NaN for an input whose mean is below 0.2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = bn_cnn().eval()
+
+    def forward(self, x):
+        dark = x.mean(dim=(1, 2, 3)) < 0.2
+        return self.cnn(x).masked_fill(dark[:, None], float("nan"))
+
+
+def test_auto_memory_format_check_accepts_nan_logits_in_both_layouts():
+    x = torch.rand(3, 3, 4, 4)
+    x[1] = 0.0  # NaN logits for the clean input (in both layouts), and for some noisy samples
+    smoothed = SmoothedClassifier(NaNForDarkImages(), 0.1, batch_size=64, nonfinite="count_against")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counts = smoothed.sample_counts(x, num=200, generator=gens([1, 2, 3]))
+    assert smoothed._layouts == {((3, 4, 4), torch.float32, "cpu"): True}
+    assert counts[1].sum() < 200 and counts[0].sum() == counts[2].sum() == 200
+
+
+def test_the_layout_check_respects_an_integer_batch_size():
+    spy = Spy(bn_cnn().eval())
+    SmoothedClassifier(spy, 0.5, batch_size=5).sample_counts(torch.rand(40, 3, 4, 4), num=3)
+    assert max(b.shape[0] for b in spy.seen) == 5
+    assert spy.seen[1].is_contiguous(memory_format=torch.channels_last)  # the check ran
+
+
+@pytest.mark.slow
+def test_compile_with_channels_last_batches_compiles_once(fresh_dynamo):
+    from torch._dynamo.testing import CompileCounter
+
+    counter, layouts = CompileCounter(), []
+
+    def backend(graph, example_inputs):
+        layouts.extend(
+            t.is_contiguous(memory_format=torch.channels_last)
+            for t in example_inputs
+            if tuple(t.shape[1:]) == (3, 4, 4)
+        )
+        return counter(graph, example_inputs)
+
+    model = bn_cnn().eval()
+    compiled = SmoothedClassifier(model, 0.5, batch_size=64, compile={"backend": backend})
+    eager = SmoothedClassifier(model, 0.5, batch_size=64)
+    x = torch.rand(3, 3, 4, 4)
+    for num in (300, 100):
+        got = compiled.sample_counts(x, num=num, generator=gens([num, 1, 2]))
+        assert torch.equal(got, eager.sample_counts(x, num=num, generator=gens([num, 1, 2])))
+    assert counter.frame_count == 1 and layouts == [True]
+
+
+def test_the_runner_records_the_memory_format_and_the_layout(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from rsmooth.runner import certify_dataset
+
+    data = TensorDataset(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]))
+    for model, layout in ((bn_cnn().eval(), True), (ViewsItsInput(), False)):
+        out = tmp_path / f"{layout}.tsv"
+        certify_dataset(SmoothedClassifier(model, 0.5), data, out, n0=10, n=50, progress=False)
+        config = json.loads(out.with_name(out.name + ".json").read_text())["config"]
+        assert config["memory_format"] == "auto" and config["channels_last"] is layout
+    fixed = SmoothedClassifier(bn_cnn().eval(), 0.5, memory_format="preserve")
+    certify_dataset(fixed, data, tmp_path / "p.tsv", n0=10, n=50, progress=False)
+    config = json.loads((tmp_path / "p.tsv.json").read_text())["config"]
+    assert config["memory_format"] == "preserve" and "channels_last" not in config
 
 
 @pytest.mark.parametrize(

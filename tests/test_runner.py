@@ -62,7 +62,13 @@ def test_writes_the_reference_format(tmp_path, dataset):
     assert -1 in predictions and len(predictions) >= 3  # the tiny problem is not degenerate
     assert results.path == str(out) and results.count is not None
     side = json.loads((tmp_path / "results.tsv.json").read_text())
-    assert side["config"] == {**SETTINGS, "sigma": 0.25, "seed": 0, "batch_size": 1000}
+    assert side["config"] == {
+        **SETTINGS,
+        "sigma": 0.25,
+        "seed": 0,
+        "batch_size": 1000,
+        "memory_format": "auto",
+    }
     assert side["complete"] is True and side["shard"] is None
     assert side["selection"] == {"start": 0, "stop": 24, "step": 1}
 

@@ -403,13 +403,13 @@ def _open_for_append(
     return handle, set(done)
 
 
-def _mark_complete(path: Path, batch_size: int | None = None) -> None:
-    """Mark a part complete in its sidecar, recording the settled automatic batch size."""
+def _mark_complete(path: Path, settled: Mapping[str, Any] | None = None) -> None:
+    """Mark a part complete in its sidecar, recording the automatic choices the run settled on."""
     data = _read_sidecar(path)
     if data is not None:
         data["complete"] = True
-        if batch_size is not None and isinstance(data.get("config"), dict):
-            data["config"]["batch_size"] = batch_size
+        if settled and isinstance(data.get("config"), dict):
+            data["config"].update(settled)
         _write_json(_sidecar(path), data)
 
 
@@ -746,6 +746,7 @@ def certify_dataset(
     }
     if smoothed.batch_size == "auto":
         config["batch_size_auto"] = True
+    config["memory_format"] = smoothed.memory_format
     if sequential is not None:
         config.update(sequential)
         config["n"] = None
@@ -793,7 +794,7 @@ def certify_dataset(
     if guard.received is not None:
         guard.redeliver()  # the previous handler decides (exit, KeyboardInterrupt, ...)
         return read_results(path)
-    _mark_complete(path, _chosen_batch_size(smoothed, dataset, mine, device))
+    _mark_complete(path, _settled_choices(smoothed, dataset, mine, device))
     if shard.count == 1:
         return read_results(path)
     if not merge:
@@ -1013,14 +1014,23 @@ def _batch_size_for_run(
     return smoothed._planned_batch_size(example)
 
 
-def _chosen_batch_size(
+def _settled_choices(
     smoothed: SmoothedClassifier, dataset: _Dataset, mine: Sequence[int], device: torch.device
-) -> int | None:
-    """The automatic batch size that the run's tuning settled on, else None."""
-    if smoothed.batch_size != "auto" or not mine:
-        return None
-    example = torch.as_tensor(dataset[mine[0]][0]).to(device)[None]
-    return smoothed._chosen_batch_sizes().get(_auto_key(example))
+) -> dict[str, Any]:
+    """What the run's automatic settings settled on, for the sidecar.
+
+    ``batch_size`` once the search settled, and ``channels_last``: whether
+    ``memory_format="auto"`` fed the model that layout.
+    """
+    if not mine:
+        return {}
+    key = _auto_key(torch.as_tensor(dataset[mine[0]][0]).to(device)[None])
+    settled: dict[str, Any] = {}
+    if smoothed.batch_size == "auto" and key in smoothed._chosen_batch_sizes():
+        settled["batch_size"] = smoothed._chosen_batch_sizes()[key]
+    if smoothed.memory_format == "auto" and key in smoothed._layouts:
+        settled["channels_last"] = smoothed._layouts[key]
+    return settled
 
 
 def _merge_after_run(out: Path, path: Path, shard: Shard) -> CertificationResults:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -200,6 +201,17 @@ def _check_memory_format(value: object) -> MemoryFormat:
             f"memory_format must be one of {', '.join(map(repr, _MEMORY_FORMATS))}, got {value!r}"
         )
     return value  # type: ignore[return-value]
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a warning issued here that points at the first frame outside rsmooth."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _synchronize(device: torch.device) -> None:
@@ -408,8 +420,8 @@ class SmoothedClassifier:
             shape, dtype and device, finds that the model accepts that layout and returns the
             same logits as on the standard one up to rounding; otherwise, and on other devices,
             the inputs' own layout. ``"preserve"``: the inputs' own layout.
-            ``"channels_last"``: always (4-D or 5-D inputs). The choice never depends on timing,
-            so it never makes results differ between runs. Default: ``"auto"``.
+            ``"channels_last"``: always (4-D or 5-D inputs). The choice does not depend on
+            timing. Default: ``"auto"``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -573,12 +585,15 @@ class SmoothedClassifier:
     def _accepts_channels_last(self, inputs: Tensor) -> bool:
         """Whether the model runs on ``channels_last`` rows of ``inputs`` with the same logits.
 
-        Runs the model on up to ``_LAYOUT_CHECK_ROWS`` clean inputs in both layouts. A model
-        that fails on ``channels_last`` (a ``view`` of its input, say), or whose logits differ
-        by more than rounding (code that reads raw memory), gets the standard layout; the second
-        case warns, since such a model breaks for channels_last callers too.
+        Runs the model on up to ``_LAYOUT_CHECK_ROWS`` clean inputs (at most an integer
+        ``batch_size``) in both layouts. A model that fails on ``channels_last`` (a ``view`` of
+        its input, say), or whose logits differ by more than rounding (code that reads raw
+        memory), gets the standard layout; the second case warns, since such a model breaks for
+        channels_last callers too. Only these clean inputs are checked: code that depends on the
+        layout only for other inputs is not caught (``memory_format="preserve"`` avoids it).
         """
-        rows = inputs[:_LAYOUT_CHECK_ROWS].contiguous()
+        limit = _LAYOUT_CHECK_ROWS if self.batch_size == "auto" else int(self.batch_size)
+        rows = inputs[: min(_LAYOUT_CHECK_ROWS, limit)].contiguous()
         with preserve_model_state(self.model, train=False), torch.inference_mode():
             standard = self._forward(rows, inputs)
             try:
@@ -593,9 +608,13 @@ class SmoothedClassifier:
         reduced = self.autocast is not None or standard.dtype not in _LAYOUT_RTOL
         rtol = _LAYOUT_RTOL_REDUCED if reduced else _LAYOUT_RTOL[standard.dtype]
         a, b = standard.double(), other.double()
-        finite = torch.isfinite(a)
-        if not torch.equal(finite, torch.isfinite(b)) or not torch.equal(a[~finite], b[~finite]):
-            return self._layout_mismatch(float("nan"))
+        finite, infinite = torch.isfinite(a), torch.isinf(a)
+        if (
+            not torch.equal(finite, torch.isfinite(b))
+            or not torch.equal(torch.isnan(a), torch.isnan(b))
+            or not torch.equal(a[infinite], b[infinite])
+        ):  # NaN or inf in one layout only, or infinities of other signs
+            return self._layout_mismatch(math.inf)
         if not bool(finite.any()):
             return True
         scale = max(1.0, float(a[finite].abs().max()))
@@ -611,7 +630,7 @@ class SmoothedClassifier:
             "reads its input's raw memory somewhere, or its output is random. rsmooth feeds it "
             "the standard layout; pass memory_format='preserve' to skip this check",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=_caller_stacklevel(),
         )
         return False
 
