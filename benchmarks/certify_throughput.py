@@ -329,11 +329,16 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 "certify, defaults, settled" + (" (channels_last)" if row["channels_last"] else ""),
                 row["certify_auto"],
             ),
-            (
-                f"certify, memory_format='preserve' (auto → {row['preserve_batch_size']})",
-                row["certify_preserve"],
-            ),
-            ("best bare-forward floor, channels_last", row["best_floor_channels_last"]),
+        ]
+        if row["floor_channels_last"]:  # images with several channels: the layout's own rows
+            entries += [
+                (
+                    f"certify, memory_format='preserve' (auto → {row['preserve_batch_size']})",
+                    row["certify_preserve"],
+                ),
+                ("best bare-forward floor, channels_last", row["best_floor_channels_last"]),
+            ]
+        entries += [
             (
                 f"certify, compile=True (auto → {row['compile_batch_size']}; first calls "
                 f"{fmt(row['compile_seconds'], '.0f')} s)",
@@ -343,8 +348,6 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             (f"ART 1.20.1 certify at its default batch {ART_DEFAULT_BATCH}", row["art_default"]),
         ]
         for what, rate in entries:
-            if rate is None and ("channels_last" in what or "preserve" in what):
-                continue  # one-channel images: channels_last is the standard layout
             ratio = None if rate is None else rate / best
             lines.append(f"| {row['model']} | {what} | {fmt(rate)} | {fmt(ratio, '.3f')} |")
     lines += ["", f"Peak extra memory, one input, n = {meta['memory_n']:,}:", ""]

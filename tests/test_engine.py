@@ -210,6 +210,8 @@ def test_count_against_counts_nonfinite_samples_for_no_class():
 def test_nonfinite_policy_is_validated():
     with pytest.raises(ValueError, match="nonfinite must be one of 'raise', 'count_against'"):
         SmoothedClassifier(nn.Linear(2, 2), 0.5, nonfinite="ignore")
+    with pytest.raises(TypeError, match="nonfinite must be one of .*, got NoneType"):
+        SmoothedClassifier(nn.Linear(2, 2), 0.5, nonfinite=None)
 
 
 # ---------------------------------------------------------------- model-output hints

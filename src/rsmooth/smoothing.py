@@ -193,17 +193,14 @@ def _channels_last_format(inputs: Tensor) -> torch.memory_format:
     )
 
 
-def _check_memory_format(value: object) -> MemoryFormat:
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> Any:
+    """``value`` when it is one of the strings ``choices``, else TypeError or ValueError."""
+    listed = ", ".join(map(repr, choices))
     if not isinstance(value, str):
-        raise TypeError(
-            f"memory_format must be one of {', '.join(map(repr, _MEMORY_FORMATS))}, got "
-            f"{type(value).__name__}"
-        )
-    if value not in _MEMORY_FORMATS:
-        raise ValueError(
-            f"memory_format must be one of {', '.join(map(repr, _MEMORY_FORMATS))}, got {value!r}"
-        )
-    return value  # type: ignore[return-value]
+        raise TypeError(f"{name} must be one of {listed}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+    return value
 
 
 def _caller_stacklevel() -> int:
@@ -467,12 +464,7 @@ class SmoothedClassifier:
         )
         self.batch_size: BatchSize = _check_batch_size(batch_size)
         self._auto: dict[_AutoKey, AutoBatch] = {}  # batch_size="auto": tuning per key
-        if nonfinite not in _NONFINITE_POLICIES:
-            raise ValueError(
-                f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_POLICIES))}, "
-                f"got {nonfinite!r}"
-            )
-        self.nonfinite: NonFinitePolicy = nonfinite
+        self.nonfinite: NonFinitePolicy = _check_choice("nonfinite", nonfinite, _NONFINITE_POLICIES)
         self.compile = _check_compile(compile)
         self._compiled: Callable[[Tensor], object] | None = None
         if self.compile is not False:
@@ -480,7 +472,9 @@ class SmoothedClassifier:
             self._compiled = torch.compile(self.model, dynamic=False, **options)
         self.autocast = _check_autocast(autocast)
         self._autocast_checked: set[str] = set()
-        self.memory_format: MemoryFormat = _check_memory_format(memory_format)
+        self.memory_format: MemoryFormat = _check_choice(
+            "memory_format", memory_format, _MEMORY_FORMATS
+        )
         self._layouts: dict[_AutoKey, bool] = {}  # memory_format="auto": channels_last accepted
 
     def __repr__(self) -> str:
