@@ -177,10 +177,12 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     settle(smoothed, certify(smoothed))
     row["auto_batch_size"] = next(iter(smoothed._chosen_batch_sizes().values()), None)
     row["channels_last"] = any(smoothed._layouts.values())
+    row["batchnorm_folded"] = smoothed._folded.folded_layers()
     contenders["certify"] = certify(smoothed)
     print(
         f"{name}: first certify call {row['certify_auto_first']:,.0f}/s; automatic batch "
-        f"size {row['auto_batch_size']}; channels_last {row['channels_last']}",
+        f"size {row['auto_batch_size']}; channels_last {row['channels_last']}; BatchNorm "
+        f"layers folded {row['batchnorm_folded']}",
         flush=True,
     )
     row["preserve_batch_size"] = None
@@ -189,6 +191,12 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
         settle(standard, certify(standard))
         row["preserve_batch_size"] = next(iter(standard._chosen_batch_sizes().values()), None)
         contenders["certify preserve"] = certify(standard)
+    row["unfolded_batch_size"] = None
+    if row["batchnorm_folded"]:  # what folding adds: the model's own forward passes
+        unfolded = SmoothedClassifier(model, args.sigma, fold_batchnorm=False)
+        settle(unfolded, certify(unfolded))
+        row["unfolded_batch_size"] = next(iter(unfolded._chosen_batch_sizes().values()), None)
+        contenders["certify unfolded"] = certify(unfolded)
 
     row["compile_seconds"] = row["compile_batch_size"] = None
     if not args.no_compile:
@@ -236,6 +244,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     row["best_floor_channels_last"] = max(cl_floors.values()) if cl_floors else None
     row["certify_auto"] = middle["certify"]
     row["certify_preserve"] = middle.get("certify preserve")
+    row["certify_unfolded"] = middle.get("certify unfolded")
     row["certify_compile"] = middle.get("compile")
     row["art"] = middle.get("art")
     row["art_default"] = middle.get("art default", row["art"])
@@ -326,10 +335,23 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 row["certify_auto_first"],
             ),
             (
-                "certify, defaults, settled" + (" (channels_last)" if row["channels_last"] else ""),
+                "certify, defaults, settled"
+                + (" (channels_last)" if row["channels_last"] else "")
+                + (
+                    f" ({row['batchnorm_folded']} BatchNorm folded)"
+                    if row["batchnorm_folded"]
+                    else ""
+                ),
                 row["certify_auto"],
             ),
         ]
+        if row["batchnorm_folded"]:
+            entries.append(
+                (
+                    f"certify, fold_batchnorm=False (auto → {row['unfolded_batch_size']})",
+                    row["certify_unfolded"],
+                )
+            )
         if row["floor_channels_last"]:  # images with several channels: the layout's own rows
             entries += [
                 (

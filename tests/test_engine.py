@@ -762,8 +762,8 @@ def test_auto_memory_format_gives_a_cpu_model_channels_last_batches(autocast):
     model = bn_cnn().train()  # in train mode: the engine must use eval and restore train
     model[1].running_mean.fill_(0.1)
     running = [t.clone() for t in (model[1].running_mean, model[1].running_var)]
-    spy = Spy(model)
-    smoothed = SmoothedClassifier(spy, 0.5, batch_size=64, autocast=autocast)
+    spy = Spy(model)  # a folded copy would not record its batches: the spy sees the model's
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=64, autocast=autocast, fold_batchnorm=False)
     x = fixed_rand(3, 3, 4, 4)
     counts = smoothed.sample_counts(x, num=300, generator=gens([1, 2, 3]))
     # the layout check: the clean inputs once in each layout; then every batch channels_last
@@ -783,7 +783,9 @@ def test_auto_memory_format_gives_a_cpu_model_channels_last_batches(autocast):
     # float32: the same votes as the standard layout, up to a rounding difference for a sample
     # on a decision boundary (bfloat16 rounds far more coarsely, and how depends on the CPU)
     if autocast is None:
-        standard = SmoothedClassifier(model, 0.5, batch_size=64, memory_format="preserve")
+        standard = SmoothedClassifier(
+            model, 0.5, batch_size=64, memory_format="preserve", fold_batchnorm=False
+        )
         want = standard.sample_counts(x, num=300, generator=gens([1, 2, 3]))
         assert int((counts - want).abs().sum()) <= 4
 
@@ -848,7 +850,8 @@ def test_auto_memory_format_check_accepts_nan_logits_in_both_layouts():
 
 def test_the_layout_check_respects_an_integer_batch_size():
     spy = Spy(bn_cnn().eval())
-    SmoothedClassifier(spy, 0.5, batch_size=5).sample_counts(fixed_rand(40, 3, 4, 4), num=3)
+    smoothed = SmoothedClassifier(spy, 0.5, batch_size=5, fold_batchnorm=False)
+    smoothed.sample_counts(fixed_rand(40, 3, 4, 4), num=3)
     assert max(b.shape[0] for b in spy.seen) == 5
     assert spy.seen[1].is_contiguous(memory_format=torch.channels_last)  # the check ran
 

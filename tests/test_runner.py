@@ -68,6 +68,8 @@ def test_writes_the_reference_format(tmp_path, dataset):
         "seed": 0,
         "batch_size": 1000,
         "memory_format": "auto",
+        "fold_batchnorm": "auto",
+        "batchnorm_folded": 0,  # a linear model: nothing to fold
     }
     assert side["complete"] is True and side["shard"] is None
     assert side["selection"] == {"start": 0, "stop": 24, "step": 1}

@@ -275,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         "channels_last when it accepts them with the same logits; 'preserve' keeps the "
         "dataset's layout; 'channels_last' always",
     )
+    smoothing.add_argument(
+        "--no-fold-batchnorm",
+        dest="fold_batchnorm",
+        action="store_false",
+        help="run the model's own code: by default a CPU model's eval-mode BatchNorm layers are "
+        "folded into the layers before them in a checked copy (the same logits up to rounding)",
+    )
     smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
     smoothing.add_argument(
         "--radii",
@@ -675,6 +682,7 @@ def _certify(args: argparse.Namespace) -> int:
         input_range=args.input_range,
         compile=args.compile,
         memory_format=args.memory_format,
+        fold_batchnorm="auto" if args.fold_batchnorm else False,
     )
     dist = torch.distributed
     started_group = False

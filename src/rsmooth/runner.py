@@ -747,6 +747,7 @@ def certify_dataset(
     if smoothed.batch_size == "auto":
         config["batch_size_auto"] = True
     config["memory_format"] = smoothed.memory_format
+    config["fold_batchnorm"] = smoothed.fold_batchnorm
     if sequential is not None:
         config.update(sequential)
         config["n"] = None
@@ -1019,8 +1020,9 @@ def _settled_choices(
 ) -> dict[str, Any]:
     """What the run's automatic settings settled on, for the sidecar.
 
-    ``batch_size`` once the search settled, and ``channels_last``: whether
-    ``memory_format="auto"`` fed the model that layout.
+    ``batch_size`` once the search settled, ``channels_last``: whether
+    ``memory_format="auto"`` fed the model that layout, and ``batchnorm_folded``: how many
+    BatchNorm layers the forward passes had folded.
     """
     if not mine:
         return {}
@@ -1030,6 +1032,8 @@ def _settled_choices(
         settled["batch_size"] = smoothed._chosen_batch_sizes()[key]
     if smoothed.memory_format == "auto" and key in smoothed._layouts:
         settled["channels_last"] = smoothed._layouts[key]
+    if smoothed.fold_batchnorm is not False:
+        settled["batchnorm_folded"] = smoothed._folded.folded_layers()
     return settled
 
 
