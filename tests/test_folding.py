@@ -7,18 +7,20 @@ of the model, and must stay out of the way where it cannot be exact (hooks, shar
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import Spy, small_mlp
 from scipy.stats import binom, norm
 from torch import nn
 
 import rsmooth.smoothing as smoothing
 from rsmooth import SmoothedClassifier
-from rsmooth._folding import count_batchnorms, fold_batchnorm
+from rsmooth._folding import FoldedCopy, Unfoldable, count_batchnorms, fold_batchnorm
 
 
 def gens(seeds):
@@ -45,7 +47,10 @@ def randomize_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 class Net(nn.Module):
-    """conv-BN-ReLU, a residual block (conv-BN, 1x1 conv-BN shortcut), linear-BN1d head: 4 BN."""
+    """conv-BN-ReLU, a residual block (conv-BN, 1x1 conv-BN shortcut), linear-BN1d head.
+
+    Three BatchNorm layers follow convolutions and fold; the fourth follows a linear layer.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
@@ -57,13 +62,17 @@ class Net(nn.Module):
         self.fc = nn.Linear(8 * 4 * 4, 16)
         self.bn_fc = nn.BatchNorm1d(16)
         self.head = nn.Linear(16, 5)
-        self.scale = 1.0  # a plain attribute the forward reads (a trace bakes it in)
+        # attributes the forward reads, which a trace bakes in or copies
+        self.scale = 1.0
+        self.offset = torch.zeros(5)
+        self.post = torch.clone
         randomize_batchnorms(self, seed)
 
     def forward(self, x):
         h = self.stem(x)
         h = torch.relu(self.bn(self.conv(h)) + self.shortcut(h))
-        return self.scale * self.head(torch.relu(self.bn_fc(self.fc(h.flatten(1)))))
+        out = self.scale * self.head(torch.relu(self.bn_fc(self.fc(h.flatten(1)))))
+        return self.post(out + self.offset)
 
 
 class Guarded(nn.Module):
@@ -99,8 +108,8 @@ def test_the_folded_copy_has_the_models_logits_and_the_model_is_left_alone():
     counts = smoothed.sample_counts(x, num=300, generator=gens([1, 2, 3]))
 
     runner = smoothed._inference_model(x)
-    assert runner is not model and count_batchnorms(runner) == 0
-    assert "fold_batchnorm='auto' (4 BatchNorm layers folded)" in repr(smoothed)
+    assert runner is not model and count_batchnorms(runner) == 1  # bn_fc
+    assert "fold_batchnorm='auto' (3 BatchNorm layers folded)" in repr(smoothed)
     probe = fixed_rand(64, 3, 8, 8, seed=1)
     torch.testing.assert_close(logits(runner, probe), logits(model, probe), rtol=1e-5, atol=1e-5)
     # the model: the same modules, values, modes, requires_grad and .grad
@@ -132,16 +141,21 @@ def test_the_same_generator_gives_the_same_counts_however_the_samples_are_split(
     assert torch.equal(pieces, whole)
 
 
-class LinearBN(nn.Module):
-    """Linear(3 -> 2) then BatchNorm1d(2): still a linear two-class classifier, in closed form."""
+class ConvBN(nn.Module):
+    """A 1x1 convolution (3 -> 2 channels) on 3x1x1 inputs, BatchNorm, flatten: in closed form.
+
+    Still a linear two-class classifier: class 0 exactly when a.x + d > 0 (:meth:`decision`).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.linear = nn.Linear(3, 2)
-        self.bn = nn.BatchNorm1d(2)
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
         with torch.no_grad():
-            self.linear.weight.copy_(torch.tensor([[3.0, -4.0, 0.0], [0.0, 1.0, 1.0]]))
-            self.linear.bias.copy_(torch.tensor([0.5, 0.0]))
+            self.conv.weight.copy_(
+                torch.tensor([[3.0, -4.0, 0.0], [0.0, 1.0, 1.0]])[..., None, None]
+            )
+            self.conv.bias.copy_(torch.tensor([0.5, 0.0]))
             self.bn.running_mean.copy_(torch.tensor([2.0, -1.0]))
             self.bn.running_var.copy_(torch.tensor([4.0, 0.25]))
             self.bn.weight.copy_(torch.tensor([1.5, 0.5]))
@@ -149,12 +163,11 @@ class LinearBN(nn.Module):
         self.eval()
 
     def forward(self, x):
-        return self.bn(self.linear(x))
+        return self.bn(self.conv(x)).flatten(1)
 
     def decision(self) -> tuple[np.ndarray, float]:
-        """(a, d) with class 0 exactly when a.x + d > 0."""
-        w = self.linear.weight.detach().double().numpy()
-        c = self.linear.bias.detach().double().numpy()
+        w = self.conv.weight.detach().double().flatten(1).numpy()
+        c = self.conv.bias.detach().double().numpy()
         bn = self.bn
         s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
         m = bn.running_mean.detach().double().numpy()
@@ -164,15 +177,15 @@ class LinearBN(nn.Module):
         return a, float(d)
 
 
-def closed_form_check(smoothed: SmoothedClassifier, model: LinearBN) -> None:
+def closed_form_check(smoothed: SmoothedClassifier, model: ConvBN) -> None:
     """Certify 3000 trials of a point at distance 0.3; soundness and the vote rate, exactly."""
     sigma, margin, trials, n, alpha = smoothed.sigma, 0.3, 3000, 200, 0.05
     a, d = model.decision()
-    x = torch.zeros(3, dtype=torch.float64)
+    x = torch.zeros(3, 1, 1, dtype=torch.float64)
     x[0] = (margin * np.linalg.norm(a) - d) / a[0]  # a.x + d = margin * ||a||
     p_a = float(norm.cdf(margin / sigma))
     cert = smoothed.certify(
-        x.float().expand(trials, -1).clone(),
+        x.float().expand(trials, -1, -1, -1).clone(),
         n=n,
         n0=10,
         alpha=alpha,
@@ -181,14 +194,16 @@ def closed_form_check(smoothed: SmoothedClassifier, model: LinearBN) -> None:
     wrong = (cert.prediction == 1) | ((cert.prediction == 0) & (cert.radius > margin))
     assert int(wrong.sum()) <= binom.ppf(1 - 1e-6, trials, alpha)
     votes = smoothed.sample_counts(
-        x.float().expand(trials, -1).clone(), num=n, generator=torch.Generator().manual_seed(8)
+        x.float().expand(trials, -1, -1, -1).clone(),
+        num=n,
+        generator=torch.Generator().manual_seed(8),
     )[:, 0]
     rate = float(votes.double().mean()) / n
     assert rate == pytest.approx(p_a, abs=5 * math.sqrt(p_a * (1 - p_a) / (trials * n)))
 
 
-def test_a_folded_linear_batchnorm_classifier_matches_its_closed_form():
-    model = LinearBN()
+def test_a_folded_conv_batchnorm_classifier_matches_its_closed_form():
+    model = ConvBN()
     smoothed = SmoothedClassifier(model, 0.5, input_range=None)
     closed_form_check(smoothed, model)
     assert smoothed._folded.folded_layers() == 1
@@ -196,7 +211,7 @@ def test_a_folded_linear_batchnorm_classifier_matches_its_closed_form():
 
 def dropping_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     """A broken fold: the BatchNorm layers removed, not folded."""
-    broken = LinearBN()
+    broken = ConvBN()
     broken.load_state_dict(model.state_dict())
     broken.bn = nn.Identity()
     return broken, 1
@@ -204,11 +219,11 @@ def dropping_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
 
 def test_a_broken_fold_fails_the_closed_form_and_the_check_catches_it(monkeypatch):
     monkeypatch.setattr(smoothing, "fold_batchnorm", dropping_batchnorm)
-    model = LinearBN()
+    model = ConvBN()
     checked = SmoothedClassifier(model, 0.5, input_range=None)
     closed_form_check(checked, model)  # the check dropped the broken copy: the model ran
-    assert checked._inference_model(torch.zeros(1, 3)) is model
-    monkeypatch.setattr(SmoothedClassifier, "_logit_difference", lambda self, a, b: None)
+    assert checked._inference_model(torch.zeros(1, 3, 1, 1)) is model
+    monkeypatch.setattr(SmoothedClassifier, "_logit_difference", lambda *args, **kwargs: None)
     unchecked = SmoothedClassifier(model, 0.5, input_range=None)
     with pytest.raises(AssertionError):
         closed_form_check(unchecked, model)
@@ -222,10 +237,10 @@ def test_an_untraceable_wrapper_keeps_its_own_code_and_its_children_fold(autocas
     smoothed.sample_counts(x, num=100, generator=gens([1, 2]))
     runner = smoothed._inference_model(x)
     assert type(runner) is Guarded and runner is not model and runner.net is not model.net
-    assert count_batchnorms(runner) == 0 and count_batchnorms(model) == 4
+    assert count_batchnorms(runner) == 1 and count_batchnorms(model) == 4
     with pytest.raises(ValueError, match="three channels"):  # its own forward still runs
         runner(torch.zeros(1, 4, 8, 8))
-    assert smoothed._folded.folded_layers() == 4
+    assert smoothed._folded.folded_layers() == 3
 
 
 # ---------------------------------------------------------------- following the model
@@ -249,6 +264,10 @@ def negate_head(model: Net, how: str) -> None:
             model.head = head
         elif how == "plain attribute":
             model.scale = -1.0
+        elif how == "tensor attribute":  # changed in place: the trace's copy holds its own
+            model.offset[0] += 100.0
+        elif how == "function attribute":
+            model.post = torch.neg
     if how == "batchnorm statistics":  # a train-mode pass on other data: new running stats
         model.train()
         with torch.no_grad():
@@ -265,6 +284,8 @@ def negate_head(model: Net, how: str) -> None:
         "load_state_dict",
         "replaced module",
         "plain attribute",
+        "tensor attribute",
+        "function attribute",
         "batchnorm statistics",
     ],
 )
@@ -281,7 +302,8 @@ def test_a_changed_model_gets_a_new_folded_copy(how):
     assert int((after - want).abs().sum()) <= 4
 
 
-def test_an_unchanged_model_is_folded_and_checked_once(monkeypatch):
+@pytest.mark.parametrize("folds", [True, False])  # False: BatchNorm after linear layers only
+def test_an_unchanged_model_is_folded_and_checked_once(monkeypatch, folds):
     calls = []
 
     def counting(model):
@@ -289,15 +311,121 @@ def test_an_unchanged_model_is_folded_and_checked_once(monkeypatch):
         return fold_batchnorm(model)
 
     monkeypatch.setattr(smoothing, "fold_batchnorm", counting)
-    smoothed = SmoothedClassifier(Net(), 0.5, batch_size=64)
-    x = fixed_rand(2, 3, 8, 8)
+    model, x = (Net(), fixed_rand(2, 3, 8, 8)) if folds else (small_mlp(6, 3), fixed_rand(2, 6))
+    smoothed = SmoothedClassifier(model, 0.5, batch_size=64)
     for num in (10, 100, 30):
         smoothed.sample_counts(x, num=num, generator=gens([num, 1]))
     smoothed.certify(x, n=50, n0=10)
-    assert len(calls) == 1
+    assert len(calls) == 1 and smoothed._folded.folded_layers() == (3 if folds else 0)
+
+
+class GuardedShift(Guarded):
+    """An untraceable wrapper (a shallow copy shares its attributes) with a tensor attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = torch.zeros(5)
+
+    def forward(self, x):
+        return super().forward(x) + self.shift
+
+
+def test_a_rebound_attribute_of_an_untraceable_wrapper_gets_a_new_copy():
+    model = GuardedShift().eval()
+    smoothed = SmoothedClassifier(model, 0.25, batch_size=64)
+    x = fixed_rand(2, 3, 8, 8, seed=3)
+    before = smoothed.sample_counts(x, num=100, generator=gens([1, 2]))
+    model.shift = torch.tensor([100.0, 0.0, 0.0, 0.0, 0.0])  # the old copy holds the old one
+    after = smoothed.sample_counts(x, num=100, generator=gens([1, 2]))
+    assert before[:, 0].sum() < 200 and after[:, 0].tolist() == [100, 100]
+    assert smoothed._folded.folded_layers() == 3
+
+
+def test_the_fold_checks_rows_do_not_depend_on_the_batch_size():
+    seen = {}
+    for batch_size in (5, "auto"):
+        spy = Spy(Net().eval())  # the checks run the model itself, which records its batches
+        smoothed = SmoothedClassifier(spy, 0.5, batch_size=batch_size, memory_format="preserve")
+        smoothed.sample_counts(fixed_rand(40, 3, 8, 8), num=1, generator=gens(range(40)))
+        assert smoothed._folded.folded_layers() == 3
+        checked = torch.cat(spy.seen)[:32]  # then the votes, which the folded copy gives
+        assert max(b.shape[0] for b in spy.seen) <= (5 if batch_size == 5 else 32)
+        seen[batch_size] = checked
+    assert torch.equal(seen[5], seen["auto"])
+    assert torch.equal(seen[5], fixed_rand(40, 3, 8, 8)[:32])
+
+
+def test_the_fold_check_is_tight_under_autocast(monkeypatch):
+    """A copy 1% off passes bfloat16's tolerance but not float32's: the check runs in float32."""
+
+    def one_percent_off(model):
+        folded, count = fold_batchnorm(model)
+        return nn.Sequential(folded, Scale(1.01)), count
+
+    monkeypatch.setattr(smoothing, "fold_batchnorm", one_percent_off)
+    model = Net().eval()
+    x = fixed_rand(2, 3, 8, 8)
+    smoothed = SmoothedClassifier(model, 0.5, autocast=torch.bfloat16)
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert smoothed._inference_model(x) is model and smoothed._folded.folded_layers() == 0
+    assert smoothed._folded._snapshot == []  # nothing folded: no copy of the tensors kept
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
 
 
 # ---------------------------------------------------------------- where it stays out
+class Configured(Net):
+    """An attribute of a kind whose in-place changes could not be seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = argparse.Namespace(flip=False)
+
+    def forward(self, x):
+        out = super().forward(x)
+        return -out if self.config.flip else out
+
+
+class Tied(nn.Module):
+    """A convolution's weight read again elsewhere (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # test-only: fixed weights
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 8 * 8, 4)
+        randomize_batchnorms(self)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        h = torch.nn.functional.conv2d(h, self.conv.weight, padding=1)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("model", [Configured(), Tied(), small_mlp(6, 3)], ids=type)
+def test_models_that_cannot_fold_safely_run_as_they_are(model):
+    model.eval()
+    shape = (2, 6) if isinstance(model, nn.Sequential) else (2, 3, 8, 8)
+    smoothed = SmoothedClassifier(model, 0.5, input_range=None)
+    smoothed.sample_counts(torch.rand(shape), num=10)
+    assert smoothed._inference_model(torch.rand(shape)) is model
+    assert smoothed._folded.folded_layers() == 0 and smoothed._folded._snapshot == []
+    # refused before the check, not caught by it
+    if isinstance(model, Configured):
+        with pytest.raises(Unfoldable, match="Namespace"):
+            FoldedCopy().lookup(model)
+    else:
+        assert fold_batchnorm(model)[1] == 0
+
+
 def test_models_with_forward_hooks_run_as_they_are():
     model = Net().eval()
     rows = []
@@ -381,7 +509,7 @@ def test_the_runner_records_the_folding(tmp_path):
 
     data = TensorDataset(fixed_rand(2, 3, 8, 8), torch.tensor([0, 1]))
     for fold, model, expected in (
-        ("auto", Net().eval(), 4),
+        ("auto", Net().eval(), 3),
         ("auto", nn.Sequential(nn.Flatten(), nn.Linear(192, 5)), 0),
         (False, Net().eval(), None),
     ):

@@ -195,8 +195,8 @@ def test_predict_abstains_on_the_boundary():
 
 # ---------------------------------------------------------------- engine
 def test_forward_batches_are_bounded_and_filled_across_inputs():
-    rec = Spy(small_mlp(4, 3))  # unfolded: a folded copy would not record its batches
-    smoothed = SmoothedClassifier(rec, 0.5, batch_size=64, fold_batchnorm=False)
+    rec = Spy(small_mlp(4, 3))
+    smoothed = SmoothedClassifier(rec, 0.5, batch_size=64)
     counts = smoothed.sample_counts(torch.rand(10, 4), num=16)
     sizes = [b.shape[0] for b in rec.seen]
     assert max(sizes) <= 64
@@ -210,7 +210,7 @@ def test_forward_batches_are_bounded_and_filled_across_inputs():
 
 def test_noise_is_centred_on_each_input_and_has_scale_sigma():
     rec = Spy(small_mlp(2, 3))
-    smoothed = SmoothedClassifier(rec, 0.3, batch_size=500, input_range=None, fold_batchnorm=False)
+    smoothed = SmoothedClassifier(rec, 0.3, batch_size=500, input_range=None)
     x = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
     smoothed.sample_counts(x, num=2000, generator=torch.Generator().manual_seed(0))
     rows = torch.cat(rec.seen)

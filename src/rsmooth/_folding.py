@@ -1,40 +1,44 @@
-"""An inference copy of a model with its eval-mode BatchNorm layers folded into the layers before.
+"""An inference copy of a model with its eval-mode BatchNorm layers folded into the convolutions.
 
-In eval mode a BatchNorm layer is a fixed per-channel affine map, so a convolution (or linear
-layer) followed by one equals a single convolution with rescaled weights and a shifted bias. On the
-CPU the BatchNorm layers of a CIFAR ResNet take about a fifth of the forward pass; folding them
-removes that time and changes the logits only by rounding.
+In eval mode a BatchNorm layer is a fixed per-channel affine map, so a convolution followed by one
+equals a single convolution with rescaled weights and a shifted bias. On the CPU BatchNorm took a
+fifth of the CIFAR ResNet-20's forward pass (profiled on two cores); folding it removes that time
+and changes the logits only by rounding.
 
-:func:`torch.nn.utils.fusion.fuse_conv_bn_eval` (and its linear form) computes the folded layer;
-the pairs are found on a :func:`torch.fx.symbolic_trace` of a deep copy. (torch's own
+:func:`torch.nn.utils.fusion.fuse_conv_bn_eval` computes the folded layer; the pairs are found on a
+:func:`torch.fx.symbolic_trace` of a deep copy. (torch's own
 ``torch.fx.experimental.optimization.fuse`` does the same but its module loads deprecated
-TorchScript code on import, and it folds a layer that is called at several places.) A module that
-``torch.fx`` cannot trace (Python control flow on its input, say) is copied shallowly and its
-children are folded one by one, so the module's own ``forward`` still runs. The user's model is
-never modified: the copy holds its own parameters, and :class:`FoldedCopy` rebuilds it whenever a
-parameter or buffer of the model changes (values, device or dtype), its modules are replaced, or
-a plain attribute of a module (a number, string, bool or None, or a tuple of those: the settings a
-trace bakes in) takes another value.
+TorchScript code on import, and it folds a layer that is called or read at several places.) Only
+convolutions fold: a convolution's output always has its channels in dimension 1, where
+BatchNorm normalises, while a linear layer's has them last. A module that ``torch.fx`` cannot
+trace (Python control flow on its input, say) is copied shallowly and its children are folded one
+by one, so the module's own ``forward`` still runs.
+
+The user's model is never modified: the copy holds its own tensors, and :class:`FoldedCopy`
+rebuilds it whenever the model's modules, their attributes, or the values of their tensors
+change. A model with an attribute whose changes cannot be seen (an object of another kind, which
+could change in place) is not folded.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
+import types
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["FoldedCopy", "count_batchnorms", "fold_batchnorm", "has_hooks"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-#: (layer, BatchNorm) pairs that fold, by exact type: a subclass may compute something else
+#: (convolution, BatchNorm) pairs that fold, by exact type: a subclass may compute something else
 _PAIRS = {
     (nn.Conv1d, nn.BatchNorm1d),
     (nn.Conv2d, nn.BatchNorm2d),
     (nn.Conv3d, nn.BatchNorm3d),
-    (nn.Linear, nn.BatchNorm1d),
 }
 
 
@@ -93,16 +97,20 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
 def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
     """A traced deep copy of ``model`` with BatchNorm layers folded, and how many were folded.
 
-    A BatchNorm call folds into the layer call that produces its only argument when that output
-    has no other use and the layer is called nowhere else (a layer called twice would change at
-    both places).
+    A BatchNorm call folds into the convolution call that produces its only argument when that
+    output has no other use and the convolution is used nowhere else: neither called again nor
+    its weights read (they would change there too).
     """
     traced = torch.fx.symbolic_trace(copy.deepcopy(model))
     modules = dict(traced.named_modules())
     calls: dict[str, int] = {}
+    read: set[str] = set()  # modules whose attributes the graph reads (tied weights)
     for node in traced.graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+        elif node.op == "get_attr":
+            parts = str(node.target).split(".")
+            read.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     count = 0
     for node in list(traced.graph.nodes):
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
@@ -113,6 +121,7 @@ def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
             or source.op != "call_module"
             or len(source.users) != 1
             or calls[str(source.target)] != 1
+            or str(source.target) in read
         ):
             continue
         target = str(source.target)
@@ -122,10 +131,7 @@ def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
         if norm.running_mean is None or norm.running_var is None:
             continue
         try:
-            if isinstance(layer, nn.Linear):
-                fused: nn.Module = fuse_linear_bn_eval(layer, norm)
-            else:
-                fused = fuse_conv_bn_eval(layer, norm)
+            fused = fuse_conv_bn_eval(layer, norm)
         except (AssertionError, RuntimeError, ValueError):  # shapes that do not fold
             continue
         parent, _, name = target.rpartition(".")
@@ -139,24 +145,69 @@ def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
     return traced, count
 
 
-_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+_INTERNAL = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping, and `training`
+_VALUES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, enum.Enum)
+_IDENTITIES = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.BuiltinMethodType,
+    type,
+)
 
 
-def _plain(value: object) -> bool:
-    if isinstance(value, tuple):
-        return all(_plain(item) for item in value)
-    return isinstance(value, _PLAIN)
+class Unfoldable(Exception):
+    """A module attribute whose changes could not be seen: the model is not folded."""
 
 
-def _settings(module: nn.Module) -> dict[str, object]:
-    """A module's plain attributes, but its train/eval flag (the engine always runs eval)."""
-    return {k: v for k, v in vars(module).items() if k != "training" and _plain(v)}
+class _Same:
+    """Compares equal to a wrapper of the very same object (functions, classes)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+    __hash__ = None  # type: ignore[assignment]
 
 
-def _state(model: nn.Module) -> tuple[list[nn.Module], list[dict[str, object]], list[Tensor]]:
+def _describe(value: object, tensors: list[Tensor]) -> object:
+    """What must stay equal for ``value`` to be unchanged; its tensors go to ``tensors``.
+
+    Numbers, strings and the like by value; tensors by identity here and by value through
+    ``tensors``; functions and classes by identity; tuples, lists and dicts of these item by
+    item. Anything else raises :class:`Unfoldable`.
+    """
+    if isinstance(value, _VALUES):
+        return value
+    if isinstance(value, Tensor):
+        tensors.append(value)
+        return _Same(value)
+    if isinstance(value, _IDENTITIES):
+        return _Same(value)
+    if isinstance(value, (tuple, list)):
+        return (type(value), [_describe(item, tensors) for item in value])
+    if isinstance(value, dict) and all(isinstance(key, _VALUES) for key in value):
+        return (dict, [(key, _describe(item, tensors)) for key, item in value.items()])
+    raise Unfoldable(type(value).__name__)
+
+
+def _state(model: nn.Module) -> tuple[list[nn.Module], list[object], list[Tensor]]:
+    """The model's modules, their attributes (described) and every tensor they hold.
+
+    Raises :class:`Unfoldable` for an attribute whose changes could not be seen.
+    """
     modules = list(model.modules())
-    tensors = [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
-    return modules, [_settings(module) for module in modules], tensors
+    tensors: list[Tensor] = [t for _, t in model.named_parameters()]
+    tensors += [t for _, t in model.named_buffers()]
+    described: list[object] = [
+        [(k, _describe(v, tensors)) for k, v in vars(module).items() if k not in _INTERNAL]
+        for module in modules
+    ]
+    return modules, described, tensors
 
 
 def _same_tensors(current: Sequence[Tensor], snapshot: Sequence[Tensor]) -> bool:
@@ -167,41 +218,46 @@ def _same_tensors(current: Sequence[Tensor], snapshot: Sequence[Tensor]) -> bool
 
 
 class FoldedCopy:
-    """The folded copy of one model, rebuilt when the model's modules or tensors change.
+    """The folded copy of one model, rebuilt when the model changes.
 
-    :meth:`lookup` returns the cached entry while the model's modules are the same objects with
-    the same plain attributes, and its parameters and buffers have the same values (compared with
-    a snapshot, so changes through ``.data`` or by a BatchNorm's own updates are seen too);
-    :meth:`store` records a new one.
+    :meth:`lookup` returns the stored entry while the model's modules are the same objects, their
+    attributes are unchanged (:func:`_describe`) and, for a folded copy, every tensor they hold
+    has the same values (compared with a snapshot, so changes through an optimizer, ``.data``,
+    ``load_state_dict`` or a BatchNorm's own updates are seen); :meth:`store` records a new one.
+    An entry that folded nothing keeps no snapshot: its decision depends on the structure only.
     """
 
     def __init__(self) -> None:
         self._modules: list[nn.Module] = []
-        self._settings: list[dict[str, object]] = []
+        self._described: list[object] = []
         self._snapshot: list[Tensor] = []
         self._entry: tuple[nn.Module, int] | None = None
 
     def lookup(self, model: nn.Module) -> tuple[nn.Module, int] | None:
-        """The stored ``(model to run, layers folded)`` while ``model`` is unchanged, else None."""
+        """The stored ``(model to run, layers folded)`` while ``model`` is unchanged, else None.
+
+        Raises :class:`Unfoldable` when the model has an attribute whose changes cannot be seen.
+        """
+        modules, described, tensors = _state(model)
         if self._entry is None:
             return None
-        modules, settings, tensors = _state(model)
         if len(modules) != len(self._modules) or any(
             a is not b for a, b in zip(modules, self._modules, strict=True)
         ):
             return None
-        if settings != self._settings:
+        if described != self._described:
             return None
-        if not _same_tensors(tensors, self._snapshot):
+        if self._entry[1] and not _same_tensors(tensors, self._snapshot):
             return None
         return self._entry
 
     def store(self, model: nn.Module, entry: tuple[nn.Module, int]) -> None:
         """Remember ``entry`` for ``model`` as it is now."""
-        modules, settings, tensors = _state(model)
-        self._modules, self._settings = modules, settings
-        with torch.no_grad():
-            self._snapshot = [t.detach().clone() for t in tensors]
+        modules, described, tensors = _state(model)
+        self._modules, self._described, self._snapshot = modules, described, []
+        if entry[1]:
+            with torch.no_grad():
+                self._snapshot = [t.detach().clone() for t in tensors]
         self._entry = entry
 
     def folded_layers(self) -> int:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rsmooth._autobatch import AutoBatch
-from rsmooth._folding import FoldedCopy, count_batchnorms, fold_batchnorm, has_hooks
+from rsmooth._folding import FoldedCopy, Unfoldable, count_batchnorms, fold_batchnorm, has_hooks
 from rsmooth._model_state import preserve_model_state
 from rsmooth._seeding import mix
 from rsmooth._validation import (
@@ -435,16 +435,19 @@ class SmoothedClassifier:
             timing. Default: ``"auto"``.
         fold_batchnorm: Whether the forward passes of :meth:`certify`, :meth:`predict` and
             :meth:`sample_counts` run a copy of the model whose BatchNorm layers (eval mode, with
-            running statistics) are folded into the convolution or linear layer before them: the
-            same classifier up to rounding, without BatchNorm's passes over the activations
-            (about a fifth of a CIFAR ResNet's forward time on the CPU). The copy is traced with
-            :mod:`torch.fx` (parts it cannot trace keep their own code), checked once against
-            the model on clean inputs (a copy that differs beyond rounding is dropped), and
-            rebuilt whenever the model's parameters, buffers, modules or plain attributes
-            change; the model itself is never modified. Models with forward hooks are not
-            folded; Python side effects inside ``forward`` (appending to a list, say) do not
-            happen in the copy's passes. ``"auto"``: on the CPU; ``True``: on every device;
-            ``False``: never. Not with ``compile``. Default: ``"auto"``.
+            running statistics) are folded into the convolution before them: the same classifier
+            up to rounding, without BatchNorm's passes over the activations (a fifth of the CIFAR
+            ResNet-20's forward time on two CPU cores). The copy is traced with :mod:`torch.fx`
+            (parts it cannot trace keep their own code), checked once against the model on up to
+            32 clean inputs in float32 (a copy that differs beyond rounding is dropped), and
+            rebuilt whenever the model's modules, their attributes or the values of their
+            tensors change; the model itself is never modified. Models with forward hooks, or
+            with an attribute whose in-place changes could not be seen (an object other than
+            numbers, strings, tensors, functions and containers of these), are not folded.
+            Python side effects inside ``forward`` (appending to a list, say) do not happen in
+            the copy's passes, and the copy and a snapshot of the model's tensors take memory.
+            ``"auto"``: on the CPU; ``True``: on every device; ``False``: never. Not with
+            ``compile``. Default: ``"auto"``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -594,10 +597,11 @@ class SmoothedClassifier:
     def _inference_model(self, inputs: Tensor) -> nn.Module:
         """The module the eager forward passes for ``inputs`` run: the model or its folded copy.
 
-        With ``fold_batchnorm`` (on the CPU for ``"auto"``) and a model with BatchNorm layers and
-        no forward hooks, the copy with those layers folded into the layers before them, built on
-        first use and rebuilt whenever the model's parameters, buffers or modules change, kept
-        only if a check finds the same logits as the model's up to rounding.
+        With ``fold_batchnorm`` (on the CPU for ``"auto"``) and a model with BatchNorm layers,
+        no forward hooks and no attribute whose changes could not be seen, the copy with those
+        layers folded into the convolutions before them, built on first use and rebuilt whenever
+        the model changes, kept only if a check finds the same logits as the model's up to
+        rounding.
         """
         if (
             self.fold_batchnorm is False
@@ -607,7 +611,10 @@ class SmoothedClassifier:
             or has_hooks(self.model)
         ):
             return self.model
-        entry = self._folded.lookup(self.model)
+        try:
+            entry = self._folded.lookup(self.model)
+        except Unfoldable:
+            return self.model
         if entry is None:
             entry = self._fold(inputs)
             self._folded.store(self.model, entry)
@@ -616,43 +623,65 @@ class SmoothedClassifier:
     def _fold(self, inputs: Tensor) -> tuple[nn.Module, int]:
         """The model's folded copy and its number of folded layers, or ``(model, 0)``.
 
-        The copy is kept when it returns the model's logits up to rounding on up to
-        ``_CHECK_ROWS`` clean inputs; a copy that fails or differs (traced code that no longer
-        matches the model's) is dropped, silently.
+        The copy is kept when it returns the model's logits up to rounding on the first
+        ``_CHECK_ROWS`` clean inputs, compared without autocast (in the inputs' dtype, so the
+        tolerance is tight); a copy that fails or differs (traced code that no longer matches the
+        model's) is dropped, silently, and so is a model that cannot be copied or traced, or
+        that fails without autocast (its errors, if any, then come from the forward passes).
         """
-        with preserve_model_state(self.model, train=False), torch.inference_mode():
-            folded, count = fold_batchnorm(self.model)
+        with preserve_model_state(self.model, train=False):
+            try:
+                with torch.no_grad():
+                    folded, count = fold_batchnorm(self.model)
+            except Exception:  # cannot be copied: run the model as it is
+                return self.model, 0
             if count == 0:
                 return self.model, 0
-            rows = self._check_rows(inputs)
-            expected = self._forward(rows, inputs)
-            try:
-                with self._autocast_context(rows.device):
-                    got = folded(rows)
-            except _OutOfMemoryError:
-                raise
-            except Exception:  # any failure means: run the model as it is
-                return self.model, 0
-        if self._logit_difference(expected, got) is not None:
+            rows = inputs[:_CHECK_ROWS].contiguous()
+            with torch.inference_mode():
+                try:
+                    expected = self._check_forward(self.model, rows, inputs, autocast=False)
+                    got = self._check_forward(folded, rows, inputs, autocast=False)
+                except _OutOfMemoryError:
+                    raise
+                except Exception:  # any failure means: run the model as it is
+                    return self.model, 0
+        reduced = expected.dtype not in _CHECK_RTOL
+        if self._logit_difference(expected, got, reduced=reduced) is not None:
             return self.model, 0
         return folded, count
 
-    def _check_rows(self, inputs: Tensor) -> Tensor:
-        """The clean inputs the checks run on: at most ``_CHECK_ROWS``, and an integer batch size."""
-        limit = _CHECK_ROWS if self.batch_size == "auto" else int(self.batch_size)
-        return inputs[: min(_CHECK_ROWS, limit)].contiguous()
+    def _check_forward(
+        self,
+        model: nn.Module,
+        rows: Tensor,
+        inputs: Tensor,
+        *,
+        autocast: bool = True,
+        memory_format: torch.memory_format | None = None,
+    ) -> Tensor:
+        """``model``'s logits on the clean ``rows`` of a check, in ``memory_format``.
 
-    def _logit_difference(self, expected: object, got: object) -> float | None:
+        Run in pieces of at most an integer ``batch_size``, so that the checks' rows (and hence
+        their outcome) do not depend on it.
+        """
+        size = rows.shape[0] if self.batch_size == "auto" else int(self.batch_size)
+        pieces = []
+        for piece in rows.split(size):
+            if memory_format is not None:
+                piece = piece.contiguous(memory_format=memory_format)
+            pieces.append(self._forward(piece, inputs, model=model, autocast=autocast))
+        return torch.cat(pieces)
+
+    def _logit_difference(self, expected: Tensor, got: Tensor, *, reduced: bool) -> float | None:
         """None when ``got`` equals ``expected`` (logits) up to rounding, else how far apart.
 
         NaN and inf must sit at the same places; finite values may differ by ``_CHECK_RTOL`` of
-        the largest one (``_CHECK_RTOL_REDUCED`` under autocast or in a half-precision dtype).
+        the largest one (``_CHECK_RTOL_REDUCED`` with ``reduced``: under autocast or in a
+        half-precision dtype).
         """
-        if not isinstance(expected, Tensor) or not isinstance(got, Tensor):
-            return math.inf
         if got.shape != expected.shape:
             return math.inf
-        reduced = self.autocast is not None or expected.dtype not in _CHECK_RTOL
         rtol = _CHECK_RTOL_REDUCED if reduced else _CHECK_RTOL[expected.dtype]
         a, b = expected.double(), got.double()
         finite, infinite = torch.isfinite(a), torch.isinf(a)
@@ -690,26 +719,24 @@ class SmoothedClassifier:
     def _accepts_channels_last(self, inputs: Tensor, model: nn.Module) -> bool:
         """Whether ``model`` runs on ``channels_last`` rows of ``inputs`` with the same logits.
 
-        Runs ``model`` on up to ``_CHECK_ROWS`` clean inputs (at most an integer
+        Runs ``model`` on the first ``_CHECK_ROWS`` clean inputs (in pieces of at most an integer
         ``batch_size``) in both layouts. A model that fails on ``channels_last`` (a ``view`` of
         its input, say), or whose logits differ by more than rounding (code that reads raw
         memory), gets the standard layout; the second case warns, since such a model breaks for
         channels_last callers too. Only these clean inputs are checked: code that depends on the
         layout only for other inputs is not caught (``memory_format="preserve"`` avoids it).
         """
-        rows = self._check_rows(inputs)
+        rows = inputs[:_CHECK_ROWS].contiguous()
         with preserve_model_state(self.model, train=False), torch.inference_mode():
-            standard = self._forward(rows, inputs, model=model)
+            standard = self._check_forward(model, rows, inputs)
             try:
-                with self._autocast_context(rows.device):
-                    other = model(rows.contiguous(memory_format=torch.channels_last))
+                other = self._check_forward(model, rows, inputs, memory_format=torch.channels_last)
             except _OutOfMemoryError:
                 raise
             except Exception:  # any failure means: keep the standard layout
                 return False
-        if not isinstance(other, Tensor) or other.shape != standard.shape:
-            return False
-        difference = self._logit_difference(standard, other)
+        reduced = self.autocast is not None or standard.dtype not in _CHECK_RTOL
+        difference = self._logit_difference(standard, other, reduced=reduced)
         if difference is not None:
             return self._layout_mismatch(difference)
         return True
@@ -772,17 +799,23 @@ class SmoothedClassifier:
         return classes
 
     def _forward(
-        self, batch: Tensor, inputs: Tensor, *, model: Callable[[Tensor], object] | None = None
+        self,
+        batch: Tensor,
+        inputs: Tensor,
+        *,
+        model: Callable[[Tensor], object] | None = None,
+        autocast: bool = True,
     ) -> Tensor:
         """The logits of ``model`` (default: the model) on one forward batch.
 
-        ``model`` may be the compiled model or the folded copy. Raises with hints for the usual
-        mistakes.
+        ``model`` may be the compiled model or the folded copy; ``autocast=False`` runs it
+        without the ``autocast`` option. Raises with hints for the usual mistakes.
         """
         if model is None:
             model = self.model
+        context = self._autocast_context(batch.device) if autocast else contextlib.nullcontext()
         try:
-            with self._autocast_context(batch.device):
+            with context:
                 logits = model(batch)
         except _OutOfMemoryError:
             raise
