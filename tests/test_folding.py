@@ -8,6 +8,7 @@ of the model, and must stay out of the way where it cannot be exact (hooks, shar
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 
@@ -66,6 +67,7 @@ class Net(nn.Module):
         self.scale = 1.0
         self.offset = torch.zeros(5)
         self.post = torch.clone
+        self.norm_layer = functools.partial(nn.BatchNorm2d, eps=1e-5)  # as torchvision and timm
         randomize_batchnorms(self, seed)
 
     def forward(self, x):

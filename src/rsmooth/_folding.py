@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import types
 from collections.abc import Sequence
 
@@ -152,6 +153,7 @@ _IDENTITIES = (
     types.BuiltinFunctionType,
     types.MethodType,
     types.BuiltinMethodType,
+    functools.partial,  # its function and arguments are read-only
     type,
 )
 
@@ -179,7 +181,8 @@ def _describe(value: object, tensors: list[Tensor]) -> object:
 
     Numbers, strings and the like by value; tensors by identity here and by value through
     ``tensors``; functions and classes by identity; tuples, lists and dicts of these item by
-    item. Anything else raises :class:`Unfoldable`.
+    item. Anything else raises :class:`Unfoldable`: an object that could change in place
+    unseen.
     """
     if isinstance(value, _VALUES):
         return value
