@@ -496,6 +496,7 @@ def test_where_folding_applies():
         (None, TypeError, r"fold_batchnorm must be True, False or 'auto', got NoneType"),
         ("yes", ValueError, r"fold_batchnorm must be True, False or 'auto', got 'yes'"),
         (1, TypeError, r"got int"),
+        (np.array(["auto"]), TypeError, r"got ndarray"),  # not compared elementwise
     ],
 )
 def test_fold_batchnorm_validation(value, exc, match):

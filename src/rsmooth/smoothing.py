@@ -296,8 +296,8 @@ def _check_bool(name: str, value: object) -> bool:
 
 
 def _check_fold_batchnorm(value: object) -> FoldBatchNorm:
-    if isinstance(value, bool) or value == "auto":
-        return value
+    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
+        return value  # type: ignore[return-value]
     if isinstance(value, str):
         raise ValueError(f"fold_batchnorm must be True, False or 'auto', got {value!r}")
     raise TypeError(f"fold_batchnorm must be True, False or 'auto', got {type(value).__name__}")
