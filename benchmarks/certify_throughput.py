@@ -16,6 +16,8 @@ per second of
   to the best floor in the standard layout (what a user's own loop runs);
 - for images with several channels, the same with ``memory_format="preserve"`` (the standard
   layout), against the same floor;
+- for models with BatchNorm layers (which the defaults fold into a checked copy), the same with
+  ``fold_batchnorm=False`` (``benchmarks/fold_batchnorm.py`` measures folding alone);
 - ``certify`` with ``compile=True`` and the automatic batch size (the time of the calls that
   tune and compile is reported); ratio to the best eager floor;
 - ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at the batch size

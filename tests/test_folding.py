@@ -370,7 +370,6 @@ def test_the_fold_check_is_tight_under_autocast(monkeypatch):
     smoothed = SmoothedClassifier(model, 0.5, autocast=torch.bfloat16)
     smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
     assert smoothed._inference_model(x) is model and smoothed._folded.folded_layers() == 0
-    assert smoothed._folded._snapshot == []  # nothing folded: no copy of the tensors kept
 
 
 class Scale(nn.Module):
@@ -380,6 +379,74 @@ class Scale(nn.Module):
 
     def forward(self, x):
         return x * self.factor
+
+
+class Fails(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("a copy that fails")
+
+
+@pytest.mark.parametrize("wrong", [Scale(1.01), Fails()], ids=["differs", "fails"])
+def test_a_rejected_copy_is_checked_again_once_the_weights_change(monkeypatch, wrong):
+    calls = []
+
+    def off_the_first_time(model):
+        folded, count = fold_batchnorm(model)
+        calls.append(count)
+        return (nn.Sequential(folded, wrong) if len(calls) == 1 else folded), count
+
+    monkeypatch.setattr(smoothing, "fold_batchnorm", off_the_first_time)
+    model = Net().eval()
+    smoothed = SmoothedClassifier(model, 0.5)
+    x = fixed_rand(2, 3, 8, 8)
+    for _ in range(2):  # rejected, and not tried again while the model is unchanged
+        smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert len(calls) == 1 and smoothed._folded.folded_layers() == 0
+    with torch.no_grad():
+        model.head.weight.mul_(2.0)
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert len(calls) == 2 and smoothed._folded.folded_layers() == 3
+
+
+def test_a_first_call_the_model_fails_is_not_held_against_it():
+    smoothed = SmoothedClassifier(Net().eval(), 0.5)
+    x = fixed_rand(2, 3, 8, 8)
+    with pytest.raises(RuntimeError):  # float64 inputs for a float32 model: the model's error
+        smoothed.sample_counts(x.double(), num=10)
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert smoothed._folded.folded_layers() == 3
+
+
+def test_a_model_that_stops_folding_drops_its_copy():
+    model = Net().eval()
+    smoothed = SmoothedClassifier(model, 0.5)
+    x = fixed_rand(2, 3, 8, 8)
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert "(3 BatchNorm layers folded)" in repr(smoothed)
+    model.bn.register_forward_hook(lambda *args: None)
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert smoothed._folded.folded_layers() == 0 and "folded" not in repr(smoothed)
+    assert smoothed._folded._snapshot is None  # nor keeps the memory
+
+
+def test_nan_in_a_tensor_does_not_rebuild_the_copy_on_every_call(monkeypatch):
+    calls = []
+
+    def counting(model):
+        calls.append(model)
+        return fold_batchnorm(model)
+
+    monkeypatch.setattr(smoothing, "fold_batchnorm", counting)
+    model = Net().eval()
+    model.unused = torch.tensor([1.0, float("nan")])
+    smoothed = SmoothedClassifier(model, 0.5)
+    x = fixed_rand(2, 3, 8, 8)
+    for _ in range(3):
+        smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert len(calls) == 1 and smoothed._folded.folded_layers() == 3
+    model.unused[1] = 0.0  # but a change of it is seen
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert len(calls) == 2
 
 
 # ---------------------------------------------------------------- where it stays out
@@ -412,17 +479,26 @@ class Tied(nn.Module):
         return self.head(h.flatten(1))
 
 
-@pytest.mark.parametrize("model", [Configured(), Tied(), small_mlp(6, 3)], ids=type)
+def holding_itself() -> nn.Module:
+    model = Net()
+    model.loop = []
+    model.loop.append(model.loop)
+    return model
+
+
+@pytest.mark.parametrize(
+    "model", [Configured(), holding_itself(), Tied(), small_mlp(6, 3)], ids=type
+)
 def test_models_that_cannot_fold_safely_run_as_they_are(model):
     model.eval()
     shape = (2, 6) if isinstance(model, nn.Sequential) else (2, 3, 8, 8)
     smoothed = SmoothedClassifier(model, 0.5, input_range=None)
     smoothed.sample_counts(torch.rand(shape), num=10)
     assert smoothed._inference_model(torch.rand(shape)) is model
-    assert smoothed._folded.folded_layers() == 0 and smoothed._folded._snapshot == []
+    assert smoothed._folded.folded_layers() == 0 and smoothed._folded._snapshot is None
     # refused before the check, not caught by it
-    if isinstance(model, Configured):
-        with pytest.raises(Unfoldable, match="Namespace"):
+    if isinstance(model, Net):
+        with pytest.raises(Unfoldable, match="Namespace|holds itself"):
             FoldedCopy().lookup(model)
     else:
         assert fold_batchnorm(model)[1] == 0
@@ -539,3 +615,22 @@ def test_the_command_line_turns_folding_off(tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     config = json.loads(out.with_name(out.name + ".json").read_text())["config"]
     assert config["fold_batchnorm"] is False
+
+
+# ---------------------------------------------------------------- the A/B benchmark
+@pytest.mark.slow
+def test_fold_batchnorm_benchmark_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fold_batchnorm.py"
+    spec = importlib.util.spec_from_file_location("rsmooth_bench_fold_batchnorm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "fold"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())["result"]
+    assert result["batchnorm_folded"] == 21
+    for row in [*result["forward"].values(), result["certify auto"]]:
+        assert row["folded"] > 0 and row["as written"] > 0 and row["ratio"]["min"] > 0
+    assert "folded ÷ as written" in out.with_suffix(".md").read_text()

@@ -153,7 +153,8 @@ _IDENTITIES = (
     types.BuiltinFunctionType,
     types.MethodType,
     types.BuiltinMethodType,
-    functools.partial,  # its function and arguments are read-only
+    functools.partial,  # its function and arguments cannot be rebound (its keywords dict could
+    # change in place, which nothing does)
     type,
 )
 
@@ -201,22 +202,36 @@ def _describe(value: object, tensors: list[Tensor]) -> object:
 def _state(model: nn.Module) -> tuple[list[nn.Module], list[object], list[Tensor]]:
     """The model's modules, their attributes (described) and every tensor they hold.
 
-    Raises :class:`Unfoldable` for an attribute whose changes could not be seen.
+    Raises :class:`Unfoldable` for an attribute whose changes could not be seen (or a container
+    that holds itself).
     """
     modules = list(model.modules())
     tensors: list[Tensor] = [t for _, t in model.named_parameters()]
     tensors += [t for _, t in model.named_buffers()]
-    described: list[object] = [
-        [(k, _describe(v, tensors)) for k, v in vars(module).items() if k not in _INTERNAL]
-        for module in modules
-    ]
+    try:
+        described: list[object] = [
+            [(k, _describe(v, tensors)) for k, v in vars(module).items() if k not in _INTERNAL]
+            for module in modules
+        ]
+    except RecursionError:
+        raise Unfoldable("a container that holds itself") from None
     return modules, described, tensors
+
+
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """Equal device, dtype, shape and values, NaN equal to NaN."""
+    if a.device != b.device or a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not (a.is_floating_point() or a.is_complex()):
+        return False
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def _same_tensors(current: Sequence[Tensor], snapshot: Sequence[Tensor]) -> bool:
     return len(current) == len(snapshot) and all(
-        a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-        for a, b in zip(current, snapshot, strict=True)
+        _same_values(a, b) for a, b in zip(current, snapshot, strict=True)
     )
 
 
@@ -224,16 +239,17 @@ class FoldedCopy:
     """The folded copy of one model, rebuilt when the model changes.
 
     :meth:`lookup` returns the stored entry while the model's modules are the same objects, their
-    attributes are unchanged (:func:`_describe`) and, for a folded copy, every tensor they hold
-    has the same values (compared with a snapshot, so changes through an optimizer, ``.data``,
-    ``load_state_dict`` or a BatchNorm's own updates are seen); :meth:`store` records a new one.
-    An entry that folded nothing keeps no snapshot: its decision depends on the structure only.
+    attributes are unchanged (:func:`_describe`) and, for an entry stored with ``watch_values``,
+    every tensor they hold has the same values (compared with a snapshot, so changes through an
+    optimizer, ``.data``, ``load_state_dict`` or a BatchNorm's own updates are seen);
+    :meth:`store` records a new one. An entry whose decision depends on the structure only (there
+    was nothing to fold) keeps no snapshot.
     """
 
     def __init__(self) -> None:
         self._modules: list[nn.Module] = []
         self._described: list[object] = []
-        self._snapshot: list[Tensor] = []
+        self._snapshot: list[Tensor] | None = None
         self._entry: tuple[nn.Module, int] | None = None
 
     def lookup(self, model: nn.Module) -> tuple[nn.Module, int] | None:
@@ -250,18 +266,22 @@ class FoldedCopy:
             return None
         if described != self._described:
             return None
-        if self._entry[1] and not _same_tensors(tensors, self._snapshot):
+        if self._snapshot is not None and not _same_tensors(tensors, self._snapshot):
             return None
         return self._entry
 
-    def store(self, model: nn.Module, entry: tuple[nn.Module, int]) -> None:
-        """Remember ``entry`` for ``model`` as it is now."""
+    def store(self, model: nn.Module, entry: tuple[nn.Module, int], *, watch_values: bool) -> None:
+        """Remember ``entry`` for ``model`` as it is now; ``watch_values``: also its tensors'."""
         modules, described, tensors = _state(model)
-        self._modules, self._described, self._snapshot = modules, described, []
-        if entry[1]:
+        self._modules, self._described, self._snapshot = modules, described, None
+        if watch_values:
             with torch.no_grad():
                 self._snapshot = [t.detach().clone() for t in tensors]
         self._entry = entry
+
+    def clear(self) -> None:
+        """Forget the stored entry (the model runs as it is now), and free its memory."""
+        self._modules, self._described, self._snapshot, self._entry = [], [], None, None
 
     def folded_layers(self) -> int:
         """How many BatchNorm layers the stored copy folded (0 when none is stored)."""

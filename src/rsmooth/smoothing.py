@@ -439,7 +439,7 @@ class SmoothedClassifier:
             up to rounding, without BatchNorm's passes over the activations (a fifth of the CIFAR
             ResNet-20's forward time on two CPU cores). The copy is traced with :mod:`torch.fx`
             (parts it cannot trace keep their own code), checked once against the model on up to
-            32 clean inputs in float32 (a copy that differs beyond rounding is dropped), and
+            32 clean inputs without autocast (a copy that differs beyond rounding is dropped), and
             rebuilt whenever the model's modules, their attributes or the values of their
             tensors change; the model itself is never modified. Models with forward hooks, or
             with an attribute whose in-place changes could not be seen (an object other than
@@ -610,46 +610,59 @@ class SmoothedClassifier:
             or count_batchnorms(self.model) == 0
             or has_hooks(self.model)
         ):
+            self._folded.clear()
             return self.model
         try:
             entry = self._folded.lookup(self.model)
+            if entry is None:
+                built = self._fold(inputs)
+                if built is None:  # the model itself failed: decide on a later call
+                    self._folded.clear()
+                    return self.model
+                entry, watch_values = built
+                self._folded.store(self.model, entry, watch_values=watch_values)
         except Unfoldable:
+            self._folded.clear()
             return self.model
-        if entry is None:
-            entry = self._fold(inputs)
-            self._folded.store(self.model, entry)
         return entry[0]
 
-    def _fold(self, inputs: Tensor) -> tuple[nn.Module, int]:
-        """The model's folded copy and its number of folded layers, or ``(model, 0)``.
+    def _fold(self, inputs: Tensor) -> tuple[tuple[nn.Module, int], bool] | None:
+        """``((model to run, layers folded), watch_values)`` for the model as it is now.
 
-        The copy is kept when it returns the model's logits up to rounding on the first
+        The folded copy is kept when it returns the model's logits up to rounding on the first
         ``_CHECK_ROWS`` clean inputs, compared without autocast (in the inputs' dtype, so the
-        tolerance is tight); a copy that fails or differs (traced code that no longer matches the
-        model's) is dropped, silently, and so is a model that cannot be copied or traced, or
-        that fails without autocast (its errors, if any, then come from the forward passes).
+        tolerance is tight). A copy that fails or differs (traced code that no longer matches the
+        model's) is dropped, silently, until the model's tensors change (``watch_values``); a
+        model that cannot be copied or traced, or has nothing to fold, runs as it is until its
+        structure changes. None when the model itself fails on the clean inputs without autocast
+        (its errors, if any, then come from the forward passes; a later call decides).
         """
         with preserve_model_state(self.model, train=False):
             try:
                 with torch.no_grad():
                     folded, count = fold_batchnorm(self.model)
             except Exception:  # cannot be copied: run the model as it is
-                return self.model, 0
+                return (self.model, 0), False
             if count == 0:
-                return self.model, 0
+                return (self.model, 0), False
             rows = inputs[:_CHECK_ROWS].contiguous()
             with torch.inference_mode():
                 try:
                     expected = self._check_forward(self.model, rows, inputs, autocast=False)
+                except _OutOfMemoryError:
+                    raise
+                except Exception:
+                    return None
+                try:
                     got = self._check_forward(folded, rows, inputs, autocast=False)
                 except _OutOfMemoryError:
                     raise
                 except Exception:  # any failure means: run the model as it is
-                    return self.model, 0
+                    return (self.model, 0), True
         reduced = expected.dtype not in _CHECK_RTOL
         if self._logit_difference(expected, got, reduced=reduced) is not None:
-            return self.model, 0
-        return folded, count
+            return (self.model, 0), True
+        return (folded, count), True
 
     def _check_forward(
         self,
