@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import types
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str, name: str) -> types.ModuleType:
+    """Import a script of the repository (``benchmarks/``, ``examples/``) from its path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    assert spec is not None and spec.loader is not None, relative
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import Spy, small_cnn
+from conftest import Spy, load_script, small_cnn
 from torch import nn
 
 import rsmooth._autobatch as autobatch
@@ -964,13 +964,7 @@ def test_cli_batch_size_and_compile_options(capsys):
 # ---------------------------------------------------------------- the throughput benchmark
 @pytest.mark.slow
 def test_certify_throughput_benchmark_smoke(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "certify_throughput.py"
-    spec = importlib.util.spec_from_file_location("rsmooth_bench_certify_throughput", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/certify_throughput.py", "rsmooth_bench_certify_throughput")
     out = tmp_path / "perf"
     argv = ["--quick", "--no-compile", "--models", "lenet", "--floor-samples", "64"]
     assert bench.main([*argv, "--out", str(out)]) == 0

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Spy, small_mlp
+from conftest import Spy, load_script, small_mlp
 from scipy.stats import binom, norm
 from torch import nn
 
@@ -620,13 +620,7 @@ def test_the_command_line_turns_folding_off(tmp_path, capsys):
 # ---------------------------------------------------------------- the A/B benchmark
 @pytest.mark.slow
 def test_fold_batchnorm_benchmark_smoke(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fold_batchnorm.py"
-    spec = importlib.util.spec_from_file_location("rsmooth_bench_fold_batchnorm", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/fold_batchnorm.py", "rsmooth_bench_fold_batchnorm")
     out = tmp_path / "fold"
     assert bench.main(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())["result"]
