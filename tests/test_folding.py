@@ -439,14 +439,17 @@ def test_nan_in_a_tensor_does_not_rebuild_the_copy_on_every_call(monkeypatch):
     monkeypatch.setattr(smoothing, "fold_batchnorm", counting)
     model = Net().eval()
     model.unused = torch.tensor([1.0, float("nan")])
+    model.unset = float("nan")
     smoothed = SmoothedClassifier(model, 0.5)
     x = fixed_rand(2, 3, 8, 8)
     for _ in range(3):
         smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
     assert len(calls) == 1 and smoothed._folded.folded_layers() == 3
-    model.unused[1] = 0.0  # but a change of it is seen
+    model.unused[1] = 0.0  # but a change of either is seen
     smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
-    assert len(calls) == 2
+    model.unset = 1.0
+    smoothed.sample_counts(x, num=10, generator=gens([1, 2]))
+    assert len(calls) == 3
 
 
 # ---------------------------------------------------------------- where it stays out
