@@ -8,13 +8,14 @@ per second of
 - the **floor**: a bare forward pass + argmax over pre-generated noisy batches (distinct ones,
   up to ``FLOOR_ELEMENTS`` elements in all, so the model reads new samples as it would in a
   real run), at each batch size in {32, 64, 128, 256, 512, 1024, 2048} (no noise generation, no
-  counting), in the standard layout and, for images with several channels, in
-  ``channels_last`` too;
+  counting), in the standard layout and, for images, in ``channels_last`` too (for one
+  channel: channels-last strides, the same memory, from which convolutions choose their
+  algorithm and their output's layout);
 - ``SmoothedClassifier.certify`` at its defaults (``batch_size="auto"``,
   ``memory_format="auto"``): a fresh classifier's first call, which starts the automatic
   batch-size tuning, then (after the calls that let the tuning settle) its steady state; ratio
   to the best floor in the standard layout (what a user's own loop runs);
-- for images with several channels, the same with ``memory_format="preserve"`` (the standard
+- for images, the same with ``memory_format="preserve"`` (the standard
   layout), against the same floor;
 - for models with BatchNorm layers (which the defaults fold into a checked copy), the same with
   ``fold_batchnorm=False`` (``benchmarks/fold_batchnorm.py`` measures folding alone);
@@ -161,14 +162,15 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     # reported, so that a slow spell of the machine hits all of them alike
     contenders: dict[str, Callable[[], object]] = {}
     samples_of: dict[str, int] = {}
-    # channels_last is a different layout only for images with several channels
-    layouts = [""] + (["channels_last "] if x.dim() == 4 and x.shape[1] > 1 else [])
+    # channels_last for images: for one channel, channels-last strides (the same memory, but
+    # convolutions choose their algorithm and their output's layout from the strides)
+    layouts = [""] + (["channels_last "] if x.dim() == 4 else [])
     for layout in layouts:
         for batch_size in FLOOR_BATCH_SIZES:
             samples = max(args.floor_samples, batch_size)
             batches = floor_batches(x, batch_size, samples, args.sigma)
             if layout:
-                batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+                batches = [b.clone(memory_format=torch.channels_last) for b in batches]
             floor(model, batches, batch_size)  # warm-up
             key = f"floor {layout}{batch_size}"
             contenders[key] = lambda b=batches, s=samples: floor(model, b, s)
@@ -354,7 +356,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     row["certify_unfolded"],
                 )
             )
-        if row["floor_channels_last"]:  # images with several channels: the layout's own rows
+        if row["floor_channels_last"]:  # images: the layout's own rows
             entries += [
                 (
                     f"certify, memory_format='preserve' (auto → {row['preserve_batch_size']})",

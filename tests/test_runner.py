@@ -68,6 +68,7 @@ def test_writes_the_reference_format(tmp_path, dataset):
         "seed": 0,
         "batch_size": 1000,
         "memory_format": "auto",
+        "channels_last": True,  # one channel: checked, then fed with channels-last strides
         "fold_batchnorm": "auto",
         "batchnorm_folded": 0,  # a linear model: nothing to fold
     }
@@ -129,7 +130,7 @@ def test_resume_certifies_only_missing_rows(tmp_path, dataset, reference):
     assert rows(out) == reference[:10]
     model = CountingLinear()
     results = certify_dataset(smoothed(200, model), dataset, out, progress=False, **SETTINGS)
-    assert model.samples == 14 * 220
+    assert model.samples == 14 * 220 + 2  # and the layout check: the first input, each layout
     assert rows(out) == reference and len(results) == 24
     model.samples = 0
     certify_dataset(smoothed(200, model), dataset, out, progress=False, **SETTINGS)
@@ -329,8 +330,9 @@ def test_sigterm_finishes_the_current_call_then_runs_the_previous_handler(
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        # batch 200 -> one input per call, two forwards per input: signal inside input 3's call
-        model = SignallingLinear(signal.SIGTERM, at=6)
+        # batch 200 -> one input per call, two forwards per input after the two of the layout
+        # check: signal inside input 3's call
+        model = SignallingLinear(signal.SIGTERM, at=8)
         results = certify_dataset(
             smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
         )
@@ -364,7 +366,7 @@ def test_sigint_raises_keyboard_interrupt_after_the_rows_are_written(
     tmp_path, dataset, reference, sigint_handler
 ):
     before = sigint_handler(signal.default_int_handler)
-    model = SignallingLinear(signal.SIGINT, at=3)
+    model = SignallingLinear(signal.SIGINT, at=5)  # input 2's call (after the layout check)
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(
             smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
