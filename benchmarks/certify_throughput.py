@@ -313,7 +313,8 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']} ({meta['machine']}); torch {meta['torch']}, "
-        f"{meta['threads']} threads; {meta['inputs']} inputs, n0 = {meta['n0']}, "
+        f"{meta['threads']} threads; allocator: {meta.get('allocator', 'not recorded')}; "
+        f"{meta['inputs']} inputs, n0 = {meta['n0']}, "
         f"n = {meta['n']:,}, sigma = {meta['sigma']}. Samples per second, the median of "
         f"{meta['rounds']} rounds.",
         "",
@@ -416,6 +417,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def allocator() -> str:
+    """The memory allocator's settings from the environment (a preloaded library, its options,
+    glibc's tunables): on the CPU they change the forward pass's speed, see the Performance page."""
+    names = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")
+    found = [f"{k}={v}" for k, v in os.environ.items() if k in names or k.startswith("MALLOC_")]
+    return "; ".join(sorted(found)) or "default (the C library's malloc)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -426,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "allocator": allocator(),
         **{k: getattr(args, k) for k in ("inputs", "n", "n0", "sigma", "memory_n", "rounds")},
     }
     print(json.dumps(meta), flush=True)

@@ -19,9 +19,16 @@ from conftest import Spy, load_script, small_mlp
 from scipy.stats import binom, norm
 from torch import nn
 
+import rsmooth._folding as folding
 import rsmooth.smoothing as smoothing
 from rsmooth import SmoothedClassifier
-from rsmooth._folding import FoldedCopy, Unfoldable, count_batchnorms, fold_batchnorm
+from rsmooth._folding import (
+    FoldedCopy,
+    Unfoldable,
+    add_into,
+    count_batchnorms,
+    fold_batchnorm,
+)
 
 
 def gens(seeds):
@@ -631,3 +638,79 @@ def test_fold_batchnorm_benchmark_smoke(tmp_path):
     for row in [*result["forward"].values(), result["certify auto"]]:
         assert row["folded"] > 0 and row["as written"] > 0 and row["ratio"]["min"] > 0
     assert "folded ÷ as written" in out.with_suffix(".md").read_text()
+
+
+# ---------------------------------------------------------------- residual additions in place
+def additions_in_place(module: nn.Module) -> int:
+    return sum(
+        node.target is add_into
+        for sub in module.modules()
+        if isinstance(sub, torch.fx.GraphModule)
+        for node in sub.graph.nodes
+    )
+
+
+def test_a_residual_addition_adds_into_the_convolutions_output(monkeypatch):
+    model = Net().eval()
+    folded, count = fold_batchnorm(model)
+    assert count == 3 and additions_in_place(folded) == 1  # conv + shortcut, both folded
+    monkeypatch.setattr(folding, "_add_in_place", lambda traced, modules: None)
+    out_of_place, _ = fold_batchnorm(model)
+    assert additions_in_place(out_of_place) == 0
+    probe = fixed_rand(64, 3, 8, 8, seed=1)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got, want = folded(probe), out_of_place(probe)
+        assert torch.equal(got, want)  # bit for bit: the same additions
+    # with gradients on, add_into adds out of place (the copy is never trained, but stays exact)
+    torch.testing.assert_close(folded(probe), out_of_place(probe), rtol=0, atol=0)
+
+
+class SharedOutput(nn.Module):
+    """A convolution whose output is read twice, added to an activation (not a convolution's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # test-only: fixed weights
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        randomize_batchnorms(self)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        z = self.conv2(h)
+        return self.head(((z + h) * z).flatten(1))
+
+
+def test_an_addition_adds_in_place_only_into_an_output_nothing_else_reads():
+    model = SharedOutput().eval()
+    folded, count = fold_batchnorm(model)
+    assert count == 1 and additions_in_place(folded) == 0
+    probe = fixed_rand(16, 3, 8, 8)
+    torch.testing.assert_close(logits(folded, probe), logits(model, probe), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "in_place"),
+    [
+        (torch.ones(2, 3), torch.full((2, 3), 2.0), True),
+        (torch.ones(2, 3), torch.full((3,), 2.0), True),  # b broadcasts to a's shape
+        (torch.ones(1, 3), torch.full((2, 3), 2.0), False),  # the sum is larger than a
+        (torch.ones(2, 3), torch.full((2, 3), 2.0, dtype=torch.float64), False),  # promoted
+        (torch.ones(2, 3, dtype=torch.bfloat16), torch.full((2, 3), 2.0), False),  # autocast
+        (torch.ones(2, 3), 2.0, False),  # not a tensor
+    ],
+)
+def test_add_into_adds_in_place_only_when_the_sum_is_that_tensor(a, b, in_place):
+    want = a + b
+    before = a.clone()
+    with torch.inference_mode():
+        got = add_into(a, b)
+    assert torch.equal(got, want) and got.dtype == want.dtype
+    assert (got is a) is in_place
+    assert torch.equal(a, want if in_place else before)
+    if in_place:  # with gradients on: never in place
+        a = before.clone()
+        assert add_into(a, b) is not a and torch.equal(a, before)

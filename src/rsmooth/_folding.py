@@ -14,6 +14,10 @@ BatchNorm normalises, while a linear layer's has them last. A module that ``torc
 trace (Python control flow on its input, say) is copied shallowly and its children are folded one
 by one, so the module's own ``forward`` still runs.
 
+In the traced copy, an addition whose operand is a convolution's output that nothing else uses
+(a residual block's ``out + shortcut``) adds into that output in place when that gives the same
+tensor (:func:`add_into`): one activation less to allocate per block, the values bit-identical.
+
 The user's model is never modified: the copy holds its own tensors, and :class:`FoldedCopy`
 rebuilds it whenever the model's modules, their attributes, or the values of their tensors
 change. A model with an attribute whose changes cannot be seen (an object of another kind, which
@@ -25,6 +29,7 @@ from __future__ import annotations
 import copy
 import enum
 import functools
+import operator
 import types
 from collections.abc import Sequence
 
@@ -35,6 +40,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 __all__ = ["FoldedCopy", "count_batchnorms", "fold_batchnorm", "has_hooks"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_ADDITIONS = (operator.add, torch.add)
 #: (convolution, BatchNorm) pairs that fold, by exact type: a subclass may compute something else
 _PAIRS = {
     (nn.Conv1d, nn.BatchNorm1d),
@@ -141,9 +148,54 @@ def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
         node.replace_all_uses_with(source)
         traced.graph.erase_node(node)
         count += 1
+    if count:
+        _add_in_place(traced, modules)
     traced.delete_all_unused_submodules()
     traced.recompile()
     return traced, count
+
+
+def _add_in_place(traced: torch.fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """Let each ``a + b`` whose operand is a convolution's output used nowhere else add into it.
+
+    The convolution's output is a new tensor that only this addition reads, so adding into it
+    changes nothing else; :func:`add_into` checks at run time that the sum has its shape and
+    dtype (otherwise it adds out of place).
+    """
+    for node in traced.graph.nodes:
+        if (
+            node.op != "call_function"
+            or node.target not in _ADDITIONS
+            or len(node.args) != 2
+            or node.kwargs
+        ):
+            continue
+        for i, operand in enumerate(node.args):
+            if (
+                isinstance(operand, torch.fx.Node)
+                and operand.op == "call_module"
+                and type(modules.get(str(operand.target))) in _CONVOLUTIONS
+                and len(operand.users) == 1
+            ):
+                node.target = add_into
+                node.args = (operand, node.args[1 - i])  # a + b == b + a, bit for bit
+                break
+
+
+def add_into(a: Tensor, b: object) -> Tensor:
+    """``a + b``, computed into ``a`` when that gives the same tensor.
+
+    That is when ``b`` is a tensor whose sum with ``a`` has ``a``'s shape and dtype, outside
+    autograd. ``a`` must be read nowhere else.
+    """
+    if (
+        isinstance(b, Tensor)
+        and not torch.is_grad_enabled()
+        and torch.result_type(a, b) == a.dtype
+        and torch.broadcast_shapes(a.shape, b.shape) == a.shape
+    ):
+        return a.add_(b)
+    return a + b  # type: ignore[operator]
 
 
 _INTERNAL = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping, and `training`

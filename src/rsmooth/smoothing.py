@@ -450,7 +450,8 @@ class SmoothedClassifier:
             running statistics) are folded into the convolution before them: the same classifier
             up to rounding, without BatchNorm's passes over the activations (a fifth of the CIFAR
             ResNet-20's forward time on two CPU cores). The copy is traced with :mod:`torch.fx`
-            (parts it cannot trace keep their own code), checked once against the model on up to
+            (parts it cannot trace keep their own code; a residual addition adds into a
+            convolution's output that nothing else reads), checked once against the model on up to
             32 clean inputs without autocast (a copy that differs beyond rounding is dropped), and
             rebuilt whenever the model's modules, their attributes or the values of their
             tensors change; the model itself is never modified. Models with forward hooks, or
