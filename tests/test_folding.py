@@ -662,8 +662,43 @@ def test_a_residual_addition_adds_into_the_convolutions_output(monkeypatch):
         with mode():
             got, want = folded(probe), out_of_place(probe)
         assert torch.equal(got, want)  # bit for bit: the same additions
-    # with gradients on, add_into adds out of place (the copy is never trained, but stays exact)
-    torch.testing.assert_close(folded(probe), out_of_place(probe), rtol=0, atol=0)
+    # the sum is laid out as out of place: a channels_last input gives channels_last sums
+    sums = {}
+    for name, module in (("in place", folded), ("out of place", out_of_place)):
+        module.register_forward_hook(lambda m, args, out, name=name: sums.setdefault(name, out))
+    with torch.inference_mode():
+        folded(probe.contiguous(memory_format=torch.channels_last))
+        out_of_place(probe.contiguous(memory_format=torch.channels_last))
+    assert sums["in place"].stride() == sums["out of place"].stride()
+
+
+class AddsToAConvolution(nn.Module):
+    """``x + conv(h)`` (the conv's output second), then a ``view`` that needs the sum's layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # test-only: fixed weights
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 4 * 4, 2)
+        randomize_batchnorms(self)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        y = x.contiguous() + self.conv2(h)  # laid out like x.contiguous(), whatever conv2 gives
+        return self.head(y.view(y.shape[0], -1))
+
+
+def test_an_addition_never_adds_into_its_second_operand():
+    model = AddsToAConvolution().eval()
+    folded, count = fold_batchnorm(model)
+    assert count == 1 and additions_in_place(folded) == 0
+    x = fixed_rand(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    counts = SmoothedClassifier(model, 0.25).sample_counts(x, num=50, generator=gens([1, 2]))
+    plain = SmoothedClassifier(model, 0.25, fold_batchnorm=False)
+    want = plain.sample_counts(x, num=50, generator=gens([1, 2]))
+    assert int((counts - want).abs().sum()) <= 2
 
 
 class SharedOutput(nn.Module):

@@ -156,11 +156,13 @@ def _fold_traced(model: nn.Module) -> tuple[torch.fx.GraphModule, int]:
 
 
 def _add_in_place(traced: torch.fx.GraphModule, modules: dict[str, nn.Module]) -> None:
-    """Let each ``a + b`` whose operand is a convolution's output used nowhere else add into it.
+    """Let each ``a + b`` whose ``a`` is a convolution's output used nowhere else add into it.
 
     The convolution's output is a new tensor that only this addition reads, so adding into it
     changes nothing else; :func:`add_into` checks at run time that the sum has its shape and
-    dtype (otherwise it adds out of place).
+    dtype (otherwise it adds out of place). Only the first operand: ``a + b`` lays its result out
+    like ``a`` where the two differ, as adding into ``a`` does, while ``b + a`` would follow
+    ``b`` (a later ``view`` may depend on it).
     """
     for node in traced.graph.nodes:
         if (
@@ -170,16 +172,14 @@ def _add_in_place(traced: torch.fx.GraphModule, modules: dict[str, nn.Module]) -
             or node.kwargs
         ):
             continue
-        for i, operand in enumerate(node.args):
-            if (
-                isinstance(operand, torch.fx.Node)
-                and operand.op == "call_module"
-                and type(modules.get(str(operand.target))) in _CONVOLUTIONS
-                and len(operand.users) == 1
-            ):
-                node.target = add_into
-                node.args = (operand, node.args[1 - i])  # a + b == b + a, bit for bit
-                break
+        operand = node.args[0]  # the first: an out-of-place sum takes its layout from it too
+        if (
+            isinstance(operand, torch.fx.Node)
+            and operand.op == "call_module"
+            and type(modules.get(str(operand.target))) in _CONVOLUTIONS
+            and len(operand.users) == 1
+        ):
+            node.target = add_into
 
 
 def add_into(a: Tensor, b: object) -> Tensor:
