@@ -14,9 +14,10 @@ BatchNorm normalises, while a linear layer's has them last. A module that ``torc
 trace (Python control flow on its input, say) is copied shallowly and its children are folded one
 by one, so the module's own ``forward`` still runs.
 
-In the traced copy, an addition whose operand is a convolution's output that nothing else uses
-(a residual block's ``out + shortcut``) adds into that output in place when that gives the same
-tensor (:func:`add_into`): one activation less to allocate per block, the values bit-identical.
+In the traced copy, an addition whose first operand is a convolution's output that nothing else
+uses (a residual block's ``out + shortcut``) adds into that output in place when that gives the
+same tensor (:func:`add_into`): one activation less to allocate per block, the values
+bit-identical.
 
 The user's model is never modified: the copy holds its own tensors, and :class:`FoldedCopy`
 rebuilds it whenever the model's modules, their attributes, or the values of their tensors

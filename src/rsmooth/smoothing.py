@@ -441,19 +441,19 @@ class SmoothedClassifier:
             (oneDNN's convolutions run faster on it; one-channel images get channels-last
             strides, which make every later activation ``channels_last``), provided that a
             check, once per input shape, dtype and device, finds that the model accepts that
-            layout and returns the same logits as on the standard one up to rounding; otherwise, and on other devices,
-            the inputs' own layout. ``"preserve"``: the inputs' own layout.
-            ``"channels_last"``: always (4-D or 5-D inputs). The choice does not depend on
-            timing. Default: ``"auto"``.
+            layout and returns the same logits as on the standard one up to rounding;
+            otherwise, and on other devices, the inputs' own layout. ``"preserve"``: the
+            inputs' own layout. ``"channels_last"``: always (4-D or 5-D inputs). The choice does
+            not depend on timing. Default: ``"auto"``.
         fold_batchnorm: Whether the forward passes of :meth:`certify`, :meth:`predict` and
             :meth:`sample_counts` run a copy of the model whose BatchNorm layers (eval mode, with
             running statistics) are folded into the convolution before them: the same classifier
             up to rounding, without BatchNorm's passes over the activations (a fifth of the CIFAR
             ResNet-20's forward time on two CPU cores). The copy is traced with :mod:`torch.fx`
             (parts it cannot trace keep their own code; a residual addition adds into a
-            convolution's output that nothing else reads), checked once against the model on up to
-            32 clean inputs without autocast (a copy that differs beyond rounding is dropped), and
-            rebuilt whenever the model's modules, their attributes or the values of their
+            convolution's output that nothing else reads), checked once against the model on up
+            to 32 clean inputs without autocast (a copy that differs beyond rounding is dropped),
+            and rebuilt whenever the model's modules, their attributes or the values of their
             tensors change; the model itself is never modified. Models with forward hooks, or
             with an attribute whose in-place changes could not be seen (an object other than
             numbers, strings, tensors, functions and containers of these), are not folded.
@@ -935,13 +935,9 @@ class SmoothedClassifier:
             if not compiled:
                 size = min(size, total - done)
             if buffer.shape[0] < size:
+                layout = torch.contiguous_format if memory_format is None else memory_format
                 buffer = torch.empty(
-                    (size, *sample_shape),
-                    dtype=dtype,
-                    device=device,
-                    memory_format=torch.contiguous_format
-                    if memory_format is None
-                    else memory_format,
+                    (size, *sample_shape), dtype=dtype, device=device, memory_format=layout
                 )
 
         def forward(count: int) -> Tensor:
