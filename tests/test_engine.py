@@ -16,7 +16,7 @@ from torch import nn
 import rsmooth._autobatch as autobatch
 import rsmooth.smoothing as smoothing
 from rsmooth import ABSTAIN, SmoothedClassifier
-from rsmooth._autobatch import AutoBatch
+from rsmooth._autobatch import AutoBatch, timed_batches
 from rsmooth.smoothing import (
     AUXILIARY,
     ESTIMATION,
@@ -422,7 +422,7 @@ def _search(tuning: AutoBatch, per_row: dict[int, float], rows: int = 10**6) -> 
     [
         # noise: 64 looks 3% slower than 32, the search goes on and finds 256
         ({32: 1.0, 64: 1.03, 128: 0.8, 256: 0.7, 512: 1.2}, 256),
-        # clearly slower (0.7 / 0.9 < 1.0): settles at once
+        # clearly slower (0.7 / 0.9 < 1.0) in two paired runs: settles
         ({32: 1.0, 64: 0.7, 128: 1.0, 256: 0.1}, 64),
         # two candidates in a row within the noise: settles at the best
         ({32: 1.0, 64: 0.9, 128: 0.92, 256: 0.95, 512: 0.1}, 64),
@@ -450,6 +450,26 @@ def test_auto_search_compares_in_pairs_so_a_slow_spell_does_not_decide():
         tuning.record(size, size * {32: 1.0, 64: 0.8}[size] * slow)
         clock += 1
     assert tuning.choice == 64
+
+
+def test_auto_search_times_a_clearly_slower_candidate_again_before_it_stops():
+    # 64 is faster than 32, but a slow spell hits only 64's batches in its first paired run
+    # (1.5x: 64 looks 20% slower than 32): the candidate is timed once more, wins, and the
+    # search goes on to the true peak; a candidate that is slower both times ends it
+    per_row = {32: 1.0, 64: 0.8, 128: 0.7, 256: 1.5, 512: 0.1}
+    tuning = AutoBatch.for_device("cpu")
+    tuning.begin_call(10**6)
+    runs_of_64 = 0
+    sizes = []
+    while tuning.choice is None and len(sizes) < 1000:
+        size, _ = tuning.next_size(10**6)
+        runs_of_64 += size == 64 and not tuning.warmed  # a warm-up batch starts a paired run
+        spell = 1.5 if size == 64 and runs_of_64 == 1 else 1.0
+        tuning.record(size, size * per_row[size] * spell)
+        sizes.append(size)
+    assert runs_of_64 == 2 and tuning.choice == 128
+    assert sizes.count(256) == 2 * (1 + timed_batches(256))  # 256 timed twice, then the end
+    assert 512 not in sizes
 
 
 def test_auto_search_stops_at_the_last_candidate():

@@ -30,8 +30,11 @@ BUDGET = 0.02
 #: batches are short, so their timings are noisy), after one warm-up batch of the candidate.
 REPEATS = 2
 MIN_TIMED_ROWS = 512
-#: A candidate whose rate is below (1 - TOLERANCE) times the best's ends the search; one within
-#: TOLERANCE (timing noise) does not, unless the next candidate is no faster either.
+#: The search ends at the second paired run in a row in which a candidate is no faster than the
+#: best. A candidate within TOLERANCE of the best (timing noise) leaves the next one to decide; one
+#: whose rate is below (1 - TOLERANCE) times the best's (past the peak, or a slow spell that hit
+#: the candidate's batches harder than the best's) is timed once more, so that a single noisy
+#: paired run does not end the search.
 TOLERANCE = 0.1
 #: Before timing a candidate, its extra time is estimated at this share of its rows' time.
 ASSUMED_SLOWDOWN = 0.25
@@ -62,7 +65,8 @@ class AutoBatch:
     rows: dict[int, int] = field(default_factory=dict)  # rows the search ran at each size
     best: int | None = None  # the fastest size so far
     served: int = 0  # rows of all the calls this search has served
-    slower: int = 0  # consecutive candidates within TOLERANCE below the best
+    slower: int = 0  # consecutive paired runs in which a candidate was no faster than the best
+    retried: bool = False  # a clearly slower candidate has been timed again since the best won
     choice: int | None = None
 
     @classmethod
@@ -147,14 +151,14 @@ class AutoBatch:
             self.per_row[best] = min(self.per_row[best], rival)
         self.warmed, self.trial, self.rival = False, [], []
         if best is None or seconds < rival:
-            self.best, self.slower = size, 0
-        elif seconds * (1 - TOLERANCE) > rival:
-            self.choice = best  # clearly slower: past the peak
-            return
+            self.best, self.slower, self.retried = size, 0, False
         else:
-            self.slower += 1  # within the timing noise
+            self.slower += 1  # no faster: past the peak, or within the timing noise
             if self.slower == 2:
                 self.choice = best
+                return
+            if seconds * (1 - TOLERANCE) > rival and not self.retried:
+                self.retried = True  # clearly slower: timed once more before it ends the search
                 return
         if self.index + 1 == len(self.candidates):
             self.choice = self.best
