@@ -827,6 +827,88 @@ def test_auto_memory_format_keeps_the_standard_layout_for_a_model_that_views_its
         forced.sample_counts(x, num=20)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "exc", "match"),
+    [
+        ("sigma", -1.0, ValueError, "sigma must be positive"),
+        ("sigma", "big", TypeError, "sigma must be a real number"),
+        ("num_classes", 1, ValueError, "num_classes must be an integer >= 2, got 1"),
+        ("batch_size", 0, ValueError, "batch_size must be a positive integer, got 0"),
+        ("batch_size", "fast", ValueError, "batch_size must be .* or 'auto', got 'fast'"),
+        ("nonfinite", "ignore", ValueError, "nonfinite must be one of .*, got 'ignore'"),
+        ("compile", "yes", TypeError, "compile must be a bool or a dict"),
+        ("autocast", torch.int8, ValueError, "autocast must be torch.bfloat16 or"),
+        ("input_range", (1.0, 0.0), ValueError, r"input_range must be a pair .* got \(1.0, 0.0\)"),
+        ("memory_format", "nhwc", ValueError, "memory_format must be one of .*, got 'nhwc'"),
+        ("fold_batchnorm", "yes", ValueError, "fold_batchnorm must be True, False or 'auto'"),
+        ("model", lambda x: x, TypeError, "model must be a torch.nn.Module, got function"),
+    ],
+)
+def test_a_setting_assigned_after_construction_is_checked_like_the_argument(
+    name, value, exc, match
+):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(**{"model": nn.Linear(2, 2), "sigma": 0.5, name: value})
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    before = getattr(smoothed, name)
+    with pytest.raises(exc, match=match):
+        setattr(smoothed, name, value)
+    assert getattr(smoothed, name) is before  # the old setting stays
+
+
+def test_assigning_another_model_drops_the_choices_made_for_the_old_one():
+    x = fixed_rand(2, 3, 4, 4)
+    smoothed = SmoothedClassifier(bn_cnn(), 0.5)
+    smoothed.sample_counts(x, num=2000, generator=gens([1, 2]))
+    assert "channels_last" in repr(smoothed) and smoothed._folded.folded_layers() == 1
+    assert smoothed._auto  # the batch-size search started
+    # a model that views its input cannot take the channels_last batches chosen for the CNN
+    smoothed.model = ViewsItsInput()
+    assert not smoothed._auto and "channels_last" not in repr(smoothed)
+    counts = smoothed.sample_counts(x, num=300, generator=gens([1, 2]))
+    plain = SmoothedClassifier(ViewsItsInput(), 0.5)
+    assert torch.equal(counts, plain.sample_counts(x, num=300, generator=gens([1, 2])))
+    assert smoothed._folded.folded_layers() == 0
+
+
+def test_assigning_a_model_or_compile_compiles_what_is_assigned(monkeypatch):
+    compiled = []
+
+    def fake_compile(model, **options):  # records what would be compiled; runs it eagerly
+        compiled.append((model, options))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    first, second = nn.Linear(2, 3), nn.Linear(2, 3)
+    smoothed = SmoothedClassifier(first, 0.5, compile=True, input_range=None)
+    smoothed.model = second
+    assert smoothed._compiled is second
+    smoothed.compile = {"mode": "max-autotune"}
+    smoothed.compile = False
+    assert smoothed._compiled is None
+    assert compiled == [(first, {"dynamic": False}), (second, {"dynamic": False})] + [
+        (second, {"dynamic": False, "mode": "max-autotune"})
+    ]
+    x = torch.randn(2, 2)
+    counts = smoothed.sample_counts(x, num=50, generator=gens([1, 2]))
+    fresh = SmoothedClassifier(second, 0.5, input_range=None)
+    assert torch.equal(counts, fresh.sample_counts(x, num=50, generator=gens([1, 2])))
+
+
+def test_assigning_autocast_checks_the_new_dtype_on_the_device(monkeypatch):
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=torch.bfloat16)
+    smoothed.certify(torch.zeros(1, 2), n=20)  # bfloat16 is checked and accepted on the CPU
+
+    class Unsupported:
+        def __init__(self, device_type, dtype):
+            warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
+
+    monkeypatch.setattr(torch, "autocast", Unsupported)
+    smoothed.autocast = torch.float16
+    with pytest.raises(ValueError, match=r"autocast=torch.float16 is not supported on cpu"):
+        smoothed.certify(torch.zeros(1, 2), n=20)
+
+
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])  # bfloat16: a looser tolerance
 def test_auto_memory_format_refuses_a_model_whose_logits_depend_on_the_layout(autocast):
     x = fixed_rand(2, 3, 4, 4)

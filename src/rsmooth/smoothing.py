@@ -11,6 +11,7 @@ implements PREDICT of :cite:`cohen2019certified`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -314,6 +315,21 @@ def _check_fold_batchnorm(value: object) -> FoldBatchNorm:
     raise TypeError(f"fold_batchnorm must be True, False or 'auto', got {type(value).__name__}")
 
 
+#: The public settings of SmoothedClassifier: each is checked by its function whenever assigned.
+_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "model": check_model,
+    "input_range": functools.partial(check_input_range_arg, "input_range"),
+    "sigma": functools.partial(check_positive, "sigma"),
+    "num_classes": lambda value: None if value is None else check_int("num_classes", value, min=2),
+    "batch_size": _check_batch_size,
+    "nonfinite": functools.partial(_check_choice, "nonfinite", choices=_NONFINITE_POLICIES),
+    "compile": _check_compile,
+    "autocast": _check_autocast,
+    "memory_format": functools.partial(_check_choice, "memory_format", choices=_MEMORY_FORMATS),
+    "fold_batchnorm": _check_fold_batchnorm,
+}
+
+
 def _output_type_message(output: object) -> str:
     name = type(output).__name__
     if isinstance(output, (tuple, list)):
@@ -411,6 +427,11 @@ class SmoothedClassifier:
     device for every ``batch_size``, however the samples are split and whatever other inputs
     share the call.
 
+    Every argument is also an attribute of the same name. Assigning one checks it as the
+    constructor does (the old value stays when the new one is refused); assigning ``model``
+    drops the choices made for the old one (automatic batch size, layout, folded copy), and
+    assigning ``model`` or ``compile`` compiles what is then set.
+
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
         sigma: Noise standard deviation :math:`\sigma > 0`.
@@ -496,28 +517,42 @@ class SmoothedClassifier:
         memory_format: MemoryFormat = "auto",
         fold_batchnorm: FoldBatchNorm = "auto",
     ) -> None:
-        self.model = check_model(model)
-        self.input_range = check_input_range_arg("input_range", input_range)
-        self.sigma = check_positive("sigma", sigma)
-        self.num_classes = (
-            None if num_classes is None else check_int("num_classes", num_classes, min=2)
-        )
-        self.batch_size: BatchSize = _check_batch_size(batch_size)
+        # the caches first: assigning a setting below validates it and resets what depends on it
         self._auto: dict[_AutoKey, AutoBatch] = {}  # batch_size="auto": tuning per key
-        self.nonfinite: NonFinitePolicy = _check_choice("nonfinite", nonfinite, _NONFINITE_POLICIES)
-        self.compile = _check_compile(compile)
         self._compiled: Callable[[Tensor], object] | None = None
-        if self.compile is not False:
-            options = {} if self.compile is True else dict(self.compile)
-            self._compiled = torch.compile(self.model, dynamic=False, **options)
-        self.autocast = _check_autocast(autocast)
         self._autocast_checked: set[str] = set()
-        self.memory_format: MemoryFormat = _check_choice(
-            "memory_format", memory_format, _MEMORY_FORMATS
-        )
         self._layouts: dict[_AutoKey, bool] = {}  # memory_format="auto": channels_last accepted
-        self.fold_batchnorm: FoldBatchNorm = _check_fold_batchnorm(fold_batchnorm)
         self._folded = FoldedCopy()
+        self.model: nn.Module = model
+        self.input_range: tuple[float, float] | None = input_range
+        self.sigma: float = sigma
+        self.num_classes: int | None = num_classes
+        self.batch_size: BatchSize = batch_size
+        self.nonfinite: NonFinitePolicy = nonfinite
+        self.compile: bool | Mapping[str, Any] = compile
+        self.autocast: torch.dtype | None = autocast
+        self.memory_format: MemoryFormat = memory_format
+        self.fold_batchnorm: FoldBatchNorm = fold_batchnorm
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Settings are validated whenever they are assigned, and what depends on them reset."""
+        check = _SETTINGS.get(name)
+        if check is None:
+            object.__setattr__(self, name, value)
+            return
+        object.__setattr__(self, name, check(value))
+        if name == "model":  # another model: every choice made for the old one goes
+            self._auto.clear()
+            self._layouts.clear()
+            self._folded.clear()
+        if name == "autocast":
+            self._autocast_checked.clear()
+        if name in ("model", "compile") and "compile" in vars(self):
+            compiled = None
+            if self.compile is not False:
+                options = {} if self.compile is True else dict(self.compile)
+                compiled = torch.compile(self.model, dynamic=False, **options)
+            object.__setattr__(self, "_compiled", compiled)
 
     def __repr__(self) -> str:
         extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
