@@ -1,5 +1,6 @@
 """The sampling engine: batch-size-free noise streams, non-finite logits, forward-pass hints."""
 
+import copy
 import itertools
 import json
 import math
@@ -863,8 +864,12 @@ def test_assigning_another_model_drops_the_choices_made_for_the_old_one():
     assert "channels_last" in repr(smoothed) and smoothed._folded.folded_layers() == 1
     assert smoothed._auto  # the batch-size search started
     # a model that views its input cannot take the channels_last batches chosen for the CNN
+    before = copy.copy(smoothed)
     smoothed.model = ViewsItsInput()
     assert not smoothed._auto and "channels_last" not in repr(smoothed)
+    assert smoothed._folded.folded_layers() == 0
+    # a shallow copy made before keeps its own choices
+    assert before._auto and "channels_last" in repr(before) and before._folded.folded_layers()
     counts = smoothed.sample_counts(x, num=300, generator=gens([1, 2]))
     plain = SmoothedClassifier(ViewsItsInput(), 0.5)
     assert torch.equal(counts, plain.sample_counts(x, num=300, generator=gens([1, 2])))
@@ -893,6 +898,24 @@ def test_assigning_a_model_or_compile_compiles_what_is_assigned(monkeypatch):
     counts = smoothed.sample_counts(x, num=50, generator=gens([1, 2]))
     fresh = SmoothedClassifier(second, 0.5, input_range=None)
     assert torch.equal(counts, fresh.sample_counts(x, num=50, generator=gens([1, 2])))
+
+
+def test_a_setting_whose_compile_fails_changes_nothing(monkeypatch):
+    def fake_compile(model, **options):
+        if options.get("mode") == "bogus" or isinstance(model, nn.Bilinear):
+            raise RuntimeError("cannot compile")
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    first = nn.Linear(2, 3)
+    smoothed = SmoothedClassifier(first, 0.5, compile=True, input_range=None)
+    smoothed.sample_counts(torch.zeros(1, 2), num=64)
+    state = dict(vars(smoothed))
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        smoothed.compile = {"mode": "bogus"}
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        smoothed.model = nn.Bilinear(2, 2, 3)
+    assert vars(smoothed) == state and smoothed._compiled is first and smoothed._auto
 
 
 def test_assigning_autocast_checks_the_new_dtype_on_the_device(monkeypatch):

@@ -31,10 +31,10 @@ BUDGET = 0.02
 REPEATS = 2
 MIN_TIMED_ROWS = 512
 #: The search ends at the second paired run in a row in which a candidate is no faster than the
-#: best. A candidate within TOLERANCE of the best (timing noise) leaves the next one to decide; one
-#: whose rate is below (1 - TOLERANCE) times the best's (past the peak, or a slow spell that hit
-#: the candidate's batches harder than the best's) is timed once more, so that a single noisy
-#: paired run does not end the search.
+#: best, so no single noisy run ends it. After one such run, a candidate within TOLERANCE of the
+#: best (timing noise) gives way to the next candidate; one whose rate is below (1 - TOLERANCE)
+#: times the best's (past the peak, or hit by a slow spell that spared the best's batches) is
+#: timed again.
 TOLERANCE = 0.1
 #: Before timing a candidate, its extra time is estimated at this share of its rows' time.
 ASSUMED_SLOWDOWN = 0.25
@@ -66,7 +66,6 @@ class AutoBatch:
     best: int | None = None  # the fastest size so far
     served: int = 0  # rows of all the calls this search has served
     slower: int = 0  # consecutive paired runs in which a candidate was no faster than the best
-    retried: bool = False  # a clearly slower candidate has been timed again since the best won
     choice: int | None = None
 
     @classmethod
@@ -151,15 +150,14 @@ class AutoBatch:
             self.per_row[best] = min(self.per_row[best], rival)
         self.warmed, self.trial, self.rival = False, [], []
         if best is None or seconds < rival:
-            self.best, self.slower, self.retried = size, 0, False
+            self.best, self.slower = size, 0
         else:
             self.slower += 1  # no faster: past the peak, or within the timing noise
             if self.slower == 2:
                 self.choice = best
                 return
-            if seconds * (1 - TOLERANCE) > rival and not self.retried:
-                self.retried = True  # clearly slower: timed once more before it ends the search
-                return
+            if seconds * (1 - TOLERANCE) > rival:
+                return  # clearly slower: the same candidate is timed again
         if self.index + 1 == len(self.candidates):
             self.choice = self.best
         else:

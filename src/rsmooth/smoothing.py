@@ -428,7 +428,8 @@ class SmoothedClassifier:
     share the call.
 
     Every argument is also an attribute of the same name. Assigning one checks it as the
-    constructor does (the old value stays when the new one is refused); assigning ``model``
+    constructor does (nothing changes when the value is refused or fails to compile); assigning
+    ``model``
     drops the choices made for the old one (automatic batch size, layout, folded copy), and
     assigning ``model`` or ``compile`` compiles what is then set.
 
@@ -535,24 +536,31 @@ class SmoothedClassifier:
         self.fold_batchnorm: FoldBatchNorm = fold_batchnorm
 
     def __setattr__(self, name: str, value: object) -> None:
-        """Settings are validated whenever they are assigned, and what depends on them reset."""
+        """Settings are validated whenever they are assigned, and what depends on them reset.
+
+        Nothing changes when the value is refused, or when compiling what it sets fails.
+        """
         check = _SETTINGS.get(name)
         if check is None:
             object.__setattr__(self, name, value)
             return
-        object.__setattr__(self, name, check(value))
-        if name == "model":  # another model: every choice made for the old one goes
-            self._auto.clear()
-            self._layouts.clear()
-            self._folded.clear()
+        checked: Any = check(value)
+        resets: dict[str, object] = {}
+        if name == "compile" or (name == "model" and "compile" in vars(self)):
+            model = checked if name == "model" else self.model
+            options = checked if name == "compile" else self.compile
+            resets["_compiled"] = None
+            if options is not False:
+                extra = {} if options is True else dict(options)
+                resets["_compiled"] = torch.compile(model, dynamic=False, **extra)
+        if name == "model":  # another model: the choices made for the old one go (new objects,
+            # so that a shallow copy of this classifier keeps its own)
+            resets |= {"_auto": {}, "_layouts": {}, "_folded": FoldedCopy()}
         if name == "autocast":
-            self._autocast_checked.clear()
-        if name in ("model", "compile") and "compile" in vars(self):
-            compiled = None
-            if self.compile is not False:
-                options = {} if self.compile is True else dict(self.compile)
-                compiled = torch.compile(self.model, dynamic=False, **options)
-            object.__setattr__(self, "_compiled", compiled)
+            resets["_autocast_checked"] = set()
+        object.__setattr__(self, name, checked)
+        for key, reset in resets.items():
+            object.__setattr__(self, key, reset)
 
     def __repr__(self) -> str:
         extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
