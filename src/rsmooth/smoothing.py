@@ -429,9 +429,8 @@ class SmoothedClassifier:
 
     Every argument is also an attribute of the same name. Assigning one checks it as the
     constructor does (nothing changes when the value is refused or fails to compile); assigning
-    ``model``
-    drops the choices made for the old one (automatic batch size, layout, folded copy), and
-    assigning ``model`` or ``compile`` compiles what is then set.
+    ``model`` drops the choices made for the old one (automatic batch size, layout, folded
+    copy), and assigning ``model`` or ``compile`` compiles what is then set.
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
