@@ -710,15 +710,16 @@ def test_autocast_validation(value, exc, match):
         SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=value)
 
 
+class UnsupportedAutocast:
+    """Stands in for torch.autocast with a dtype the device does not support: torch warns."""
+
+    def __init__(self, device_type, dtype):
+        warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
+
+
 def test_autocast_with_a_dtype_the_device_does_not_support(monkeypatch):
-    class Unsupported:
-        def __init__(self, device_type, dtype):
-            import warnings
-
-            warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
-
     smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=torch.float16)
-    monkeypatch.setattr(torch, "autocast", Unsupported)
+    monkeypatch.setattr(torch, "autocast", UnsupportedAutocast)
     with pytest.raises(ValueError, match=r"autocast=torch.float16 is not supported on cpu"):
         smoothed.certify(torch.zeros(1, 2), n=20)
     monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
@@ -922,11 +923,7 @@ def test_assigning_autocast_checks_the_new_dtype_on_the_device(monkeypatch):
     smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5, autocast=torch.bfloat16)
     smoothed.certify(torch.zeros(1, 2), n=20)  # bfloat16 is checked and accepted on the CPU
 
-    class Unsupported:
-        def __init__(self, device_type, dtype):
-            warnings.warn("In CPU autocast, but the target dtype is not supported.", stacklevel=2)
-
-    monkeypatch.setattr(torch, "autocast", Unsupported)
+    monkeypatch.setattr(torch, "autocast", UnsupportedAutocast)
     smoothed.autocast = torch.float16
     with pytest.raises(ValueError, match=r"autocast=torch.float16 is not supported on cpu"):
         smoothed.certify(torch.zeros(1, 2), n=20)
