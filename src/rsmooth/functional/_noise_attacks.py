@@ -19,13 +19,7 @@ from torch import Tensor, nn
 from rsmooth._model_state import preserve_model_state
 from rsmooth._prior import Confidence, check_confidence
 from rsmooth._validation import check_int, check_nonnegative, check_positive
-from rsmooth.functional import (
-    _expand_rows,
-    _num_copies,
-    _row_norms,
-    replicate,
-    split_copies,
-)
+from rsmooth.functional._core import expand_rows, num_copies, replicate, row_norms, split_copies
 
 __all__ = [
     "AdaptiveNoiseAttackResult",
@@ -136,7 +130,7 @@ def catrs_noise_attack(
     """
     epsilon = check_positive("epsilon", epsilon)
     num_steps = check_int("num_steps", num_steps, min=0)
-    num_noise = _num_copies(inputs, noise)
+    num_noise = num_copies(inputs, noise)
     prior = _check_prior(prior, inputs.shape[0])
     points = replicate(inputs.detach(), num_noise)
     target = replicate(prior.detach().to(noise.dtype), num_noise)
@@ -153,13 +147,13 @@ def catrs_noise_attack(
             objective = F.kl_div(log_q, target, reduction="sum") / num_noise
             (grad,) = torch.autograd.grad(objective, current)
             with torch.no_grad():
-                grad = grad / _expand_rows(_row_norms(grad) + 1e-8, grad)
+                grad = grad / expand_rows(row_norms(grad) + 1e-8, grad)
                 current = current.detach() + step * grad
                 current = start + (current - start).renorm(p=2, dim=0, maxnorm=epsilon)
                 mean, rms = _row_mean_rms(current)
-                current = _expand_rows(mean0, current) + (
-                    current - _expand_rows(mean, current)
-                ) * _expand_rows(rms0 / rms, current)
+                current = expand_rows(mean0, current) + (
+                    current - expand_rows(mean, current)
+                ) * expand_rows(rms0 / rms, current)
     return current.detach()
 
 
@@ -235,7 +229,7 @@ def catrs_loss(
     """
     lbd = check_nonnegative("lbd", lbd)
     confidence = check_confidence(confidence)
-    num_noise = _num_copies(inputs, noise)
+    num_noise = num_copies(inputs, noise)
     batch = inputs.shape[0]
     prior = _check_prior(prior, batch)
     if not isinstance(uniforms, Tensor):
@@ -334,11 +328,11 @@ def adaptive_noise_attack(
     """
     epsilon = check_positive("epsilon", epsilon)
     num_steps = check_int("num_steps", num_steps, min=0)
-    num_noise = _num_copies(inputs, noise)
+    num_noise = num_copies(inputs, noise)
     points = replicate(inputs.detach(), num_noise)
     labels = replicate(targets, num_noise)
     start = noise.detach()
-    radius = _expand_rows(_row_norms(start), start)
+    radius = expand_rows(row_norms(start), start)
     current = start
     best = torch.zeros_like(start)
     stop_step = torch.full((start.shape[0],), -1, dtype=torch.long, device=start.device)
@@ -348,13 +342,13 @@ def adaptive_noise_attack(
             logits = model(points + current)
             with torch.no_grad():
                 newly = (logits.argmax(dim=1) != labels) & (stop_step < 0)
-                best = torch.where(_expand_rows(newly, best), current.detach(), best)
+                best = torch.where(expand_rows(newly, best), current.detach(), best)
                 stop_step = torch.where(newly, torch.full_like(stop_step, t), stop_step)
             objective = F.cross_entropy(logits, labels, reduction="sum") / num_noise
             (grad,) = torch.autograd.grad(objective, current)
             with torch.no_grad():
-                grad = grad / _expand_rows(_row_norms(grad) + 1e-8, grad)
+                grad = grad / expand_rows(row_norms(grad) + 1e-8, grad)
                 current = current.detach() + epsilon * grad
-                current = current / _expand_rows(_row_norms(current) + 1e-8, current) * radius
-    never = _expand_rows(stop_step < 0, best)
+                current = current / expand_rows(row_norms(current) + 1e-8, current) * radius
+    never = expand_rows(stop_step < 0, best)
     return AdaptiveNoiseAttackResult(torch.where(never, current.detach(), best), stop_step)
