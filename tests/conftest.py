@@ -113,3 +113,32 @@ class Mixed(nn.Module):
         if self.fail_on_call is not None and len(self.seen) >= self.fail_on_call:
             raise RuntimeError("boom")
         return self.body(x)
+
+
+def gens(seeds, device="cpu") -> list[torch.Generator]:
+    """One generator per seed: per-input noise streams."""
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+def fixed_rand(*shape: int) -> torch.Tensor:
+    """Uniform [0, 1) values that do not depend on the tests run before."""
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
+    """``module`` with its parameters drawn from a fixed generator (in eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.5)
+    return module.eval()
+
+
+def cnn(num_classes: int = 10) -> nn.Module:
+    """``small_cnn`` with fixed weights, so that the votes spread over classes."""
+    return seeded(small_cnn(num_classes))
+
+
+def flat_model(numel: int, num_classes: int = 10) -> nn.Module:
+    """A linear model on flattened inputs with fixed weights."""
+    return seeded(nn.Sequential(nn.Flatten(), nn.Linear(numel, num_classes)))

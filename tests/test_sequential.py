@@ -1,6 +1,7 @@
 """Tests of SmoothedClassifier.certify_radius, the sequential fixed-radius / grid certifier."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,18 @@ from scipy.stats import norm
 from torch import nn
 
 from rsmooth import ABSTAIN, SmoothedClassifier
-from rsmooth.sequential import CERTIFIED, RULED_OUT, UNDECIDED, RadiusCertificate, _run
+from rsmooth._engine.sampler import Item
+from rsmooth._engine.streams import input_seeds
+from rsmooth.sequential import (
+    CERTIFIED,
+    RULED_OUT,
+    UNDECIDED,
+    UNREACHABLE,
+    GridSchedule,
+    RadiusCertificate,
+    RadiusGrid,
+    UnreachableRadiusWarning,
+)
 from rsmooth.stats import (
     radius_to_probability,
     sequential_operating_characteristic,
@@ -35,6 +47,15 @@ def linear(sigma=0.5, batch_size=4096, model=None):
 
 def at(margins):
     return torch.tensor(margins, dtype=torch.float32)[:, None]
+
+
+def run_schedule(smoothed, schedule, inputs, generator):
+    """A schedule (possibly a broken one) through the engine's seam, as certify_radius runs it."""
+    seeds = input_seeds(inputs.shape[0], generator)
+    rows = {}
+    items = (Item(j, inputs[j], seeds[j]) for j in range(inputs.shape[0]))
+    smoothed.run_stream(schedule, items, rows.__setitem__, probe=inputs)
+    return schedule.collect([rows[j] for j in range(inputs.shape[0])], inputs.device, given=False)
 
 
 # ---------------------------------------------------------------------------- soundness
@@ -67,11 +88,10 @@ def test_soundness_on_the_closed_form_linear_classifier_and_an_unsound_variant_f
     per_look = [sequential_thresholds((n,), p_star, alpha, alpha) for n in looks]
     cert_unsplit = np.concatenate([c for c, _ in per_look])
     fut_unsplit = np.concatenate([f for _, f in per_look])
-    seeds = smoothed._input_seeds(inputs, torch.Generator().manual_seed(2024))
-    unsound = _run(
-        smoothed, inputs, seeds, (r,), alpha, alpha, 100, 1.5, looks, cert_unsplit,
-        fut_unsplit, None,
-    )  # fmt: skip
+    broken = GridSchedule(
+        RadiusGrid((r,), alpha=alpha, max_n=max_n), sigma, looks, cert_unsplit, fut_unsplit, 1
+    )
+    unsound = run_schedule(smoothed, broken, inputs, torch.Generator().manual_seed(2024))
     rate_unsound, ok_unsound = _false_certificate_check(
         unsound.certified[:, 0].numpy(), alpha, trials
     )
@@ -256,18 +276,43 @@ def test_bad_arguments(radius, kwargs, exc, match):
         linear().certify_radius(at([0.3, 0.4]), radius, **kwargs)
 
 
-def test_max_n_message_names_a_max_n_that_works():
-    with pytest.raises(ValueError, match=r"max_n must be at least (\d+)") as info:
-        linear().certify_radius(at([0.3]), [0.25, 1.0], max_n=200)
-    needed = int(str(info.value).split("at least ")[1].split()[0])
-    linear().certify_radius(at([3.0]), [0.25, 1.0], max_n=needed)  # accepted
-    with pytest.raises(ValueError, match="max_n must be at least"):
+def test_radii_that_max_n_cannot_reach_are_reported_unreachable_and_the_rest_certified():
+    with pytest.warns(UnreachableRadiusWarning, match=r"radii \[1.0\] cannot be certified") as info:
+        cert = linear().certify_radius(
+            at([3.0, 0.0]), [0.25, 1.0], max_n=200, generator=torch.Generator().manual_seed(0)
+        )
+    assert cert.status.tolist() == [[CERTIFIED, UNREACHABLE], [RULED_OUT, UNREACHABLE]]
+    assert cert.certified.tolist() == [[True, False], [False, False]]
+    assert cert.reachable == (0.25,)
+    needed = int(str(info[0].message).split("max_n=")[-1].split()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cert = linear().certify_radius(at([3.0]), [0.25, 1.0], max_n=needed)  # reaches 1.0
+    assert cert.certified.tolist() == [[True, True]]
+    with pytest.warns(UnreachableRadiusWarning):
         linear().certify_radius(at([3.0]), [0.25, 1.0], max_n=needed - 1)
+
+
+def test_reachability_is_checked_on_the_actual_schedule():
+    # growth 2 at max_n = 21,505 gives looks (..., 21504, 21505) and a top threshold of 21,506:
+    # min_sequential_max_n accepted this max_n, but 0.4 can never be certified on it
+    grid = RadiusGrid((0.1, 0.2, 0.3, 0.4), alpha=0.001, max_n=21_505, growth=2)
+    with pytest.warns(UnreachableRadiusWarning, match=r"radii \[0.4\]"):
+        schedule = grid.bind(0.12)
+    assert schedule.looks[-2:] == (21_504, 21_505) and schedule.certify[-1, -1] == 21_506
+    assert schedule.reach == 3
+
+
+def test_a_grid_with_no_reachable_radius_is_an_error_naming_a_max_n_that_works():
+    with pytest.raises(ValueError, match=r"max_n must be at least (\d+)") as info:
+        linear().certify_radius(at([0.3]), 1.0, max_n=100)
+    needed = int(str(info.value).split("at least ")[1].split()[0])
+    linear().certify_radius(at([3.0]), 1.0, max_n=needed)  # accepted
 
 
 # ---------------------------------------------------------------------------- certify(bound=)
 def test_certify_randomized_bound_uses_the_input_stream_and_is_never_below_clopper_pearson():
-    from rsmooth.smoothing import _auxiliary_uniform
+    from rsmooth._engine.streams import auxiliary_uniform
     from rsmooth.stats import randomized_clopper_pearson_lower
 
     smoothed = linear(0.5)
@@ -283,9 +328,9 @@ def test_certify_randomized_bound_uses_the_input_stream_and_is_never_below_clopp
     assert torch.equal(randomized.p_lower, again.p_lower)
     assert (randomized.p_lower >= plain.p_lower).all()
     assert (randomized.p_lower > plain.p_lower).any()
-    seeds = smoothed._input_seeds(x, gens())
+    seeds = input_seeds(3, gens())
     expected = randomized_clopper_pearson_lower(
-        randomized.count.numpy(), 500, 0.01, _auxiliary_uniform(seeds)
+        randomized.count.numpy(), 500, 0.01, auxiliary_uniform(seeds)
     )
     np.testing.assert_array_equal(randomized.p_lower.numpy(), expected)
     assert float(randomized.radius[2]) < float("inf")  # the draw is kept away from 0
@@ -347,3 +392,52 @@ def test_non_finite_samples_count_against_the_candidate():
         SmoothedClassifier(NaNBelow(), sigma=1.0, input_range=None).certify_radius(
             x, 0.1, max_n=5_000
         )
+
+
+# ---------------------------------------------------------------------------- independence
+class Coin(nn.Module):
+    """Class 0 iff the first coordinate is positive: at x = 0 each class has share exactly 1/2,
+    so every claim that a class is the smoothed prediction is false."""
+
+    def forward(self, x):
+        score = x[:, :1]
+        return torch.cat([score, -score], dim=1)
+
+
+@pytest.mark.slow
+def test_candidates_from_sample_counts_with_the_same_generators_are_independent_of_the_estimate():
+    # The issue's case: candidates from sample_counts, then certify_radius at radius 0 with the
+    # same per-input generators. Sharing the estimation noise would certify a false claim twice
+    # as often as allowed (2/32 at max_n = 5); separate streams keep it at 1/32 < alpha.
+    trials, alpha = 12_000, 0.05
+    smoothed = SmoothedClassifier(Coin(), 0.5, input_range=None, batch_size=4096)
+    x = torch.zeros(trials, 2)
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in range(trials)]
+
+    candidates = smoothed.sample_counts(x, num=5, generator=gens()).argmax(1)
+    cert = smoothed.certify_radius(
+        x, 0.0, alpha=alpha, max_n=5, candidates=candidates, generator=gens()
+    )
+    rate, ok = _false_certificate_check(cert.certified[:, 0].numpy(), alpha, trials)
+    assert ok, rate
+    assert abs(rate - 1 / 32) < 4 * math.sqrt(1 / 32 * 31 / 32 / trials)
+
+    # the broken variant: candidates taken from the estimation stream itself
+    from rsmooth._engine.sampler import Draw
+    from rsmooth._engine.streams import Stream
+
+    class SameNoise:
+        def job(self, item):
+            (votes,) = yield (Draw(Stream.GRID_ESTIMATION, 0, 5),)
+            return int(votes.counts.argmax())
+
+    seeds = input_seeds(trials, gens())
+    chosen = {}
+    items = (Item(j, x[j], seeds[j]) for j in range(trials))
+    smoothed.run_stream(SameNoise(), items, chosen.__setitem__, probe=x)
+    shared = torch.tensor([chosen[j] for j in range(trials)])
+    cert = smoothed.certify_radius(x, 0.0, alpha=alpha, max_n=5, candidates=shared, generator=gens())
+    rate, ok = _false_certificate_check(cert.certified[:, 0].numpy(), alpha, trials)
+    assert not ok and abs(rate - 2 / 32) < 4 * math.sqrt(2 / 32 * 30 / 32 / trials), rate

@@ -6,8 +6,10 @@ with one message shape: ``"<name> must be <what>, got <value>"``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "check_nonnegative",
     "check_open_unit",
     "check_positive",
+    "check_radii",
     "check_real",
     "check_targets",
 ]
@@ -208,3 +211,24 @@ def check_generator(generator: Any, device: torch.device) -> torch.Generator | N
             f"{generator.device}; create it with torch.Generator(device=inputs.device)"
         )
     return generator
+
+
+def check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
+    """Return a grid of radii as a sorted tuple of floats (one radius is a grid of one)."""
+    if hasattr(radius, "tolist") and not isinstance(radius, (list, tuple)):
+        radius = radius.tolist()
+    values = [radius] if isinstance(radius, numbers.Real) else radius
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(
+            f"radius must be a number or a sorted sequence of numbers, got {type(radius).__name__}"
+        )
+    radii = tuple(check_real("radius", r) for r in values)
+    if not radii:
+        raise ValueError("radius must name at least one radius, got an empty sequence")
+    if any(r < 0 for r in radii):
+        raise ValueError(f"radius must be non-negative, got {list(radii)}")
+    if any(b <= a for a, b in itertools.pairwise(radii)):
+        raise ValueError(
+            f"radius must be sorted in increasing order without repeats, got {list(radii)}"
+        )
+    return radii

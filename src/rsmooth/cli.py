@@ -9,6 +9,7 @@ arguments or the files give a message on stderr (no traceback) and exit status 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -244,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--n",
         "--num-samples",
         type=int,
-        default=100_000,
+        default=None,
         dest="n",
-        help="estimation samples per input (default: 100000); write --num-samples under "
-        "torchrun, whose parser claims --n",
+        help="CERTIFY's estimation samples per input (default: 100000; with --radii give "
+        "--max-n); write --num-samples under torchrun, whose parser claims --n",
     )
     smoothing.add_argument(
         "--n0", type=int, default=100, help="selection samples per input (default: 100)"
@@ -258,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     smoothing.add_argument(
         "--batch-size",
         type=_batch_size,
-        default="auto",
-        help="noisy samples per forward pass, or 'auto' (default): timed once per run; "
-        "recorded with the results, never changes them",
+        default=None,
+        help="noisy samples per forward pass (default: 128 on the CPU, 2048 on CUDA), or "
+        "'auto' to time a few sizes on the run's own batches; recorded with the results, never "
+        "changes them",
     )
     smoothing.add_argument(
         "--compile",
@@ -274,13 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="layout of the noisy batches: 'auto' (default) gives a CPU model image batches as "
         "channels_last when it accepts them with the same logits; 'preserve' keeps the "
         "dataset's layout; 'channels_last' always",
-    )
-    smoothing.add_argument(
-        "--no-fold-batchnorm",
-        dest="fold_batchnorm",
-        action="store_false",
-        help="run the model's own code: by default a CPU model's eval-mode BatchNorm layers are "
-        "folded into the layers before them in a checked copy (the same logits up to rounding)",
     )
     smoothing.add_argument("--num-classes", type=int, help="number of classes (default: inferred)")
     smoothing.add_argument(
@@ -663,7 +658,7 @@ def _device(args: argparse.Namespace) -> torch.device:
 # ---------------------------------------------------------------------------- commands
 def _certify(args: argparse.Namespace) -> int:
     from rsmooth.metrics import format_table
-    from rsmooth.runner import Shard, certify_dataset
+    from rsmooth.runner import Shard, certify_dataset, distributed_group
     from rsmooth.smoothing import SmoothedClassifier
 
     if args.stop < -1 or args.stop == 0:
@@ -671,6 +666,7 @@ def _certify(args: argparse.Namespace) -> int:
             f"--max must be -1 (all) or a positive dataset index (certify inputs 0..MAX-1), "
             f"got {args.stop}"
         )
+    procedure = _procedure(args)
     device = _device(args)
     dataset = _load_dataset(args)
     model = _load_model(args, device)
@@ -682,47 +678,28 @@ def _certify(args: argparse.Namespace) -> int:
         input_range=args.input_range,
         compile=args.compile,
         memory_format=args.memory_format,
-        fold_batchnorm="auto" if args.fold_batchnorm else False,
     )
-    dist = torch.distributed
-    started_group = False
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if (
-        args.shard is None
-        and world > 1
-        and "MASTER_ADDR" in os.environ
-        and dist.is_available()
-        and not dist.is_initialized()
-    ):
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started_group = True
     shard = None if args.shard is None else Shard(args.shard[0], args.shard[1], "argument")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        results = certify_dataset(
-            smoothed,
-            dataset,
-            args.out,
-            n0=args.n0,
-            n=args.n,
-            alpha=args.alpha,
-            seed=args.seed,
-            skip=args.skip,
-            stop=None if args.stop == -1 else args.stop,
-            device=device,
-            shard=shard,
-            merge=args.merge,
-            progress=args.progress,
-            identity=_run_identity(args),
-            force=args.force,
-            **_sequential_arguments(args),
-        )
+        with distributed_group(device) if shard is None else contextlib.nullcontext():
+            results = certify_dataset(
+                smoothed,
+                dataset,
+                args.out,
+                procedure,
+                seed=args.seed,
+                skip=args.skip,
+                stop=None if args.stop == -1 else args.stop,
+                device=device,
+                shard=shard,
+                merge=args.merge,
+                progress=args.progress,
+                identity=_run_identity(args),
+                force=args.force,
+            )
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if started_group:
-            dist.destroy_process_group()
     rank = int(os.environ.get("RANK", "0") or 0)
     if results.path is not None and Path(results.path) == Path(args.out):
         if rank == 0:
@@ -736,12 +713,23 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sequential_arguments(args: argparse.Namespace) -> dict[str, Any]:
+def _procedure(args: argparse.Namespace) -> Any:
+    """CERTIFY, or the radius grid with --radii."""
+    from rsmooth.procedures import Certify
+    from rsmooth.sequential import RadiusGrid
+
     if args.radii is None:
         if args.max_n is not None:
             raise _CommandError("--max-n applies to the sequential mode only; give --radii too")
-        return {}
-    return {"radii": args.radii, "max_n": 100_000 if args.max_n is None else args.max_n}
+        return Certify(n=100_000 if args.n is None else args.n, n0=args.n0, alpha=args.alpha)
+    if args.n is not None:
+        raise _CommandError(
+            "--n is CERTIFY's fixed sample size; with --radii the sequential procedure stops "
+            "each input as soon as its radii are decided: give the most samples per input with "
+            "--max-n instead"
+        )
+    max_n = 100_000 if args.max_n is None else args.max_n
+    return RadiusGrid(tuple(args.radii), alpha=args.alpha, max_n=max_n, n0=args.n0)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -749,7 +737,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rsmooth.metrics import DEFAULT_RADII, format_table, read_results
+    from rsmooth.metrics import format_table, read_results
 
     if args.labels is not None and len(args.labels) != len(args.files):
         raise _CommandError(
@@ -775,53 +763,53 @@ def _report(args: argparse.Namespace) -> int:
     for result in results.values():
         if len(result) == 0:
             raise _CommandError(f"{result.path}: no rows")
-    grids = {tuple(g) for g in map(_sequential_grid, paths) if g is not None}
-    if grids:
-        return _report_sequential(args, results, grids)
-    settings = {name: _run_settings(path) for name, path in zip(names, paths, strict=True)}
-    radii = DEFAULT_RADII if args.radii is None else args.radii
-    caps = [entry["radius cap"] for entry in settings.values() if entry is not None]
-    if args.radii is None and caps and len(caps) == len(settings):
-        radii = [r for r in DEFAULT_RADII if r <= max(caps)] or [0.0]  # no always-0 columns
-    print(format_table(results, radii, fmt=args.format))
+    grids = any(result.kind == "grid" for result in results.values())
+    if grids and args.plot is not None:
+        raise _CommandError(
+            "--plot draws certified accuracy at every radius, but a grid file (rsmooth certify "
+            "--radii) is certified only at its grid radii; run CERTIFY (without --radii) for "
+            "radius curves"
+        )
+    print(format_table(results, args.radii, fmt=args.format))
     if args.plot is not None:
         from rsmooth.plotting import plot_certified_accuracy, save_figure
 
         ax = plot_certified_accuracy(results, max_radius=args.max_radius)
         save_figure(ax, args.plot)
         print(f"rsmooth report: wrote {args.plot}", file=sys.stderr)
-    _show_settings(settings)  # after the outputs: an error stays one message
+    _show_settings(results)  # after the outputs: an error stays one message
+    if grids:
+        print(
+            "rsmooth report: no ACR for grid files (rsmooth certify --radii): each input "
+            "stopped as soon as every grid radius was decided, so its radius is only a lower "
+            "bound, not comparable with CERTIFY's",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _run_settings(path: Path) -> dict[str, float] | None:
-    """sigma, n, alpha and the radius cap of a results file, from its settings file if any."""
-    from rsmooth.stats import max_certified_radius
-
-    side = path.with_name(path.name + ".json")
-    try:
-        config = json.loads(side.read_text())["config"]
-        sigma, n, alpha = float(config["sigma"]), int(config["n"]), float(config["alpha"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no (readable) settings file, e.g. the reference codebases' files
-    cap = max_certified_radius(n, alpha, sigma)
-    return {"sigma": sigma, "n": n, "alpha": alpha, "radius cap": cap}
-
-
-def _show_settings(settings: dict[str, dict[str, float] | None]) -> None:
+def _show_settings(results: dict[str, Any]) -> None:
     """Print each run's settings on stderr, and warn when runs are not comparable."""
-    for name, entry in settings.items():
-        if entry is None:
+    known = {}
+    for name, result in results.items():
+        settings = result.settings
+        if settings is None:
             text = "no settings file (sigma, n and alpha unknown)"
+        elif settings.kind == "grid":
+            text = (
+                f"grid {list(settings.radii)}, sigma {settings.sigma:g}, max_n "
+                f"{settings.max_n:d}, alpha {settings.alpha:g}"
+            )
+            known[name] = {"sigma": settings.sigma, "alpha": settings.alpha}
         else:
             text = (
-                f"sigma {entry['sigma']:g}, n {entry['n']:d}, alpha {entry['alpha']:g}, "
-                f"radius cap {entry['radius cap']:.3f}"
+                f"sigma {settings.sigma:g}, n {settings.n:d}, alpha {settings.alpha:g}, "
+                f"radius cap {settings.radius_cap:.3f}"
             )
+            known[name] = {"sigma": settings.sigma, "n": settings.n, "alpha": settings.alpha}
         print(f"rsmooth report: {name}: {text}", file=sys.stderr)
-    known = {name: entry for name, entry in settings.items() if entry is not None}
     for key in ("sigma", "n", "alpha"):
-        values = {name: entry[key] for name, entry in known.items()}
+        values = {name: entry[key] for name, entry in known.items() if key in entry}
         if len(set(values.values())) > 1:
             listed = ", ".join(f"{name}: {value:g}" for name, value in values.items())
             print(
@@ -832,79 +820,13 @@ def _show_settings(settings: dict[str, dict[str, float] | None]) -> None:
             )
 
 
-_NO_ACR = (
-    "no ACR for sequential results (rsmooth certify --radii): each input stopped as soon as "
-    "every grid radius was decided, so its radius is only a lower bound that is not comparable "
-    "with CERTIFY's, and its count and n cannot be re-analysed at another alpha either; run "
-    "CERTIFY (without --radii) for ACR and radius curves"
-)
-
-
-def _sequential_grid(path: Path) -> list[float] | None:
-    """The grid radii of a sequential results file (from its settings file), else None."""
-    side = path.with_name(path.name + ".json")
-    try:
-        config = json.loads(side.read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(config, dict) or config.get("mode") != "sequential":
-        return None
-    return [float(r) for r in config.get("radii", [])]
-
-
-def _report_sequential(
-    args: argparse.Namespace, results: dict[str, Any], grids: set[tuple[float, ...]]
-) -> int:
-    from rsmooth.metrics import certified_accuracy
-
-    if len(grids) > 1:
-        raise _CommandError(
-            f"sequential files with different grid radii {sorted(grids)}: report them separately"
-        )
-    grid = next(iter(grids))
-    if args.plot is not None:
-        raise _CommandError(
-            "--plot draws certified accuracy at every radius, but a sequential file is certified "
-            f"only at its grid radii {list(grid)}; " + _NO_ACR.split("; ")[-1]
-        )
-    radii = list(grid) if args.radii is None else list(args.radii)
-    outside = [r for r in radii if r not in grid]
-    if outside:
-        raise _CommandError(
-            f"--radii {outside}: a sequential file certifies only at its grid radii "
-            f"{list(grid)} (a radius between them was never tested)"
-        )
-    header = ["model", "N"] + [f"r={r:.2f}" for r in radii]
-    rows = [
-        [name, str(len(result))]
-        + [f"{100 * float(a):.1f}" for a in certified_accuracy(result, None, radii)]
-        for name, result in results.items()
-    ]
-    if args.format == "csv":
-        print("\n".join(",".join(row) for row in [header, *rows]))
-    elif args.format == "markdown":
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        print("\n".join("| " + " | ".join(row) + " |" for row in rows))
-    else:
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            print(
-                "  ".join(
-                    c.rjust(w) if i else c.ljust(w)
-                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
-    print(f"rsmooth report: {_NO_ACR}", file=sys.stderr)
-    return 0
-
-
 def _plan(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from rsmooth.sequential import _check_radii, _expected_cost
+    from rsmooth._validation import check_radii
     from rsmooth.stats import radius_to_probability
 
-    radii = _check_radii(args.radii)
+    radii = check_radii(args.radii)
     alpha = args.alpha
     beta = alpha if args.beta is None else args.beta
     for name, value in (("--alpha", alpha), ("--beta", beta)):
@@ -921,14 +843,12 @@ def _plan(args: argparse.Namespace) -> int:
             raise _CommandError("give either --p or --from, not both")
         return _plan_from(args, radii, alpha, beta, certify_n)
     p_values = np.asarray(
-        sorted(set(args.p or [0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, *targets.round(4)]))
+        sorted(set(args.p or [0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, *targets.tolist()]))
     )
     bad = [p for p in p_values if not 0 <= p <= 1]
     if bad:
         raise _CommandError(f"--p must be probabilities in [0, 1], got {bad[0]}")
-    cost = _expected_cost(
-        p_values, radii, args.sigma, alpha, beta, args.max_n, args.growth, certify_n
-    )
+    cost = _expected_cost(args, p_values, radii, alpha, beta, certify_n)
     _print_schedule(cost["looks"], alpha, beta, radii, targets)
     total = args.n0 + certify_n
     header = ["p_A", "E[samples]", "saving"]
@@ -937,7 +857,7 @@ def _plan(args: argparse.Namespace) -> int:
     for i, p in enumerate(p_values.tolist()):
         expected = float(cost["samples"][i])
         rows.append(
-            [f"{p:.4f}", f"{expected:,.0f}", f"{total / (args.n0 + expected):.1f}x"]
+            [f"{p:.6g}", f"{expected:,.0f}", f"{total / (args.n0 + expected):.1f}x"]
             + [f"{v:.4f}" for v in cost["certify_sequential"][i]]
             + [f"{v:.4f}" for v in cost["certify_certify"][i]]
         )
@@ -970,29 +890,27 @@ def _plan_from(
     import numpy as np
 
     from rsmooth.metrics import certified_accuracy, read_results
-    from rsmooth.sequential import _expected_cost, _plug_in_probabilities
+    from rsmooth.sequential import plug_in_probabilities
     from rsmooth.stats import radius_to_probability
 
     path = Path(args.source)
     if not path.is_file():
         raise _CommandError(f"--from: no such file: {path}")
-    if _sequential_grid(path) is not None:
-        raise _CommandError(
-            f"--from {path}: a sequential results file; its counts stopped early and cannot "
-            "predict anything: give a CERTIFY results file"
-        )
     results = read_results(path)
+    if results.kind == "grid":
+        raise _CommandError(
+            f"--from {path}: a grid results file (rsmooth certify --radii); its counts stopped "
+            "early and cannot predict anything: give a CERTIFY results file"
+        )
     if results.count is None or results.n is None or len(results) == 0:
         raise _CommandError(
             f"--from {path}: needs the count and n columns (files written by rsmooth certify)"
         )
-    p_values, correct = _plug_in_probabilities(
+    p_values, correct = plug_in_probabilities(
         results.count.numpy(), results.n.numpy(), results.label.numpy(),
         results.prediction.numpy(),
     )  # fmt: skip
-    cost = _expected_cost(
-        p_values, radii, args.sigma, alpha, beta, args.max_n, args.growth, certify_n
-    )
+    cost = _expected_cost(args, p_values, radii, alpha, beta, certify_n)
     targets = radius_to_probability(np.asarray(radii), args.sigma)
     _print_schedule(cost["looks"], alpha, beta, radii, targets)
     samples = cost["samples"] + args.n0
@@ -1017,6 +935,23 @@ def _plan_from(
         "where that class is the label"
     )
     return 0
+
+
+def _expected_cost(
+    args: argparse.Namespace,
+    p_values: Any,
+    radii: Sequence[float],
+    alpha: float,
+    beta: float,
+    certify_n: int,
+) -> dict[str, Any]:
+    from rsmooth.sequential import RadiusGrid, expected_cost
+
+    grid = RadiusGrid(
+        tuple(radii), alpha=alpha, max_n=args.max_n, n0=max(args.n0, 1), beta=beta,
+        growth=args.growth,
+    )  # fmt: skip
+    return expected_cost(p_values, grid, args.sigma, certify_n)
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -8,37 +8,46 @@ abstentions and wrong predictions count as 0:
 - ACR: :math:`\frac1N\sum_i R_i\,\mathbb{1}[\hat y_i = y_i]`.
 
 Both accept a :class:`~rsmooth.Certificate` with labels, or the
-:class:`CertificationResults` read from a tab-separated results file
+:class:`~rsmooth.results.CertificationResults` read from a tab-separated results file
 (``idx label predict radius correct time``, as written by every randomized-smoothing codebase).
+
+Every result knows its kind (:mod:`rsmooth.certificates`). A grid result (a
+:class:`~rsmooth.RadiusCertificate`, or a file of ``rsmooth certify --radii``) has decisions at its
+grid radii only: certified accuracy is computed at those radii and refused elsewhere, and ACR is
+refused (its radii are lower bounds from inputs that stopped early, not comparable with CERTIFY's).
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from rsmooth._validation import check_nonnegative
+from rsmooth.certificates import CERTIFIED, Certificate, RadiusCertificate
+from rsmooth.results import CertificationResults, read_results
 
 __all__ = [
     "DEFAULT_RADII",
     "CertificationResults",
     "average_certified_radius",
     "certified_accuracy",
+    "correct_and_radius",
+    "default_radii",
     "format_table",
     "read_results",
 ]
 
-#: Radii reported by default: 0, 0.25, ..., 2.0.
+#: Radii reported by default for CERTIFY results: 0, 0.25, ..., 2.0.
 DEFAULT_RADII: tuple[float, ...] = tuple(0.25 * i for i in range(9))
 
-_REQUIRED_COLUMNS = ("idx", "label", "predict", "radius")
+_NOT_FOR_GRIDS = (
+    "each input stopped as soon as every grid radius was decided, so its radius is only a lower "
+    "bound, not comparable with CERTIFY's; use SmoothedClassifier.certify (rsmooth certify "
+    "without --radii) for ACR and radius curves"
+)
 
 
 class _HasPredictionAndRadius(Protocol):
@@ -49,132 +58,24 @@ class _HasPredictionAndRadius(Protocol):
     def radius(self) -> Tensor: ...
 
 
-@dataclass(frozen=True, eq=False, slots=True)
-class CertificationResults:
-    """Rows of a certification results file, as tensors of shape ``[N]`` on the CPU.
-
-    Attributes:
-        idx: Dataset index of each row.
-        label: True class.
-        prediction: Certified class, -1 for an abstention (column ``predict``).
-        radius: Certified radius as written (3 significant digits in the reference format).
-        correct: Whether the prediction was correct (column ``correct``, or ``predict == label``
-            when the file has no such column).
-        count: Votes for the selected class (``count`` column, written by rsmooth), or None.
-        n: Estimation samples per row (``n`` column, written by rsmooth), or None.
-        path: The file the rows were read from.
-    """
-
-    idx: Tensor
-    label: Tensor
-    prediction: Tensor
-    radius: Tensor
-    correct: Tensor
-    count: Tensor | None = None
-    n: Tensor | None = None
-    path: str | None = None
-
-    def __len__(self) -> int:
-        return int(self.idx.shape[0])
+Result = _HasPredictionAndRadius | Certificate | RadiusCertificate | CertificationResults
 
 
-def _parse(value: str, kind: type, path: str, line: int, column: str) -> float | int:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ValueError(
-            f"{path}, line {line}: column {column!r} must be {kind.__name__}, got {value!r}"
-        ) from None
-    if kind is float and not math.isfinite(number):
-        raise ValueError(f"{path}, line {line}: column {column!r} must be finite, got {value!r}")
-    return number
+def _kind(cert: Any) -> str:
+    return str(getattr(cert, "kind", "certify"))
 
 
-def read_results(path: str | os.PathLike[str]) -> CertificationResults:
-    r"""Read a tab-separated certification results file.
-
-    The header must contain ``idx``, ``label``, ``predict`` and ``radius``; ``correct``,
-    ``count``, ``n`` and ``time`` are optional and other columns are ignored, so files written
-    by the reference codebases (Cohen et al., Salman et al., SmoothMix, ...) are read too.
-
-    Args:
-        path: The file.
-
-    Returns:
-        The rows as :class:`CertificationResults`.
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The header lacks a required column, or a row is malformed.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.tsv"
-        >>> _ = f.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.5\t1\t0:00:01\n")
-        >>> res = read_results(f)
-        >>> len(res), res.radius.tolist()
-        (1, [0.5])
-    """
-    name = os.fspath(path)
-    with open(name, newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        try:
-            header = [column.strip() for column in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{name}: the file is empty, expected a header line") from None
-        missing = [column for column in _REQUIRED_COLUMNS if column not in header]
-        if missing:
-            raise ValueError(
-                f"{name}: header must contain the columns {list(_REQUIRED_COLUMNS)}, "
-                f"missing {missing} in {header}"
-            )
-        position = {column: header.index(column) for column in header}
-        optional = [column for column in ("correct", "count", "n") if column in position]
-        columns: dict[str, list[float | int]] = {c: [] for c in _REQUIRED_COLUMNS + tuple(optional)}
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise ValueError(
-                    f"{name}, line {line}: expected {len(header)} tab-separated fields, "
-                    f"got {len(row)}"
-                )
-            for column in columns:
-                kind = float if column == "radius" else int
-                columns[column].append(
-                    _parse(row[position[column]].strip(), kind, name, line, column)
-                )
-
-    def long(column: str) -> Tensor:
-        return torch.tensor(columns[column], dtype=torch.long)
-
-    prediction, label = long("predict"), long("label")
-    radius = torch.tensor(columns["radius"], dtype=torch.float64)
-    if (radius < 0).any():
-        raise ValueError(f"{name}: column 'radius' must be non-negative")
-    correct = long("correct").bool() if "correct" in columns else prediction == label
-    return CertificationResults(
-        idx=long("idx"),
-        label=label,
-        prediction=prediction,
-        radius=radius,
-        correct=correct,
-        count=long("count") if "count" in columns else None,
-        n=long("n") if "n" in columns else None,
-        path=name,
-    )
+def _grid(cert: Any) -> tuple[float, ...]:
+    return tuple(cert.radii)
 
 
-def _correct_and_radius(
-    cert: _HasPredictionAndRadius | CertificationResults, targets: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def _correct(cert: Any, targets: Tensor | None) -> Tensor:
     if not (hasattr(cert, "prediction") and hasattr(cert, "radius")):
         raise TypeError(
-            "cert must be a Certificate or CertificationResults (with prediction and radius), "
-            f"got {type(cert).__name__}"
+            "cert must be a Certificate, RadiusCertificate or CertificationResults (with "
+            f"prediction and radius), got {type(cert).__name__}"
         )
     prediction = cert.prediction.detach().cpu()
-    radius = cert.radius.detach().cpu().to(torch.float64)
     if targets is None:
         if not isinstance(cert, CertificationResults):
             raise TypeError("targets are required unless cert is a CertificationResults")
@@ -191,24 +92,69 @@ def _correct_and_radius(
         correct = prediction == targets
     if prediction.numel() == 0:
         raise ValueError("cert must hold at least one row, got 0")
-    return correct & (prediction >= 0), radius
+    return correct & (prediction >= 0)
+
+
+def correct_and_radius(cert: Result, targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per input: whether the certified prediction is correct, and its radius (CERTIFY only).
+
+    What :func:`certified_accuracy` and :func:`average_certified_radius` average over, for a
+    CERTIFY result (a :class:`~rsmooth.Certificate` with ``targets``, or a CERTIFY file).
+
+    Raises:
+        ValueError: ``cert`` is a grid result (its radii are decisions at the grid only).
+
+    Example:
+        >>> from rsmooth import Certificate
+        >>> cert = Certificate(
+        ...     prediction=torch.tensor([1, -1]), radius=torch.tensor([0.3, 0.0]),
+        ...     p_lower=torch.zeros(2), count=torch.zeros(2), n=10, n0=1, alpha=0.1, sigma=0.5)
+        >>> correct, radius = correct_and_radius(cert, torch.tensor([1, 1]))
+        >>> correct.tolist(), radius.tolist()
+        ([True, False], [0.30000001192092896, 0.0])
+    """
+    if _kind(cert) == "grid":
+        raise ValueError(
+            "radius curves need a CERTIFY result, got grid results (certify_radius) with "
+            f"decisions at the radii {list(_grid(cert))} only: " + _NOT_FOR_GRIDS
+        )
+    correct = _correct(cert, targets)
+    return correct, cert.radius.detach().cpu().to(torch.float64)
+
+
+def _grid_accuracy(cert: Any, targets: Tensor | None, radii: Sequence[float]) -> Tensor:
+    grid = _grid(cert)
+    outside = [float(r) for r in radii if float(r) not in grid]
+    if outside:
+        raise ValueError(
+            f"radii {outside} are not on the grid {list(grid)} of these results: sequential "
+            "(certify_radius) results are decided at their grid radii only (a radius between "
+            "them was never tested); use SmoothedClassifier.certify (CERTIFY) for other radii"
+        )
+    correct = _correct(cert, targets)
+    status = cert.status.detach().cpu()
+    columns = [grid.index(float(r)) for r in radii]
+    return torch.stack([(correct & (status[:, j] == CERTIFIED)).double().mean() for j in columns])
 
 
 def certified_accuracy(
-    cert: _HasPredictionAndRadius | CertificationResults,
-    targets: Tensor | None = None,
-    radii: Sequence[float] = DEFAULT_RADII,
+    cert: Result, targets: Tensor | None = None, radii: Sequence[float] | None = None
 ) -> Tensor:
     """Approximate certified accuracy at each radius: the fraction of all rows correct with radius ≥ r.
 
     Args:
-        cert: A :class:`~rsmooth.Certificate` or :class:`CertificationResults`.
-        targets: True labels ``[N]``; optional for :class:`CertificationResults` (its ``correct``
-            column is used).
-        radii: Radii ``r >= 0``. Default: 0, 0.25, ..., 2.0.
+        cert: A :class:`~rsmooth.Certificate` or :class:`~rsmooth.RadiusCertificate` (with
+            ``targets``), or :class:`~rsmooth.results.CertificationResults`.
+        targets: True labels ``[N]``; optional for :class:`~rsmooth.results.CertificationResults`
+            (its ``correct`` column is used).
+        radii: Radii ``r >= 0``. Default: 0, 0.25, ..., 2.0 for CERTIFY results; the grid for
+            grid results, which accept only their grid radii.
 
     Returns:
         ``float64`` tensor of fractions, one per radius.
+
+    Raises:
+        ValueError: A radius is negative, or not on a grid result's grid.
 
     Example:
         >>> from rsmooth import Certificate
@@ -218,22 +164,29 @@ def certified_accuracy(
         >>> certified_accuracy(cert, torch.tensor([1, 0, 1, 1]), radii=[0.0, 0.5]).tolist()
         [0.5, 0.25]
     """
-    correct, radius = _correct_and_radius(cert, targets)
+    grid = _kind(cert) == "grid"
+    if radii is None:
+        radii = _grid(cert) if grid else DEFAULT_RADII
     values = [check_nonnegative("radii", r) for r in radii]
+    if grid:
+        return _grid_accuracy(cert, targets, values)
+    correct, radius = correct_and_radius(cert, targets)
     return torch.stack([(correct & (radius >= r)).double().mean() for r in values])
 
 
-def average_certified_radius(
-    cert: _HasPredictionAndRadius | CertificationResults, targets: Tensor | None = None
-) -> float:
+def average_certified_radius(cert: Result, targets: Tensor | None = None) -> float:
     """Average certified radius (ACR): the mean over all rows of ``radius * correct``.
 
     Args:
-        cert: A :class:`~rsmooth.Certificate` or :class:`CertificationResults`.
-        targets: True labels ``[N]``; optional for :class:`CertificationResults`.
+        cert: A :class:`~rsmooth.Certificate` (with ``targets``) or a CERTIFY
+            :class:`~rsmooth.results.CertificationResults`.
+        targets: True labels ``[N]``; optional for :class:`~rsmooth.results.CertificationResults`.
 
     Returns:
         The ACR as a float.
+
+    Raises:
+        ValueError: ``cert`` is a grid result (``certify_radius``, ``rsmooth certify --radii``).
 
     Example:
         >>> from rsmooth import Certificate
@@ -243,23 +196,72 @@ def average_certified_radius(
         >>> round(average_certified_radius(cert, torch.tensor([1, 0, 1, 1])), 3)
         0.275
     """
-    correct, radius = _correct_and_radius(cert, targets)
+    if _kind(cert) == "grid":
+        raise ValueError("no ACR for grid results (certify_radius): " + _NOT_FOR_GRIDS)
+    correct, radius = correct_and_radius(cert, targets)
     return float((radius * correct).mean())
 
 
+def _radius_cap(cert: Any) -> float | None:
+    """The largest radius a CERTIFY result can hold, when its settings are known."""
+    settings = getattr(cert, "settings", None)
+    if settings is not None:
+        return settings.radius_cap
+    if isinstance(cert, Certificate):
+        from rsmooth.stats import max_certified_radius
+
+        return max_certified_radius(cert.n, cert.alpha, cert.sigma)
+    return None
+
+
+def default_radii(results: Mapping[str, Result]) -> list[float]:
+    """The radii a table of ``results`` shows by default (``rsmooth report``, ``rsmooth certify``).
+
+    Grid results: their grid (all grids must agree). CERTIFY results only: 0, 0.25, ..., 2.0,
+    stopping at the largest radius cap of the runs when every run's cap is known (a column
+    past every cap would be 0% by construction).
+
+    Raises:
+        ValueError: Grid results with different grids.
+
+    Example:
+        >>> from rsmooth import Certificate
+        >>> cert = Certificate(
+        ...     prediction=torch.tensor([1]), radius=torch.tensor([0.3]), p_lower=torch.zeros(1),
+        ...     count=torch.zeros(1), n=200, n0=10, alpha=0.001, sigma=0.5)
+        >>> default_radii({"run": cert})  # the cap at n=200 is 0.91
+        [0.0, 0.25, 0.5, 0.75]
+    """
+    grids = {_grid(cert) for cert in results.values() if _kind(cert) == "grid"}
+    if len(grids) > 1:
+        raise ValueError(
+            f"grid results with different grid radii {sorted(grids)}: report them separately"
+        )
+    if grids:
+        return list(next(iter(grids)))
+    caps = [_radius_cap(cert) for cert in results.values()]
+    known = [cap for cap in caps if cap is not None]
+    if caps and len(known) == len(caps):
+        return [r for r in DEFAULT_RADII if r <= max(known)] or [0.0]
+    return list(DEFAULT_RADII)
+
+
 def format_table(
-    results: Mapping[str, _HasPredictionAndRadius | CertificationResults],
-    radii: Sequence[float] = DEFAULT_RADII,
+    results: Mapping[str, Result],
+    radii: Sequence[float] | None = None,
     *,
     targets: Mapping[str, Tensor] | None = None,
     fmt: Literal["markdown", "csv", "text"] = "markdown",
 ) -> str:
     """A table of ACR and certified accuracy (%) at ``radii``, one row per named result.
 
+    The ACR column is shown when every result is a CERTIFY result; with grid results the radii
+    must be on their grid.
+
     Args:
         results: Named certificates or results files' contents, in display order.
-        radii: Radii for the accuracy columns.
-        targets: Labels per name, for :class:`~rsmooth.Certificate` entries.
+        radii: Radii for the accuracy columns. Default: :func:`default_radii`.
+        targets: Labels per name, for certificate entries.
         fmt: ``"markdown"`` (GitHub table), ``"csv"`` or ``"text"`` (aligned columns).
 
     Returns:
@@ -271,7 +273,7 @@ def format_table(
         ...     prediction=torch.tensor([1, 0]), radius=torch.tensor([0.3, 0.8]),
         ...     p_lower=torch.zeros(2), count=torch.zeros(2), n=10, n0=1, alpha=0.1, sigma=0.5)
         >>> print(format_table({"run": cert}, [0.0, 0.5], targets={"run": torch.tensor([1, 0])}))
-        | model | N | ACR | r=0.00 | r=0.50 |
+        | model | inputs | ACR | r=0.00 | r=0.50 |
         |---|---|---|---|---|
         | run | 2 | 0.550 | 100.0 | 50.0 |
     """
@@ -279,16 +281,19 @@ def format_table(
         raise ValueError(f"fmt must be 'markdown', 'csv' or 'text', got {fmt!r}")
     if not results:
         raise ValueError("results must name at least one result, got none")
-    header = ["model", "N", "ACR"] + [f"r={float(r):.2f}" for r in radii]
+    if radii is None:
+        radii = default_radii(results)
+    show_acr = all(_kind(cert) != "grid" for cert in results.values())
+    header = ["model", "inputs"] + (["ACR"] if show_acr else [])
+    header += [f"r={float(r):.2f}" for r in radii]
     rows = []
     for name, cert in results.items():
         labels = None if targets is None else targets.get(name)
         accuracy = certified_accuracy(cert, labels, radii)
-        acr = average_certified_radius(cert, labels)
-        rows.append(
-            [name, str(len(cert.prediction)), f"{acr:.3f}"]
-            + [f"{100 * float(a):.1f}" for a in accuracy]
-        )
+        row = [str(name), str(len(cert.prediction))]
+        if show_acr:
+            row.append(f"{average_certified_radius(cert, labels):.3f}")
+        rows.append(row + [f"{100 * float(a):.1f}" for a in accuracy])
     if fmt == "csv":
         return "\n".join(",".join(row) for row in [header, *rows])
     if fmt == "markdown":

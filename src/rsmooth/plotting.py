@@ -7,7 +7,6 @@ as a function of the radius :math:`r`, a decreasing step curve.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from rsmooth._validation import check_int, check_positive
-from rsmooth.metrics import _correct_and_radius
+from rsmooth.metrics import correct_and_radius
 from rsmooth.stats import max_certified_radius
 
 if TYPE_CHECKING:
@@ -62,7 +61,7 @@ def certified_accuracy_curve(
         >>> acc.tolist()
         [1.0, 0.5, 0.0]
     """
-    correct, radius = _correct_and_radius(cert, targets)
+    correct, radius = correct_and_radius(cert, targets)
     certified = np.sort(radius[correct].numpy())
     total = len(correct)
     if radii is None:
@@ -150,7 +149,7 @@ def plot_certified_accuracy(
     largest = 0.0
     for name, cert in results.items():
         labels = None if targets is None else targets.get(name)
-        correct, radius = _correct_and_radius(cert, labels)
+        correct, radius = correct_and_radius(cert, labels)
         largest = max(largest, float(radius[correct].max()) if bool(correct.any()) else 0.0)
         curves[name] = (cert, labels)
         if name in given_caps:
@@ -212,22 +211,16 @@ def plot_certified_accuracy(
 
 def _radius_cap(cert: Any) -> tuple[float, str] | None:
     """``(cap, " (sigma=..., N=..., alpha=...)")`` of a run, when its settings are known."""
-    settings: Any = None
-    if all(isinstance(getattr(cert, key, None), (int, float)) for key in ("sigma", "n", "alpha")):
-        settings = {key: getattr(cert, key) for key in ("sigma", "n", "alpha")}
-    elif isinstance(getattr(cert, "path", None), str):
-        sidecar = Path(cert.path + ".json")
-        try:
-            settings = json.loads(sidecar.read_text()).get("config")
-        except (OSError, ValueError, AttributeError):
-            return None
-    if not isinstance(settings, dict):
+    settings = getattr(cert, "settings", None)
+    if settings is not None:
+        sigma, n, alpha = settings.sigma, settings.n, settings.alpha
+    elif all(isinstance(getattr(cert, key, None), (int, float)) for key in ("sigma", "n", "alpha")):
+        sigma, n, alpha = cert.sigma, cert.n, cert.alpha
+    else:
         return None
-    sigma, n, alpha = settings.get("sigma"), settings.get("n"), settings.get("alpha")
-    try:
-        cap = max_certified_radius(n, alpha, sigma)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # not recorded, or not a fixed-n run
+    if n is None:
         return None
+    cap = max_certified_radius(n, alpha, sigma)
     if cap <= 0:
         return None
     return cap, f" (sigma={sigma:g}, N={n:,}, alpha={alpha:g})"

@@ -1,362 +1,400 @@
 r"""Sequential certification at fixed radii: decide "certified at r?" with far fewer samples.
 
-:meth:`rsmooth.SmoothedClassifier.certify_radius` answers the question that certified-accuracy
-tables ask (is the smoothed classifier's prediction robust at radius :math:`r`, or at each radius
-of a grid?) with a group-sequential test (:cite:`horvath2022boosting`,
+:meth:`rsmooth.SmoothedClassifier.certify_radius` and :class:`RadiusGrid` answer the question that
+certified-accuracy tables ask (is the smoothed classifier's prediction robust at radius :math:`r`,
+or at each radius of a grid?) with a group-sequential test (:cite:`horvath2022boosting`,
 :cite:`voracek2024confidence`): one candidate class per input (from ``n0`` fresh selection
 samples, or given), cumulative estimation counts checked at geometric looks
 :math:`N_1 < \dots < N_K = \texttt{max\_n}` (:func:`rsmooth.stats.sequential_looks`), alpha split
 equally over the looks, and integer certify / futility thresholds
 (:func:`rsmooth.stats.sequential_thresholds`). An input stops as soon as every radius of the grid
-is either certified or ruled out; inputs still open at ``max_n`` are undecided.
+that the schedule can reach is either certified or ruled out; inputs still open at ``max_n`` are
+undecided.
 
 The running lower bound :math:`L = \max_k \mathrm{CP}_{lo}(A_k, N_k, \alpha/K)` is a lower
 confidence sequence: with probability at least :math:`1-\alpha` it is below the candidate's
 vote share at every look at once, so all claims an input reports hold together, and
 :math:`\sigma\Phi^{-1}(L)` is itself a valid certified radius.
+
+**Independence.** The selection and estimation samples come from noise streams of their own,
+drawn by no other public call: candidates given to :meth:`~rsmooth.SmoothedClassifier.certify_radius`
+must not depend on its estimation noise, and with the same generator they cannot (for example
+:meth:`~rsmooth.SmoothedClassifier.sample_counts`, :meth:`~rsmooth.SmoothedClassifier.predict` and
+:meth:`~rsmooth.SmoothedClassifier.certify` each draw from other streams). Candidates chosen by
+looking at this procedure's own results would void the guarantee.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import numbers
-from collections.abc import Sequence
+import warnings
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import numpy as np
 import torch
-from scipy.stats import norm
-from torch import Tensor
+from scipy.stats import binom, norm
 
-from rsmooth._validation import check_int, check_open_unit, check_real
+from rsmooth._engine.sampler import Draw, Item, Votes
+from rsmooth._engine.streams import Stream
+from rsmooth._validation import check_int, check_open_unit, check_positive, check_radii, check_real
+from rsmooth.certificates import (
+    ABSTAIN,
+    CERTIFIED,
+    RULED_OUT,
+    UNDECIDED,
+    UNREACHABLE,
+    RadiusCertificate,
+    ResultKind,
+    float_tensor,
+)
 from rsmooth.stats import (
     clopper_pearson_lower,
     clopper_pearson_upper,
     min_sequential_max_n,
     radius_to_probability,
     sequential_looks,
+    sequential_operating_characteristic,
     sequential_thresholds,
 )
 
-if TYPE_CHECKING:
-    from rsmooth.smoothing import GeneratorArg, SmoothedClassifier
+__all__ = [
+    "CERTIFIED",
+    "RULED_OUT",
+    "UNDECIDED",
+    "UNREACHABLE",
+    "GridRow",
+    "GridSchedule",
+    "RadiusCertificate",
+    "RadiusGrid",
+    "UnreachableRadiusWarning",
+    "expected_cost",
+    "plug_in_probabilities",
+]
 
-__all__ = ["CERTIFIED", "RULED_OUT", "UNDECIDED", "RadiusCertificate"]
 
-#: :attr:`RadiusCertificate.status` of a radius that is certified.
-CERTIFIED: int = 1
-#: :attr:`RadiusCertificate.status` of a radius that is ruled out: with probability at least
-#: ``1 - beta`` the candidate's vote share is below the one the radius needs. **Not** a
-#: certificate of non-robustness.
-RULED_OUT: int = 0
-#: :attr:`RadiusCertificate.status` of a radius still open after ``max_n`` samples.
-UNDECIDED: int = -1
+class UnreachableRadiusWarning(UserWarning):
+    """Warns that some radii of a grid cannot be certified within ``max_n`` samples."""
 
 
-@dataclass(frozen=True, eq=False, slots=True)
-class RadiusCertificate:
-    r"""The result of :meth:`rsmooth.SmoothedClassifier.certify_radius` for ``B`` inputs and ``J`` radii.
+@dataclass(frozen=True)
+class RadiusGrid:
+    r"""The sequential procedure's settings: a sorted grid of radii and the sampling budget.
 
-    Tensors live on the inputs' device. **Guarantee:** for each input, with probability at least
-    ``1 - alpha`` over the noise, every claim it reports holds at once: the smoothed classifier
-    predicts ``prediction`` and is constant on the L2 ball of radius ``radius`` (hence of every
-    certified ``radii[j]``). The guarantee holds at the pre-set ``looks``; sampling beyond
-    ``max_n`` would need a new alpha. Re-analysing ``count`` and ``num_samples`` with a plain
-    Clopper–Pearson bound is **not** valid (the sample size was chosen from the data).
+    Args:
+        radii: One radius or a sorted sequence of radii, all ``>= 0``.
+        alpha: Failure probability of the certificates. Default: 0.001.
+        max_n: Largest number of estimation samples per input (the last look). Default: 100,000.
+        n0: Selection samples per input (unused for inputs whose candidate is given). Default: 100.
+        beta: Failure probability of the "ruled out" decisions (only affects cost). Default:
+            ``alpha``.
+        growth: Ratio of consecutive looks, ``> 1``. Default: 1.5.
 
-    Attributes:
-        prediction: The candidate class where the running lower bound is at least 1/2 (``int64``
-            ``[B]``), :data:`~rsmooth.ABSTAIN` elsewhere.
-        certified: ``bool`` ``[B, J]``, True where ``radii[j]`` is certified (monotone: a
-            certified radius implies every smaller one).
-        status: ``int8`` ``[B, J]``: :data:`CERTIFIED` (1), :data:`RULED_OUT` (0) or
-            :data:`UNDECIDED` (-1).
-        radius: A certified radius :math:`\sigma\Phi^{-1}(L)` per input (``[B]``), at least every
-            certified ``radii[j]`` and below every uncertified one; 0 where it abstains.
-        p_lower: Running lower bound :math:`L` on the candidate's vote share (``[B]``).
-        p_upper: Running upper bound (at level ``beta``) on the candidate's vote share (``[B]``).
-        count: Votes for the candidate among the estimation samples drawn (``int64`` ``[B]``).
-        num_samples: Estimation samples drawn per input (``int64`` ``[B]``; selection excluded).
-        candidate: The class tested per input (selected with ``n0`` samples, or given).
-        nonfinite: Samples per input whose logits were not finite (selection and estimation).
-        radii: The grid of radii, sorted.
-        looks: The cumulative sample sizes at which the counts were checked.
-        alpha: Failure probability of the certificates.
-        beta: Failure probability of the "ruled out" decisions.
-        sigma: Noise level.
-        n0: Selection samples per input (0 when the candidates were given).
-        max_n: The last look.
-        growth: Ratio of consecutive looks.
+    Example:
+        >>> RadiusGrid([0.25, 0.5], max_n=10_000)
+        RadiusGrid(radii=(0.25, 0.5), alpha=0.001, max_n=10000, n0=100, beta=0.001, growth=1.5)
     """
 
-    prediction: Tensor
-    certified: Tensor
-    status: Tensor
-    radius: Tensor
-    p_lower: Tensor
-    p_upper: Tensor
-    count: Tensor
-    num_samples: Tensor
-    candidate: Tensor
-    nonfinite: Tensor
+    kind: ClassVar[ResultKind] = "grid"
+
     radii: tuple[float, ...]
-    looks: tuple[int, ...]
-    alpha: float
-    beta: float
+    alpha: float = 0.001
+    max_n: int = 100_000
+    n0: int = 100
+    beta: float | None = None
+    growth: float = 1.5
+
+    def __post_init__(self) -> None:
+        alpha = check_open_unit("alpha", self.alpha)
+        object.__setattr__(self, "radii", check_radii(self.radii))
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "max_n", check_int("max_n", self.max_n))
+        object.__setattr__(self, "n0", check_int("n0", self.n0))
+        beta = alpha if self.beta is None else check_open_unit("beta", self.beta)
+        object.__setattr__(self, "beta", beta)
+        growth = check_real("growth", self.growth)
+        if not growth > 1:
+            raise ValueError(f"growth must be greater than 1, got {growth}")
+        object.__setattr__(self, "growth", growth)
+
+    def samples(self) -> int:
+        """The most samples an input can draw."""
+        return self.n0 + self.max_n
+
+    def bind(self, sigma: float, *, stacklevel: int = 2) -> GridSchedule:
+        """The schedule at noise level ``sigma``: looks, thresholds and reachable radii.
+
+        Raises:
+            ValueError: No radius of the grid can be certified within ``max_n`` samples (the
+                message names the smallest ``max_n`` that works), or ``Phi(r/sigma) == 1``.
+
+        Warns:
+            UnreachableRadiusWarning: Some (not all) radii cannot be certified within ``max_n``:
+                they are reported with status :data:`UNREACHABLE`.
+        """
+        sigma = check_positive("sigma", sigma)
+        p = radius_to_probability(np.asarray(self.radii), sigma)
+        if not np.all(p < 1.0):
+            raise ValueError(
+                f"radius {max(self.radii)} is too large for sigma={sigma}: Phi(r/sigma) == 1"
+            )
+        alpha, beta = self.alpha, float(self.beta)  # type: ignore[arg-type]
+        try:
+            looks = sequential_looks(self.max_n, alpha, float(p[0]), self.growth)
+        except ValueError:
+            looks = None
+        cert = fut = None
+        reach = 0
+        if looks is not None:
+            cert, fut = sequential_thresholds(looks, p, alpha, beta)
+            reach = int((cert[-1] <= looks[-1]).sum())  # certifiable at the last look
+        if reach == 0 or looks is None or cert is None or fut is None:
+            needed = min_sequential_max_n(float(p[0]), alpha, float(p[0]), self.growth)
+            raise ValueError(
+                f"max_n must be at least {needed} to certify the radius {self.radii[0]} at "
+                f"sigma={sigma}, alpha={alpha}, growth={self.growth}, got {self.max_n}"
+            )
+        if reach < len(self.radii):
+            needed = _max_n_to_reach(float(p[-1]), alpha, float(p[0]), self.growth, self.max_n)
+            warnings.warn(
+                f"radii {list(self.radii[reach:])} cannot be certified with max_n={self.max_n} "
+                f"at sigma={sigma}, alpha={alpha}: they are reported as unreachable (status "
+                f"UNREACHABLE, counted as not certified); max_n={needed} reaches "
+                f"{self.radii[-1]}",
+                UnreachableRadiusWarning,
+                stacklevel=stacklevel + 1,
+            )
+        return GridSchedule(self, sigma, tuple(looks), cert, fut, reach)
+
+
+def _max_n_to_reach(p_top: float, alpha: float, p_min: float, growth: float, start: int) -> int:
+    """The smallest ``max_n >= start`` whose own schedule's thresholds can certify ``p_top``."""
+    n = max(start + 1, min_sequential_max_n(p_top, alpha, p_min, growth))
+    while True:
+        looks = sequential_looks(n, alpha, p_min, growth)
+        cert, _ = sequential_thresholds(looks, [p_top], alpha, alpha)
+        if cert[-1, 0] <= looks[-1]:
+            return n
+        n = max(n + 1, int(cert[-1, 0]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """An input's decisions when its job ends: the counts at each look it reached."""
+
+    candidate: int
+    history: list[int]
+    jc: int  # radii[:jc] certified
+    ju: int  # radii[ju:reach] ruled out
+    nonfinite: int
+
+
+@dataclass(frozen=True, slots=True)
+class GridRow:
+    """The sequential procedure's result for one input (float64 numbers, whatever the device)."""
+
+    prediction: int
+    status: tuple[int, ...]
+    radius: float
+    p_lower: float
+    p_upper: float
+    count: int
+    num_samples: int
+    candidate: int
+    nonfinite: int
+
+
+@dataclass(frozen=True, eq=False)
+class GridSchedule:
+    r"""A :class:`RadiusGrid` at a noise level: the engine's procedure (a job per input).
+
+    Attributes:
+        grid: The settings.
+        sigma: The noise level.
+        looks: Cumulative sample sizes :math:`N_1 < \dots < N_K`.
+        certify: Certify thresholds ``[K, J]``.
+        futile: Futility thresholds ``[K, J]``.
+        reach: How many radii (the smallest ones) some count can certify within ``max_n``.
+    """
+
+    grid: RadiusGrid
     sigma: float
-    n0: int
-    max_n: int
-    growth: float
+    looks: tuple[int, ...]
+    certify: np.ndarray
+    futile: np.ndarray
+    reach: int
 
-    @property
-    def abstained(self) -> Tensor:
-        """Boolean mask ``[B]``, True where no class is certified."""
-        return self.prediction == -1
+    def job(self, item: Item) -> Generator[tuple[Draw, ...], tuple[Votes, ...], _Decided]:
+        """Select (or take) the candidate, then count its votes look by look until decided.
 
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-
-def _check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
-    if isinstance(radius, (Tensor, np.ndarray)):
-        radius = radius.tolist()
-    values = [radius] if isinstance(radius, numbers.Real) else radius
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(
-            f"radius must be a number or a sorted sequence of numbers, got {type(radius).__name__}"
-        )
-    radii = tuple(check_real("radius", r) for r in values)
-    if not radii:
-        raise ValueError("radius must name at least one radius, got an empty sequence")
-    if any(r < 0 for r in radii):
-        raise ValueError(f"radius must be non-negative, got {list(radii)}")
-    if any(b <= a for a, b in itertools.pairwise(radii)):
-        raise ValueError(
-            f"radius must be sorted in increasing order without repeats, got {list(radii)}"
-        )
-    return radii
-
-
-def _grid_schedule(
-    radii: Sequence[float], sigma: float, alpha: float, beta: float, max_n: int, growth: float
-) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
-    """Looks and thresholds of a grid; ``ValueError`` naming the smallest ``max_n`` if too small."""
-    p = radius_to_probability(np.asarray(radii), sigma)
-    if not np.all(p < 1.0):
-        raise ValueError(f"radius {max(radii)} is too large for sigma={sigma}: Phi(r/sigma) == 1")
-    needed = min_sequential_max_n(float(p[-1]), alpha, float(p[0]), growth)
-    if max_n < needed:
-        raise ValueError(
-            f"max_n must be at least {needed} to certify the radius {radii[-1]} at sigma={sigma}, "
-            f"alpha={alpha}, growth={growth}, got {max_n}"
-        )
-    looks = sequential_looks(max_n, alpha, float(p[0]), growth)
-    cert, fut = sequential_thresholds(looks, p, alpha, beta)
-    return looks, cert, fut
-
-
-def _certify_radius(
-    smoothed: SmoothedClassifier,
-    inputs: Tensor,
-    radius: float | Sequence[float],
-    *,
-    alpha: float = 0.001,
-    max_n: int = 100_000,
-    n0: int = 100,
-    beta: float | None = None,
-    growth: float = 1.5,
-    candidates: Tensor | None = None,
-    generator: GeneratorArg = None,
-) -> RadiusCertificate:
-    """Implementation of :meth:`rsmooth.SmoothedClassifier.certify_radius` (see there)."""
-    inputs, generator = smoothed._validate_call(inputs, generator)
-    radii = _check_radii(radius)
-    alpha = check_open_unit("alpha", alpha)
-    beta = alpha if beta is None else check_open_unit("beta", beta)
-    max_n = check_int("max_n", max_n)
-    n0 = check_int("n0", n0)
-    growth = check_real("growth", growth)
-    if not growth > 1:
-        raise ValueError(f"growth must be greater than 1, got {growth}")
-    batch = inputs.shape[0]
-    if candidates is not None:
-        if not isinstance(candidates, Tensor):
-            raise TypeError(f"candidates must be a LongTensor, got {type(candidates).__name__}")
-        if candidates.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"candidates must be an integer tensor, got dtype {candidates.dtype}")
-        if tuple(candidates.shape) != (batch,):
-            raise ValueError(
-                f"candidates must have shape [{batch}] (one class per input), got "
-                f"{tuple(candidates.shape)}"
+        ``item.extra`` is the given candidate class, or None to select one.
+        """
+        g, looks, reach = self.grid, self.looks, self.reach
+        candidate: int | None = item.extra
+        if candidate is None:
+            selection, votes = yield (
+                Draw(Stream.GRID_SELECTION, 0, g.n0),
+                Draw(Stream.GRID_ESTIMATION, 0, looks[0]),
             )
-        low = int(candidates.min()) if batch else 0
-        high = int(candidates.max()) if batch else 0
-        limit = smoothed.num_classes
-        if low < 0 or (limit is not None and high >= limit):
-            bad = low if low < 0 else high
+            candidate, nonfinite = int(np.argmax(selection.counts)), selection.nonfinite
+        else:
+            (votes,) = yield (Draw(Stream.GRID_ESTIMATION, 0, looks[0]),)
+            nonfinite = 0
+        if candidate >= len(votes.counts):
             raise ValueError(
-                f"candidates must be classes in [0, {limit if limit is not None else 'K'}), "
-                f"got {bad}"
+                f"candidates must be classes in [0, {len(votes.counts)}), got {candidate} for "
+                f"input {item.key}"
             )
-    looks, cert, fut = _grid_schedule(radii, smoothed.sigma, alpha, beta, max_n, growth)
-    seeds = smoothed._input_seeds(inputs, generator)
-    return _run(
-        smoothed, inputs, seeds, radii, alpha, beta, n0, growth, looks, cert, fut, candidates
-    )
+        count = jc = 0
+        ju = reach
+        history = []
+        for k, n_k in enumerate(looks):
+            if k:
+                (votes,) = yield (Draw(Stream.GRID_ESTIMATION, looks[k - 1], n_k),)
+            count += int(votes.counts[candidate])
+            nonfinite += votes.nonfinite
+            jc = max(jc, int((count >= self.certify[k, :reach]).sum()))
+            ju = min(ju, int((count > self.futile[k, :reach]).sum()))
+            history.append(count)
+            if jc >= ju:
+                break
+        return _Decided(candidate, history, jc, ju, nonfinite)
 
+    def finalize(self, decided: Sequence[_Decided]) -> list[GridRow]:
+        """The rows of inputs decided at one synchronisation, their bounds computed together.
 
-def _run(
-    smoothed: SmoothedClassifier,
-    inputs: Tensor,
-    seeds: Sequence[int],
-    radii: tuple[float, ...],
-    alpha: float,
-    beta: float,
-    n0: int,
-    growth: float,
-    looks: tuple[int, ...],
-    cert: np.ndarray,
-    fut: np.ndarray,
-    candidates: Tensor | None,
-) -> RadiusCertificate:
-    from rsmooth.smoothing import ABSTAIN, ESTIMATION, SELECTION, _float_dtype
+        The running bounds are the best Clopper–Pearson bounds over the looks each input
+        reached: one vectorised computation over every (count, look) pair of all the inputs.
+        """
+        g, num = self.grid, len(self.looks)
+        lengths = [len(d.history) for d in decided]
+        counts = np.concatenate([np.asarray(d.history, dtype=np.int64) for d in decided])
+        looks = np.concatenate([np.asarray(self.looks[:k], dtype=np.int64) for k in lengths])
+        starts = np.cumsum([0, *lengths[:-1]])
+        lower = np.maximum.reduceat(clopper_pearson_lower(counts, looks, g.alpha / num), starts)
+        beta = float(g.beta)  # type: ignore[arg-type]
+        upper = np.minimum.reduceat(clopper_pearson_upper(counts, looks, beta / num), starts)
+        radius = self.sigma * norm.ppf(np.maximum(lower, 0.5))
+        return [
+            self._row(d, float(lo), float(up), float(r))
+            for d, lo, up, r in zip(decided, lower, upper, radius, strict=True)
+        ]
 
-    device, batch = inputs.device, inputs.shape[0]
-    num_looks, num_radii = len(looks), len(radii)
-    if candidates is None:
-        selection = smoothed._counts(inputs, seeds, stream=SELECTION, start=0, stop=n0)
-        candidate = selection.argmax(dim=1)
-        nonfinite = (n0 - selection.sum(dim=1)).cpu().numpy()
-    else:
-        candidate = candidates.to(device=device, dtype=torch.int64)
-        nonfinite = np.zeros(batch, dtype=np.int64)
-        n0 = 0
-    count = np.zeros(batch, dtype=np.int64)
-    used = np.zeros(batch, dtype=np.int64)
-    jc = np.zeros(batch, dtype=np.int64)  # certified prefix: radii[:jc] are certified
-    ju = np.full(batch, num_radii, dtype=np.int64)  # radii[ju:] are ruled out
-    lower = np.zeros(batch, dtype=np.float64)
-    upper = np.ones(batch, dtype=np.float64)
-    active = np.arange(batch)
-    previous = 0
-    for k, n_k in enumerate(looks):
-        if active.size == 0:
-            break
-        index = torch.from_numpy(active).to(device)
-        part = inputs if active.size == batch else inputs.index_select(0, index)
-        counts = smoothed._counts(
-            part, [seeds[i] for i in active.tolist()], stream=ESTIMATION, start=previous, stop=n_k
+    def _row(self, decided: _Decided, lower: float, upper: float, radius: float) -> GridRow:
+        g = self.grid
+        candidate, history, jc, ju = decided.candidate, decided.history, decided.jc, decided.ju
+        status = []
+        for j in range(len(g.radii)):
+            if j >= self.reach:
+                status.append(UNREACHABLE)
+            elif j < jc:
+                status.append(CERTIFIED)
+            elif j >= max(ju, jc):
+                status.append(RULED_OUT)
+            else:
+                status.append(UNDECIDED)
+        predicted = lower >= 0.5 or jc > 0
+        # agree exactly with the integer decisions (only ever within float rounding): at least
+        # the largest certified radius, below the smallest uncertified one
+        if jc > 0:
+            radius = max(radius, g.radii[jc - 1])
+        if jc < len(g.radii) and radius >= g.radii[jc]:
+            radius = math.nextafter(g.radii[jc], -math.inf)
+        return GridRow(
+            prediction=candidate if predicted else ABSTAIN,
+            status=tuple(status),
+            radius=max(radius, 0.0) if predicted else 0.0,
+            p_lower=lower,
+            p_upper=upper,
+            count=int(history[-1]),
+            num_samples=self.looks[len(history) - 1],
+            candidate=candidate,
+            nonfinite=decided.nonfinite,
         )
-        mine = candidate if active.size == batch else candidate.index_select(0, index)
-        if candidates is not None and int(mine.max()) >= counts.shape[1]:
-            raise ValueError(
-                f"candidates must be classes in [0, {counts.shape[1]}), got {int(mine.max())}"
-            )
-        votes = counts.gather(1, mine[:, None])[:, 0]
-        step = torch.stack([votes, (n_k - previous) - counts.sum(dim=1)]).cpu().numpy()  # one sync
-        count[active] += step[0]
-        nonfinite[active] += step[1]
-        used[active] = n_k
-        current = count[active]
-        jc[active] = np.maximum(jc[active], (current[:, None] >= cert[k]).sum(axis=1))
-        ju[active] = np.minimum(ju[active], (current[:, None] > fut[k]).sum(axis=1))
-        lower[active] = np.maximum(
-            lower[active], clopper_pearson_lower(current, n_k, alpha / num_looks)
+
+    def collect(
+        self, rows: Sequence[GridRow], device: torch.device, *, given: bool
+    ) -> RadiusCertificate:
+        """Stack the rows of ``B`` inputs into a :class:`RadiusCertificate` on ``device``."""
+        status = np.array([r.status for r in rows], dtype=np.int8).reshape(len(rows), -1)
+
+        def longs(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
+        return RadiusCertificate(
+            prediction=longs([r.prediction for r in rows]),
+            certified=torch.from_numpy(status == CERTIFIED).to(device),
+            status=torch.from_numpy(status).to(device),
+            radius=float_tensor(np.array([r.radius for r in rows]), device),
+            p_lower=float_tensor(np.array([r.p_lower for r in rows]), device),
+            p_upper=float_tensor(np.array([r.p_upper for r in rows]), device, bound="upper"),
+            count=longs([r.count for r in rows]),
+            num_samples=longs([r.num_samples for r in rows]),
+            candidate=longs([r.candidate for r in rows]),
+            nonfinite=longs([r.nonfinite for r in rows]),
+            radii=self.grid.radii,
+            looks=self.looks,
+            alpha=self.grid.alpha,
+            beta=float(self.grid.beta),  # type: ignore[arg-type]
+            sigma=self.sigma,
+            n0=0 if given else self.grid.n0,
+            max_n=self.looks[-1],
+            growth=self.grid.growth,
         )
-        upper[active] = np.minimum(
-            upper[active], clopper_pearson_upper(current, n_k, beta / num_looks)
-        )
-        active = active[jc[active] < ju[active]]
-        previous = n_k
-
-    grid = np.asarray(radii, dtype=np.float64)
-    j = np.arange(num_radii)[None, :]
-    certified = j < jc[:, None]
-    status = np.where(
-        certified, CERTIFIED, np.where(j >= np.maximum(ju, jc)[:, None], RULED_OUT, UNDECIDED)
-    ).astype(np.int8)
-    predicted = (lower >= 0.5) | (jc > 0)
-    radius = smoothed.sigma * norm.ppf(np.maximum(lower, 0.5))
-    # make the radius agree exactly with the integer decisions (only ever within float rounding):
-    # at least the largest certified radius, below the smallest uncertified one
-    top = np.where(jc > 0, grid[np.maximum(jc - 1, 0)], 0.0)
-    radius = np.maximum(radius, top)
-    cap = np.where(jc < num_radii, grid[np.minimum(jc, num_radii - 1)], math.inf)
-    radius = np.where(radius >= cap, np.nextafter(cap, -math.inf), radius)
-    radius = np.where(predicted, np.maximum(radius, 0.0), 0.0)
-    prediction = torch.where(
-        torch.from_numpy(predicted).to(device), candidate, torch.full_like(candidate, ABSTAIN)
-    )
-    dtype = _float_dtype(device)
-    return RadiusCertificate(
-        prediction=prediction,
-        certified=torch.from_numpy(certified).to(device),
-        status=torch.from_numpy(status).to(device),
-        radius=torch.from_numpy(radius).to(device, dtype),
-        p_lower=torch.from_numpy(lower).to(device, dtype),
-        p_upper=torch.from_numpy(upper).to(device, dtype),
-        count=torch.from_numpy(count).to(device),
-        num_samples=torch.from_numpy(used).to(device),
-        candidate=candidate,
-        nonfinite=torch.from_numpy(nonfinite.astype(np.int64)).to(device),
-        radii=radii,
-        looks=tuple(looks),
-        alpha=alpha,
-        beta=beta,
-        sigma=smoothed.sigma,
-        n0=n0,
-        max_n=looks[-1],
-        growth=growth,
-    )
 
 
-def _plug_in_probabilities(
+# ---------------------------------------------------------------------------- planning
+def plug_in_probabilities(
     count: np.ndarray, n: np.ndarray, label: np.ndarray, prediction: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plug-in vote share of the candidate class per row of a CERTIFY results file.
 
     Returns ``(p, correct)``: ``p = (count + 1/2) / (n + 1)`` is the share of the class CERTIFY
-    selected (the sequential certifier selects the same class from the same selection samples),
-    which sets the cost; a certificate counts for certified accuracy only where that class is the
-    label (``correct``; abstentions count as wrong).
+    selected (the sequential procedure selects a class the same way), which sets the cost; a
+    certificate counts for certified accuracy only where that class is the label (``correct``;
+    abstentions count as wrong).
+
+    Example:
+        >>> p, ok = plug_in_probabilities(np.array([99]), np.array([100]), np.array([3]),
+        ...                               np.array([3]))
+        >>> round(float(p[0]), 4), bool(ok[0])
+        (0.9851, True)
     """
     share = (count + 0.5) / (n + 1.0)
     return share, (prediction == label) & (prediction >= 0)
 
 
-def _expected_cost(
-    p_values: np.ndarray,
-    radii: Sequence[float],
-    sigma: float,
-    alpha: float,
-    beta: float,
-    max_n: int,
-    growth: float,
-    certify_n: int,
+def expected_cost(
+    p_values: np.ndarray, grid: RadiusGrid, sigma: float, certify_n: int
 ) -> dict[str, np.ndarray]:
-    """Per p: expected samples, P(certify r_j) sequentially and with CERTIFY at ``certify_n``.
+    """Per true vote share: expected samples, P(certify r_j) sequentially and with CERTIFY.
 
-    Exact (operating characteristic), assuming the candidate is the class whose share is p.
-    Identical p values are computed once.
+    Exact (the operating characteristic, :func:`~rsmooth.stats.sequential_operating_characteristic`),
+    assuming the candidate is the class whose share is p; identical p values are computed once.
+    Unreachable radii have probability 0. This is what ``rsmooth plan`` prints.
+
+    Returns:
+        ``{"looks", "samples", "certify_sequential", "certify_certify"}``: the schedule, and per
+        p the expected estimation samples ``[P]`` and the probabilities ``[P, J]``.
     """
-    from scipy.stats import binom
-
-    from rsmooth.stats import sequential_operating_characteristic
-
-    looks, cert, fut = _grid_schedule(radii, sigma, alpha, beta, max_n, growth)
-    targets = radius_to_probability(np.asarray(radii), sigma)
-    certify_threshold, _ = sequential_thresholds((certify_n,), targets, alpha, beta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreachableRadiusWarning)
+        schedule = grid.bind(sigma)
+    targets = radius_to_probability(np.asarray(grid.radii), sigma)
+    certify_threshold, _ = sequential_thresholds((certify_n,), targets, grid.alpha, grid.alpha)
     unique, inverse = np.unique(np.asarray(p_values, dtype=np.float64), return_inverse=True)
     samples = np.empty(len(unique))
-    p_seq = np.empty((len(unique), len(radii)))
+    p_seq = np.zeros((len(unique), len(grid.radii)))
+    reach = schedule.reach
     for i, p in enumerate(unique.tolist()):
-        oc = sequential_operating_characteristic(p, looks, cert, fut)
-        samples[i], p_seq[i] = oc.expected_samples, oc.certify
+        oc = sequential_operating_characteristic(
+            p, schedule.looks, schedule.certify[:, :reach], schedule.futile[:, :reach]
+        )
+        samples[i], p_seq[i, :reach] = oc.expected_samples, oc.certify
     p_certify = binom.sf(certify_threshold[0][None, :] - 1, certify_n, unique[:, None])
     return {
-        "looks": np.asarray(looks),
+        "looks": np.asarray(schedule.looks),
         "samples": samples[inverse],
         "certify_sequential": p_seq[inverse],
         "certify_certify": p_certify[inverse],

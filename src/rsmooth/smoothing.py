@@ -1,34 +1,31 @@
-r"""The smoothed classifier: Monte-Carlo sampling engine, PREDICT and CERTIFY.
+r"""The smoothed classifier: PREDICT, CERTIFY and sequential certification of any base classifier.
 
 Given a base classifier :math:`f` and a noise level :math:`\sigma`, the smoothed classifier is
 
 .. math:: g(x) = \arg\max_c \; \mathbb{P}_{\delta \sim \mathcal{N}(0, \sigma^2 I)}\big(f(x + \delta) = c\big).
 
-:meth:`SmoothedClassifier.certify` implements CERTIFY and :meth:`SmoothedClassifier.predict`
-implements PREDICT of :cite:`cohen2019certified`.
+:class:`SmoothedClassifier` is the public face: it checks its settings and each call, and runs one
+procedure per method (:mod:`rsmooth.procedures`, :mod:`rsmooth.sequential`) on the sampling engine
+(``rsmooth._engine``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import difflib
 import math
-import os
-import sys
-import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rsmooth._autobatch import AutoBatch
-from rsmooth._folding import FoldedCopy, Unfoldable, count_batchnorms, fold_batchnorm, has_hooks
+from rsmooth._engine.batching import AutoBatch, FixedBatch, default_batch_size
+from rsmooth._engine.forward import ForwardRunner, compile_model
+from rsmooth._engine.progress import Progress
+from rsmooth._engine.sampler import Item, Procedure, Sampler, Votes
+from rsmooth._engine.streams import NoiseSource, Stream, input_seeds
 from rsmooth._model_state import preserve_model_state
-from rsmooth._seeding import mix
+from rsmooth._settings import Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
     check_generator,
@@ -37,378 +34,90 @@ from rsmooth._validation import (
     check_inputs,
     check_int,
     check_model,
-    check_open_unit,
     check_positive,
 )
-from rsmooth.functional import sample_noise, soft_smoothed_probs
-from rsmooth.stats import (
-    binomial_pvalue,
-    certified_radius,
-    clopper_pearson_lower,
-    max_certified_radius,
-    min_samples_to_certify,
-    min_samples_to_predict,
-    randomized_clopper_pearson_lower,
+from rsmooth.certificates import ABSTAIN, Certificate, RadiusCertificate, float_tensor
+from rsmooth.functional import split_copies
+from rsmooth.procedures import (
+    Certify,
+    CertifyRow,
+    Counts,
+    Predict,
+    SampleSizeWarning,
+    warn_sample_size,
 )
-
-if TYPE_CHECKING:
-    from rsmooth.sequential import RadiusCertificate
+from rsmooth.sequential import GridRow, RadiusGrid
+from rsmooth.stats import max_certified_radius
 
 __all__ = ["ABSTAIN", "Certificate", "SampleSizeWarning", "SmoothedClassifier"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 NonFinitePolicy = Literal["raise", "count_against"]
-BatchSize = int | Literal["auto"]
+BatchSize = int | Literal["auto"] | None
 MemoryFormat = Literal["auto", "preserve", "channels_last"]
-FoldBatchNorm = bool | Literal["auto"]
-_AutoKey = tuple[tuple[int, ...], torch.dtype, str]
+R = TypeVar("R")
 
-#: Independent noise streams of every input: CERTIFY selects its candidate on SELECTION samples,
-#: estimates on ESTIMATION samples (PREDICT too), and draws any uniform variates from AUXILIARY.
-SELECTION, ESTIMATION, AUXILIARY = 0, 1, 2
-
-_SEED_HIGH = 2**63 - 1
-#: A noise block holds about this many elements: BLOCK = clamp(elements // numel, 1, max_block),
-#: per device type. On the CPU drawing noise costs about as much as a small model's forward pass, so
-#: blocks stay small (little noise drawn past the end of a range); on an accelerator each block costs
-#: a few kernel launches from Python and the noise itself is nearly free, so blocks are large.
-_BLOCK_ELEMENTS = {"cpu": 2**16}
-_MAX_BLOCK = {"cpu": 512}
-_BLOCK_ELEMENTS_ACCELERATOR = 2**20
-_MAX_BLOCK_ACCELERATOR = 4096
-_NONFINITE_POLICIES = ("raise", "count_against")
-_MEMORY_FORMATS = ("auto", "preserve", "channels_last")
-#: memory_format="auto" and fold_batchnorm: rows of the inputs the checks run the model on (both
-#: layouts; the model and its folded copy), and how far apart the two logit rows may be (relative
-#: to the largest logit; a model that reads raw memory, or a copy traced wrongly, gets a different
-#: answer, not a rounding difference)
-_CHECK_ROWS = 32
-_CHECK_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
-#: float16, bfloat16 and autocast: bfloat16 rounds each op by up to 2**-8, which adds up over a
-#: deep network's layers differently in each layout; reading pixels in the wrong order changes
-#: logits by a large fraction of their size
-_CHECK_RTOL_REDUCED = 0.1
 _AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
-_clock = time.perf_counter  # times the batch-size search's batches (tests drive a fake clock)
-_OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-#: Label returned by :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify`
-#: when the smoothed classifier abstains.
-ABSTAIN: int = -1
+_Key = tuple[tuple[int, ...], torch.dtype, str]
 
 
-class SampleSizeWarning(UserWarning):
-    """Warns that a sample size is too small for PREDICT or CERTIFY to ever return a class."""
+def _check_choice(choices: Sequence[str]) -> Callable[[str, object], Any]:
+    def check(name: str, value: object) -> Any:
+        listed = ", ".join(map(repr, choices))
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be one of {listed}, got {type(value).__name__}")
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+        return value
+
+    return check
 
 
-@dataclass(frozen=True, eq=False, slots=True)
-class Certificate:
-    """The result of :meth:`SmoothedClassifier.certify` for a batch of ``B`` inputs.
-
-    All tensors have shape ``[B]`` and live on the inputs' device.
-
-    Attributes:
-        prediction: Certified class per input (``int64``), :data:`ABSTAIN` (-1) where it abstains.
-        radius: Certified L2 radius per input (``float64``); 0.0 where it abstains.
-        p_lower: One-sided Clopper–Pearson lower bound on the selected class's probability.
-        count: Number of the ``n`` estimation samples that voted for the selected class.
-        n: Number of estimation samples per input.
-        n0: Number of selection samples per input.
-        alpha: Failure probability of the certificate.
-        sigma: Noise level the certificate is for.
-        nonfinite: Number of the ``n0 + n`` samples per input whose logits were not finite
-            (``int64`` ``[B]``), counted for no class under ``nonfinite="count_against"``;
-            None for a certificate built by hand.
-    """
-
-    prediction: Tensor
-    radius: Tensor
-    p_lower: Tensor
-    count: Tensor
-    n: int
-    n0: int
-    alpha: float
-    sigma: float
-    nonfinite: Tensor | None = None
-
-    @property
-    def abstained(self) -> Tensor:
-        """Boolean mask ``[B]``, True where the smoothed classifier abstained."""
-        return self.prediction == ABSTAIN
-
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-
-def _warn_sample_size(task: str, n: int, alpha: float, *, stacklevel: int) -> None:
-    """Warn with :class:`SampleSizeWarning` when ``n`` can never predict/certify at ``alpha``."""
-    if task == "predict":
-        needed, why = min_samples_to_predict(alpha), "for the binomial test to reject"
-    else:
-        needed, why = min_samples_to_certify(alpha), "for a lower bound above 1/2"
-    if n < needed:
-        warnings.warn(
-            f"{task} with n={n} at alpha={alpha} always abstains: at least n={needed} "
-            f"samples are needed {why}",
-            SampleSizeWarning,
-            stacklevel=stacklevel + 1,
-        )
-
-
-def _float_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _auto_key(inputs: Tensor) -> _AutoKey:
-    return (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
-
-
-def _block_size(numel: int, device_type: str = "cpu") -> int:
-    """Samples per noise block for inputs of ``numel`` elements on a device type.
-
-    Depends only on these two, never on batch_size (the noise differs between device types
-    anyway, since their generators differ).
-    """
-    elements = _BLOCK_ELEMENTS.get(device_type, _BLOCK_ELEMENTS_ACCELERATOR)
-    largest = _MAX_BLOCK.get(device_type, _MAX_BLOCK_ACCELERATOR)
-    return max(1, min(largest, elements // max(numel, 1)))
-
-
-def _memory_format(inputs: Tensor) -> torch.memory_format | None:
-    """``channels_last`` (or its 3-D form) when the inputs use it, else None."""
-    if inputs.is_contiguous():
+def _check_batch_size(name: str, value: object) -> BatchSize:
+    if value is None:
         return None
-    if inputs.dim() == 4 and inputs.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if inputs.dim() == 5 and inputs.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return None
-
-
-def _channels_last_format(inputs: Tensor) -> torch.memory_format:
-    """The channels-last layout for 4-D (``channels_last``) or 5-D inputs (its 3-D form)."""
-    if inputs.dim() == 4:
-        return torch.channels_last
-    if inputs.dim() == 5:
-        return torch.channels_last_3d
-    raise ValueError(
-        "memory_format='channels_last' needs 4-D [B, C, H, W] or 5-D [B, C, D, H, W] inputs, got "
-        f"shape {tuple(inputs.shape)}; pass memory_format='auto' or 'preserve'"
-    )
-
-
-def _in_layout(values: Tensor, memory_format: torch.memory_format) -> Tensor:
-    """A copy of ``values`` with the strides of ``memory_format``.
-
-    Unlike ``contiguous``, also for one channel (or 1x1 images), where both layouts are
-    contiguous but convolutions pick their algorithm, and their output's layout, from the
-    strides: a one-channel input with channels-last strides makes every later activation
-    channels_last (1.6x faster on LeNet on two CPU cores).
-    """
-    return values.clone(memory_format=memory_format)
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> Any:
-    """``value`` when it is one of the strings ``choices``, else TypeError or ValueError."""
-    listed = ", ".join(map(repr, choices))
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be one of {listed}, got {type(value).__name__}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
-    return value
-
-
-def _caller_stacklevel() -> int:
-    """``stacklevel`` for a warning issued here that points at the first frame outside rsmooth."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
-    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        package
-    ):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    backend = getattr(torch, device.type, None)
-    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
-        backend.synchronize(device)
-
-
-def _release_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _check_batch_size(batch_size: object) -> BatchSize:
-    if isinstance(batch_size, str):
-        if batch_size != "auto":
-            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if value == "auto":
         return "auto"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an integer or 'auto', got {type(batch_size).__name__}")
-    return check_int("batch_size", batch_size)
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a positive integer, 'auto' or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, 'auto' or None, got {type(value).__name__}")
+    return check_int(name, value)
 
 
-def _check_compile(value: object) -> bool | Mapping[str, Any]:
+def _check_compile(name: str, value: object) -> bool | Mapping[str, Any]:
     if isinstance(value, bool):
         return value
     if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
         if "dynamic" in value:
             raise ValueError(
-                "compile must not set 'dynamic': the engine feeds fixed batch shapes "
+                f"{name} must not set 'dynamic': the engine feeds fixed batch shapes "
                 "(dynamic=False)"
             )
         return value
     raise TypeError(
-        f"compile must be a bool or a dict of torch.compile options, got {type(value).__name__}"
+        f"{name} must be a bool or a dict of torch.compile options, got {type(value).__name__}"
     )
 
 
-def _check_autocast(value: object) -> torch.dtype | None:
+def _check_autocast(name: str, value: object) -> torch.dtype | None:
     if value is None:
         return None
     if not isinstance(value, torch.dtype):
-        raise TypeError(f"autocast must be a torch.dtype or None, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a torch.dtype or None, got {type(value).__name__}")
     if value not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"autocast must be torch.bfloat16 or torch.float16, got {value}")
+        raise ValueError(f"{name} must be torch.bfloat16 or torch.float16, got {value}")
     return value
 
 
-def _to_device(values: Tensor, device: torch.device) -> Tensor:
-    """Copy a small host tensor to ``device`` without blocking the host (pinned on CUDA)."""
-    if device.type == "cuda":
-        return values.pin_memory().to(device, non_blocking=True)
-    return values.to(device)
-
-
-def _auxiliary_uniform(seeds: Sequence[int]) -> np.ndarray:
-    """One uniform variate in ``(0, 1]`` per input seed, from the AUXILIARY stream.
-
-    Input ``j``'s variate depends only on ``seeds[j]`` (a generator seeded with
-    ``mix(seed, AUXILIARY, 0)``), never on the other inputs or on the device.
-
-    Example:
-        >>> u = _auxiliary_uniform([1, 2, 1])
-        >>> u.dtype, bool(u[0] == u[2]), bool(u[0] != u[1]), bool(((u > 0) & (u <= 1)).all())
-        (dtype('float64'), True, True, True)
-    """
-    values = np.empty(len(seeds), dtype=np.float64)
-    for j, seed in enumerate(seeds):
-        generator = torch.Generator().manual_seed(mix(seed, AUXILIARY, 0))
-        values[j] = 1.0 - float(torch.rand((), generator=generator, dtype=torch.float64))
-    return values
+def _check_num_classes(name: str, value: object) -> int | None:
+    return None if value is None else check_int(name, value, min=2)
 
 
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
-
-
-def _check_fold_batchnorm(value: object) -> FoldBatchNorm:
-    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
-        return value  # type: ignore[return-value]
-    if isinstance(value, str):
-        raise ValueError(f"fold_batchnorm must be True, False or 'auto', got {value!r}")
-    raise TypeError(f"fold_batchnorm must be True, False or 'auto', got {type(value).__name__}")
-
-
-#: The public settings of SmoothedClassifier: each is checked by its function whenever assigned.
-_SETTINGS: dict[str, Callable[[Any], Any]] = {
-    "model": check_model,
-    "input_range": functools.partial(check_input_range_arg, "input_range"),
-    "sigma": functools.partial(check_positive, "sigma"),
-    "num_classes": lambda value: None if value is None else check_int("num_classes", value, min=2),
-    "batch_size": _check_batch_size,
-    "nonfinite": functools.partial(_check_choice, "nonfinite", choices=_NONFINITE_POLICIES),
-    "compile": _check_compile,
-    "autocast": _check_autocast,
-    "memory_format": functools.partial(_check_choice, "memory_format", choices=_MEMORY_FORMATS),
-    "fold_batchnorm": _check_fold_batchnorm,
-}
-
-
-def _output_type_message(output: object) -> str:
-    name = type(output).__name__
-    if isinstance(output, (tuple, list)):
-        how = "e.g. `return model(x)[0]` if the logits come first"
-    elif isinstance(output, dict):
-        how = 'e.g. `return model(x)["logits"]`'
-    elif isinstance(getattr(output, "logits", None), Tensor):
-        how = "e.g. `return model(x).logits` (Hugging Face-style outputs)"
-    else:
-        how = "a tensor of logits"
-    return (
-        f"model must return a tensor of logits [N, num_classes], got a {name}; wrap it in a "
-        f"module whose forward returns the logits, {how} (docs: how-to 'Certify a dataset', "
-        "'Models that do not return logits')"
-    )
-
-
-def _unbatched_hint(inputs: Tensor) -> str:
-    if inputs.dim() != 3:
-        return ""
-    return (
-        f". inputs has shape {tuple(inputs.shape)}, read as a batch of {inputs.shape[0]} inputs "
-        f"of shape {tuple(inputs.shape[1:])}: if it is one image [C, H, W], add the batch "
-        "dimension with inputs.unsqueeze(0)"
-    )
-
-
-def _forward_error_hint(model: nn.Module, error: BaseException, inputs: Tensor) -> str | None:
-    """A hint for an error raised by the model, or None to re-raise it unchanged."""
-    text = str(error)
-    if isinstance(model, torch.fx.GraphModule) and (
-        "Guard failed" in text or "shape[0]" in text or ".size()[0]" in text
-    ):
-        return (
-            "the model (a torch.export program) was exported with a fixed batch size, but the "
-            "engine feeds it batches of other sizes; export it with a dynamic batch dimension, "
-            "e.g. torch.export.export(model, (x,), dynamic_shapes=({0: "
-            "torch.export.Dim('batch')},))"
-        )
-    if inputs.dim() == 3 and isinstance(error, RuntimeError):
-        return (
-            f"the model failed on inputs of shape {tuple(inputs.shape)}, which is read as a "
-            f"batch of {inputs.shape[0]} inputs of shape {tuple(inputs.shape[1:])}; if it is "
-            "one image [C, H, W], add the batch dimension with inputs.unsqueeze(0)"
-        )
-    return None
-
-
-class _Progress:
-    """Progress of one call in samples: tqdm when installed, else a line on stderr now and then."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done = total, desc, 0
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self._bar = None
-            self._began = self._shown = time.perf_counter()
-        else:
-            self._bar = tqdm(total=total, desc=desc, unit="sample", unit_scale=True)
-
-    def update(self, amount: int) -> None:
-        self.done += amount
-        if self._bar is not None:
-            self._bar.update(amount)
-            return
-        now = time.perf_counter()
-        if now - self._shown >= 5.0 or self.done >= self.total:
-            self._shown = now
-            rate = self.done / max(now - self._began, 1e-9)
-            print(
-                f"{self.desc}: {self.done:,}/{self.total:,} samples ({rate:,.0f} samples/s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 class SmoothedClassifier:
@@ -418,70 +127,50 @@ class SmoothedClassifier:
     :cite:`cohen2019certified`. :math:`\sigma` is measured in the space the model receives its
     inputs in, so input normalisation belongs *inside* ``model`` (a first layer).
 
-    Sampling is vectorised: forward batches of at most ``batch_size`` noisy samples are filled
-    across inputs and samples, so memory is bounded by ``batch_size`` (never by ``n`` or the
-    number of inputs), and certifying many inputs with a small ``n`` is as efficient as one input
-    with a large ``n``. For every call, each input gets its own noise streams seeded from the
-    ``generator``; sample ``s`` of an input depends only on its seed and ``s`` (fixed-size noise
-    blocks), so the same generator state and arguments give bit-identical results on the same
-    device for every ``batch_size``, however the samples are split and whatever other inputs
-    share the call.
+    The model runs as written: every noisy sample goes through ``model``'s own ``forward``
+    (hooks and Python side effects included), in eval mode, and its modes are restored after
+    each call. Forward batches of ``batch_size`` noisy samples are filled across inputs and
+    samples, so memory is bounded by ``batch_size`` (never by ``n`` or the number of inputs). Each
+    input gets its own noise streams seeded from the ``generator``; sample ``s`` of an input
+    depends only on its seed and ``s``, so the same generator state and arguments give the same
+    results on the same device for every ``batch_size``, whatever other inputs share the call.
 
-    Every argument is also an attribute of the same name. Assigning one checks it as the
-    constructor does (nothing changes when the value is refused or fails to compile); assigning
-    ``model`` drops the choices made for the old one (automatic batch size, layout, folded
-    copy), and assigning ``model`` or ``compile`` compiles what is then set.
+    **Settings.** Every argument is also an attribute of the same name, checked whenever it is
+    assigned, as the constructor checks it (a refused value, or a ``compile`` that fails, changes
+    nothing). Assigning any setting drops what was chosen for the old one (the automatic batch
+    size, the layout, the compiled model).
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
         sigma: Noise standard deviation :math:`\sigma > 0`.
         num_classes: Number of classes ``K``. Default: inferred from the model's output (and
             checked against it when given).
-        batch_size: Number of noisy samples per forward pass, or ``"auto"``: the batch size
-            tunes itself on the calls' own forward batches (growing sizes, each timed against
-            the best so far; the extra time stays under 2% of the time of the rows served, so a
-            small call explores a little and later calls go on) and the settled choice is
-            cached per input shape, dtype and device and shown in ``repr``. Until a size has
-            been timed it is 256 on the CPU and 1024 on CUDA; on CUDA an out-of-memory error
-            falls back to a smaller size. Results never depend on it. Default: ``"auto"``.
+        batch_size: Noisy samples per forward pass. ``None``: the device's default, 128 on the
+            CPU and 2048 on CUDA (halved when a batch runs out of memory). ``"auto"``: a timed
+            search on the calls' own forward batches (opt-in; the size it settles on depends on
+            the machine's load, shown in ``repr``). Results never depend on it. Default: None.
         nonfinite: What a noisy sample with a non-finite logit (NaN or inf) does: ``"raise"``
             a ``ValueError`` naming the inputs and counts, or ``"count_against"``: vote for no
             class (sound; reported in :attr:`Certificate.nonfinite`). Default: ``"raise"``.
         compile: ``True`` or a dict of :func:`torch.compile` options (e.g. ``{"mode":
-            "max-autotune"}``) to compile the model for certification. Every forward pass then
-            has exactly the batch size's rows (the last batch is padded and its padding
-            discarded), so the model compiles once. Default: False.
-        autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes of
-            :meth:`certify`, :meth:`predict` and :meth:`sample_counts` under
-            :func:`torch.autocast` (the noise stays in the inputs' dtype). Default: None.
+            "max-autotune"}``) to compile the model for the counting forward passes, the way to
+            a faster forward pass on the CPU and GPU. Every forward pass then has exactly the
+            batch size's rows (the last batch is padded and its padding discarded), so the model
+            compiles once. Default: False.
+        autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes under
+            :func:`torch.autocast` (the noise stays in the inputs' dtype). The certificate is
+            then about the reduced-precision classifier (see the docs' Performance page).
+            Default: None.
         input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
             check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
             [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
         memory_format: Layout of the noisy batches the model receives. ``"auto"``: on the CPU,
             4-D floating-point inputs ``[B, C, H, W]`` reach the model as ``channels_last``
-            (oneDNN's convolutions run faster on it; one-channel images get channels-last
-            strides, which make every later activation ``channels_last``), provided that a
-            check, once per input shape, dtype and device, finds that the model accepts that
-            layout and returns the same logits as on the standard one up to rounding;
-            otherwise, and on other devices, the inputs' own layout. ``"preserve"``: the
-            inputs' own layout. ``"channels_last"``: always (4-D or 5-D inputs). The choice does
-            not depend on timing. Default: ``"auto"``.
-        fold_batchnorm: Whether the forward passes of :meth:`certify`, :meth:`predict` and
-            :meth:`sample_counts` run a copy of the model whose BatchNorm layers (eval mode, with
-            running statistics) are folded into the convolution before them: the same classifier
-            up to rounding, without BatchNorm's passes over the activations (a fifth of the CIFAR
-            ResNet-20's forward time on two CPU cores). The copy is traced with :mod:`torch.fx`
-            (parts it cannot trace keep their own code; a residual addition adds into a
-            convolution's output that nothing else reads), checked once against the model on up
-            to 32 clean inputs without autocast (a copy that differs beyond rounding is dropped),
-            and rebuilt whenever the model's modules, their attributes or the values of their
-            tensors change; the model itself is never modified. Models with forward hooks, or
-            with an attribute whose in-place changes could not be seen (an object other than
-            numbers, strings, tensors, functions and containers of these), are not folded.
-            Python side effects inside ``forward`` (appending to a list, say) do not happen in
-            the copy's passes, and the copy and a snapshot of the model's tensors take memory.
-            ``"auto"``: on the CPU; ``True``: on every device; ``False``: never. Not with
-            ``compile``. Default: ``"auto"``.
+            (oneDNN's convolutions run faster on it), provided that a check, once per input
+            shape, dtype and device, finds that the model accepts that layout and returns the
+            same logits as on the standard one up to rounding; otherwise, and on other devices,
+            the inputs' own layout. ``"preserve"``: the inputs' own layout. ``"channels_last"``:
+            always (4-D or 5-D inputs). Default: ``"auto"``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -503,63 +192,50 @@ class SmoothedClassifier:
         0.616
     """
 
+    model = Setting(lambda name, value: check_model(value))
+    sigma = Setting(check_positive)
+    num_classes = Setting(_check_num_classes)
+    batch_size = Setting(_check_batch_size)
+    nonfinite = Setting(_check_choice(("raise", "count_against")))
+    compile = Setting(_check_compile)
+    autocast = Setting(_check_autocast)
+    input_range = Setting(check_input_range_arg)
+    memory_format = Setting(_check_choice(("auto", "preserve", "channels_last")))
+
     def __init__(
         self,
         model: nn.Module,
         sigma: float,
         *,
         num_classes: int | None = None,
-        batch_size: BatchSize = "auto",
+        batch_size: BatchSize = None,
         nonfinite: NonFinitePolicy = "raise",
         compile: bool | Mapping[str, Any] = False,
         autocast: torch.dtype | None = None,
         input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
         memory_format: MemoryFormat = "auto",
-        fold_batchnorm: FoldBatchNorm = "auto",
     ) -> None:
-        # the caches first: assigning a setting below validates it and resets what depends on it
-        self._auto: dict[_AutoKey, AutoBatch] = {}  # batch_size="auto": tuning per key
-        self._compiled: Callable[[Tensor], object] | None = None
-        self._autocast_checked: set[str] = set()
-        self._layouts: dict[_AutoKey, bool] = {}  # memory_format="auto": channels_last accepted
-        self._folded = FoldedCopy()
-        self.model: nn.Module = model
-        self.input_range: tuple[float, float] | None = input_range
-        self.sigma: float = sigma
-        self.num_classes: int | None = num_classes
-        self.batch_size: BatchSize = batch_size
-        self.nonfinite: NonFinitePolicy = nonfinite
-        self.compile: bool | Mapping[str, Any] = compile
-        self.autocast: torch.dtype | None = autocast
-        self.memory_format: MemoryFormat = memory_format
-        self.fold_batchnorm: FoldBatchNorm = fold_batchnorm
+        self.model = model
+        self.sigma = sigma
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.nonfinite = nonfinite
+        self.compile = compile
+        self.autocast = autocast
+        self.input_range = input_range
+        self.memory_format = memory_format
+        self._compiled = compile_model(self.model, self.compile)
+        self._forward: ForwardRunner | None = None
+        self._batching: dict[_Key, FixedBatch | AutoBatch] = {}
 
-    def __setattr__(self, name: str, value: object) -> None:
-        """Settings are validated whenever they are assigned, and what depends on them reset.
-
-        Nothing changes when the value is refused, or when compiling what it sets fails.
-        """
-        check = _SETTINGS.get(name)
-        if check is None:
-            object.__setattr__(self, name, value)
+    def _setting_changed(self, name: str) -> None:
+        """A setting was reassigned: compile again if needed, drop the choices made before."""
+        if "_compiled" not in vars(self):  # still in __init__
             return
-        checked: Any = check(value)
-        resets: dict[str, object] = {}
-        if name == "compile" or (name == "model" and "compile" in vars(self)):
-            model = checked if name == "model" else self.model
-            options = checked if name == "compile" else self.compile
-            resets["_compiled"] = None
-            if options is not False:
-                extra = {} if options is True else dict(options)
-                resets["_compiled"] = torch.compile(model, dynamic=False, **extra)
-        if name == "model":  # another model: the choices made for the old one go (new objects,
-            # so that a shallow copy of this classifier keeps its own)
-            resets |= {"_auto": {}, "_layouts": {}, "_folded": FoldedCopy()}
-        if name == "autocast":
-            resets["_autocast_checked"] = set()
-        object.__setattr__(self, name, checked)
-        for key, reset in resets.items():
-            object.__setattr__(self, key, reset)
+        if name in ("model", "compile"):
+            self._compiled = compile_model(self.model, self.compile)  # may raise: nothing changes
+        self._forward = None
+        self._batching = {}
 
     def __repr__(self) -> str:
         extra = "" if self.nonfinite == "raise" else f", nonfinite={self.nonfinite!r}"
@@ -569,506 +245,57 @@ class SmoothedClassifier:
             extra += f", autocast={self.autocast}"
         if self.memory_format != "auto":
             extra += f", memory_format={self.memory_format!r}"
-        elif any(self._layouts.values()):
+        elif self._forward is not None and any(self._forward.layouts.values()):
             shapes = "; ".join(
-                f"{list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
-                for (shape, dtype, device), accepted in self._layouts.items()
-                if accepted
+                _describe(key) for key, accepted in self._forward.layouts.items() if accepted
             )
             extra += f", memory_format='auto' (channels_last for {shapes})"
-        folded = self._folded.folded_layers()
-        if self.fold_batchnorm != "auto":
-            extra += f", fold_batchnorm={self.fold_batchnorm!r}"
-        elif folded:
-            extra += f", fold_batchnorm='auto' ({folded} BatchNorm layers folded)"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
             f"batch_size={self._batch_size_repr()}{extra})"
         )
 
-    # ------------------------------------------------------------------ engine
-    def _input_seeds(self, inputs: Tensor, generator: GeneratorArg) -> list[int]:
-        """One 63-bit seed per input, the root of that input's noise streams.
-
-        ``generator=None`` draws from the global torch RNG, a ``torch.Generator`` gives ``B``
-        draws from it, and a sequence of ``B`` generators gives one draw from each (so input
-        ``j``'s seed depends only on ``generator[j]``).
-        """
-        if generator is None or isinstance(generator, torch.Generator):
-            device = generator.device if generator is not None else torch.device("cpu")
-            draws = torch.randint(
-                0, _SEED_HIGH, (inputs.shape[0],), generator=generator, device=device
-            )
-            return [int(seed) for seed in draws.tolist()]
-        return [
-            int(torch.randint(0, _SEED_HIGH, (1,), generator=g, device=g.device).item())
-            for g in generator
-        ]
-
-    def _chosen_batch_sizes(self) -> dict[_AutoKey, int]:
-        """``batch_size="auto"``: the settled choice per input shape, dtype and device."""
-        return {key: t.choice for key, t in self._auto.items() if t.choice is not None}
-
     def _batch_size_repr(self) -> str:
-        chosen = self._chosen_batch_sizes()
-        if self.batch_size != "auto" or not chosen:
+        sizes = {key: b.choice for key, b in self._batching.items() if b.choice is not None}
+        if self.batch_size not in (None, "auto") or not sizes:
             return repr(self.batch_size)
-        text = "; ".join(
-            f"{value} for {list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
-            for (shape, dtype, device), value in chosen.items()
-        )
-        return f"'auto' (chosen: {text})"
+        text = "; ".join(f"{size} for {_describe(key)}" for key, size in sizes.items())
+        what = "chosen" if self.batch_size == "auto" else "device default"
+        return f"{self.batch_size!r} ({what}: {text})"
 
-    def _auto_tuning(self, inputs: Tensor) -> AutoBatch | None:
-        """The automatic batch size's search for inputs like ``inputs``, started on first use.
-
-        None for an integer ``batch_size``. There is one per input shape, dtype and device.
-        """
-        if self.batch_size != "auto":
-            return None
-        key = _auto_key(inputs)
-        tuning = self._auto.get(key)
-        if tuning is None:
-            largest = None
-            if inputs.device.type == "cpu":
-                per_row = max(1, math.prod(inputs.shape[1:])) * inputs.element_size()
-                largest = max(1, _AUTO_MAX_CPU_BYTES // per_row)
-            tuning = self._auto[key] = AutoBatch.for_device(inputs.device.type, largest)
-        return tuning
-
-    def _planned_batch_size(self, inputs: Tensor) -> int:
-        """The forward batch size for inputs like ``inputs``, as far as it is known before a call.
-
-        An integer ``batch_size``, else the automatic choice, the best size timed so far, or the
-        device's default.
-        """
-        tuning = self._auto_tuning(inputs)
-        if tuning is None:
-            return int(self.batch_size)
-        if tuning.choice is not None:
-            return tuning.choice
-        return tuning.default if tuning.best is None else tuning.best
-
-    def _inference_model(self, inputs: Tensor) -> nn.Module:
-        """The module the eager forward passes for ``inputs`` run: the model or its folded copy.
-
-        With ``fold_batchnorm`` (on the CPU for ``"auto"``) and a model with BatchNorm layers,
-        no forward hooks and no attribute whose changes could not be seen, the copy with those
-        layers folded into the convolutions before them, built on first use and rebuilt whenever
-        the model changes, kept only if a check finds the same logits as the model's up to
-        rounding.
-        """
-        if (
-            self.fold_batchnorm is False
-            or (self.fold_batchnorm == "auto" and inputs.device.type != "cpu")
-            or self._compiled is not None
-            or count_batchnorms(self.model) == 0
-            or has_hooks(self.model)
-        ):
-            self._folded.clear()
-            return self.model
-        try:
-            entry = self._folded.lookup(self.model)
-            if entry is None:
-                built = self._fold(inputs)
-                if built is None:  # the model itself failed: decide on a later call
-                    self._folded.clear()
-                    return self.model
-                entry, watch_values = built
-                self._folded.store(self.model, entry, watch_values=watch_values)
-        except Unfoldable:
-            self._folded.clear()
-            return self.model
-        return entry[0]
-
-    def _fold(self, inputs: Tensor) -> tuple[tuple[nn.Module, int], bool] | None:
-        """``((model to run, layers folded), watch_values)`` for the model as it is now.
-
-        The folded copy is kept when it returns the model's logits up to rounding on the first
-        ``_CHECK_ROWS`` clean inputs, compared without autocast (in the inputs' dtype, so the
-        tolerance is tight). A copy that fails or differs (traced code that no longer matches the
-        model's) is dropped, silently, until the model's tensors change (``watch_values``); a
-        model that cannot be copied or traced, or has nothing to fold, runs as it is until its
-        structure changes. None when the model itself fails on the clean inputs without autocast
-        (its errors, if any, then come from the forward passes; a later call decides).
-        """
-        with preserve_model_state(self.model, train=False):
-            try:
-                with torch.no_grad():
-                    folded, count = fold_batchnorm(self.model)
-            except Exception:  # cannot be copied: run the model as it is
-                return (self.model, 0), False
-            if count == 0:
-                return (self.model, 0), False
-            rows = inputs[:_CHECK_ROWS].contiguous()
-            with torch.inference_mode():
-                try:
-                    expected = self._check_forward(self.model, rows, inputs, autocast=False)
-                except _OutOfMemoryError:
-                    raise
-                except Exception:
-                    return None
-                try:
-                    got = self._check_forward(folded, rows, inputs, autocast=False)
-                except _OutOfMemoryError:
-                    raise
-                except Exception:  # any failure means: run the model as it is
-                    return (self.model, 0), True
-        reduced = expected.dtype not in _CHECK_RTOL
-        if self._logit_difference(expected, got, reduced=reduced) is not None:
-            return (self.model, 0), True
-        return (folded, count), True
-
-    def _check_forward(
-        self,
-        model: nn.Module,
-        rows: Tensor,
-        inputs: Tensor,
-        *,
-        autocast: bool = True,
-        memory_format: torch.memory_format | None = None,
-    ) -> Tensor:
-        """``model``'s logits on the clean ``rows`` of a check, in ``memory_format``.
-
-        Run in pieces of at most an integer ``batch_size``, so that the checks' rows (and hence
-        their outcome) do not depend on it.
-        """
-        size = rows.shape[0] if self.batch_size == "auto" else int(self.batch_size)
-        pieces = []
-        for piece in rows.split(size):
-            if memory_format is not None:
-                piece = _in_layout(piece, memory_format)
-            pieces.append(self._forward(piece, inputs, model=model, autocast=autocast))
-        return torch.cat(pieces)
-
-    def _logit_difference(self, expected: Tensor, got: Tensor, *, reduced: bool) -> float | None:
-        """None when ``got`` equals ``expected`` (logits) up to rounding, else how far apart.
-
-        NaN and inf must sit at the same places; finite values may differ by ``_CHECK_RTOL`` of
-        the largest one (``_CHECK_RTOL_REDUCED`` with ``reduced``: under autocast or in a
-        half-precision dtype).
-        """
-        if got.shape != expected.shape:
-            return math.inf
-        rtol = _CHECK_RTOL_REDUCED if reduced else _CHECK_RTOL[expected.dtype]
-        a, b = expected.double(), got.double()
-        finite, infinite = torch.isfinite(a), torch.isinf(a)
-        if (
-            not torch.equal(finite, torch.isfinite(b))
-            or not torch.equal(torch.isnan(a), torch.isnan(b))
-            or not torch.equal(a[infinite], b[infinite])
-        ):  # NaN or inf in one only, or infinities of other signs
-            return math.inf
-        if not bool(finite.any()):
-            return None
-        scale = max(1.0, float(a[finite].abs().max()))
-        difference = float((a[finite] - b[finite]).abs().max())
-        return difference if difference > rtol * scale else None
-
-    def _batch_format(self, inputs: Tensor, model: nn.Module) -> torch.memory_format | None:
-        """The layout of the forward batches of ``model`` for ``inputs`` (None: the standard one)."""
-        own = _memory_format(inputs)
-        if self.memory_format == "channels_last":
-            return _channels_last_format(inputs)
-        if (
-            self.memory_format == "preserve"
-            or own is not None
-            or inputs.dim() != 4
-            or inputs.device.type != "cpu"
-            or not inputs.is_floating_point()
-        ):
-            return own
-        key = _auto_key(inputs)
-        if key not in self._layouts:
-            self._layouts[key] = self._accepts_channels_last(inputs, model)
-        return torch.channels_last if self._layouts[key] else None
-
-    def _accepts_channels_last(self, inputs: Tensor, model: nn.Module) -> bool:
-        """Whether ``model`` runs on ``channels_last`` rows of ``inputs`` with the same logits.
-
-        Runs ``model`` on the first ``_CHECK_ROWS`` clean inputs (in pieces of at most an integer
-        ``batch_size``) in both layouts. A model that fails on ``channels_last`` (a ``view`` of
-        its input, say), or whose logits differ by more than rounding (code that reads raw
-        memory), gets the standard layout; the second case warns, since such a model breaks for
-        channels_last callers too. Only these clean inputs are checked: code that depends on the
-        layout only for other inputs is not caught (``memory_format="preserve"`` avoids it).
-        """
-        rows = inputs[:_CHECK_ROWS].contiguous()
-        with preserve_model_state(self.model, train=False), torch.inference_mode():
-            standard = self._check_forward(model, rows, inputs)
-            try:
-                other = self._check_forward(model, rows, inputs, memory_format=torch.channels_last)
-            except _OutOfMemoryError:
-                raise
-            except Exception:  # any failure means: keep the standard layout
-                return False
-        reduced = self.autocast is not None or standard.dtype not in _CHECK_RTOL
-        difference = self._logit_difference(standard, other, reduced=reduced)
-        if difference is not None:
-            return self._layout_mismatch(difference)
-        return True
-
-    def _layout_mismatch(self, difference: float) -> bool:
-        warnings.warn(
-            "the model's logits on channels_last inputs differ from those on the same inputs in "
-            f"the standard layout (largest difference {difference:.3g}), beyond rounding: it "
-            "reads its input's raw memory somewhere, or its output is random. rsmooth feeds it "
-            "the standard layout; pass memory_format='preserve' to skip this check",
-            RuntimeWarning,
-            stacklevel=_caller_stacklevel(),
-        )
-        return False
-
-    def _autocast_forward(self, batch: Tensor) -> object:
-        with self._autocast_context(batch.device):
-            return self.model(batch)
-
-    def _autocast_context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast)
-
-    def _check_autocast_device(self, device: torch.device) -> None:
-        """Refuse an autocast dtype the device does not support (torch would only warn)."""
-        if self.autocast is None or device.type in self._autocast_checked:
-            return
-        available = getattr(torch.amp, "is_autocast_available", None)
-        if available is not None and not available(device.type):
-            raise ValueError(
-                f"autocast is not available on device type {device.type!r}; pass autocast=None"
+    # ------------------------------------------------------------------ the engine
+    def _sampler(self, inputs: Tensor) -> Sampler:
+        """The engine for inputs like ``inputs`` (its batching state is kept per shape)."""
+        if self._forward is None:
+            check_size = self.batch_size if isinstance(self.batch_size, int) else None
+            self._forward = ForwardRunner(
+                self.model,
+                num_classes=self.num_classes,
+                compiled=self._compiled,
+                autocast=self.autocast,
+                memory_format=self.memory_format,
+                check_size=check_size,
             )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.autocast(device_type=device.type, dtype=self.autocast)
-        if caught:
-            raise ValueError(
-                f"autocast={self.autocast} is not supported on {device} ({caught[0].message}); "
-                "pass another dtype (torch.bfloat16 on the CPU, torch.float16 on older GPUs) or "
-                "autocast=None"
-            )
-        self._autocast_checked.add(device.type)
+        key = (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
+        batching = self._batching.get(key)
+        if batching is None:
+            batching = self._batching[key] = self._new_batching(inputs)
+        return Sampler(self._forward, batching, self.sigma, nonfinite=self.nonfinite)
 
-    def _check_logits(self, logits: object, rows: int, inputs: Tensor) -> int:
-        if not isinstance(logits, Tensor):
-            raise TypeError(_output_type_message(logits))
-        if logits.dim() != 2 or logits.shape[0] != rows:
-            raise ValueError(
-                f"model must return logits of shape [N, num_classes] for N inputs, got shape "
-                f"{tuple(logits.shape)} for N={rows}{_unbatched_hint(inputs)}"
-            )
-        classes = int(logits.shape[1])
-        if self.num_classes is not None and classes != self.num_classes:
-            raise ValueError(
-                f"num_classes is {self.num_classes} but the model returned {classes} logits"
-            )
-        if classes < 2:
-            raise ValueError(f"the model must return at least 2 logits, got {classes}")
-        return classes
+    def _new_batching(self, inputs: Tensor) -> FixedBatch | AutoBatch:
+        device_type = inputs.device.type
+        if isinstance(self.batch_size, int):
+            return FixedBatch(self.batch_size)
+        if self.batch_size is None:
+            return FixedBatch(default_batch_size(device_type), halve=True)
+        largest = None
+        if device_type == "cpu":
+            per_row = max(1, math.prod(inputs.shape[1:])) * inputs.element_size()
+            largest = max(1, _AUTO_MAX_CPU_BYTES // per_row)
+        return AutoBatch.for_device(device_type, largest)
 
-    def _forward(
-        self,
-        batch: Tensor,
-        inputs: Tensor,
-        *,
-        model: Callable[[Tensor], object] | None = None,
-        autocast: bool = True,
-    ) -> Tensor:
-        """The logits of ``model`` (default: the model) on one forward batch.
-
-        ``model`` may be the compiled model or the folded copy; ``autocast=False`` runs it
-        without the ``autocast`` option. Raises with hints for the usual mistakes.
-        """
-        if model is None:
-            model = self.model
-        context = self._autocast_context(batch.device) if autocast else contextlib.nullcontext()
-        try:
-            with context:
-                logits = model(batch)
-        except _OutOfMemoryError:
-            raise
-        except (RuntimeError, AssertionError, ValueError) as error:
-            hint = _forward_error_hint(self.model, error, inputs)
-            if hint is None:
-                raise
-            raise ValueError(
-                f"{hint} (the model raised {type(error).__name__}: {error})"
-            ) from error
-        if not isinstance(logits, Tensor):
-            raise TypeError(_output_type_message(logits))
-        self._check_logits(logits, batch.shape[0], inputs)
-        return logits
-
-    def _counts(
-        self,
-        inputs: Tensor,
-        seeds: Sequence[int],
-        *,
-        stream: int,
-        start: int,
-        stop: int,
-        progress: _Progress | None = None,
-    ) -> Tensor:
-        """``int64`` counts ``[B, K]`` of ``argmax f(x_j + delta_{j,s})`` over ``s`` in ``[start, stop)``.
-
-        Sample ``s`` of stream ``stream`` of input ``j`` depends only on ``(seeds[j], stream,
-        s)``: row ``s % BLOCK`` of noise block ``s // BLOCK``, one ``normal_`` of shape
-        ``[BLOCK, *input_shape]`` drawn from a generator seeded with ``mix(seeds[j], stream,
-        s // BLOCK)``, where ``BLOCK`` depends only on the input's number of elements and the
-        device type. So the
-        counts do not depend on ``batch_size``, on how ``[0, n)`` is split into calls, or on the
-        other inputs of the call. Forward batches of ``batch_size`` samples are filled across
-        inputs and samples.
-
-        Only samples whose logit row is finite are counted, so ``(stop - start) -
-        counts.sum(1)`` is the number of non-finite samples per input (``nonfinite="raise"``
-        raises ``ValueError`` instead).
-        """
-        batch = inputs.shape[0]
-        device, dtype = inputs.device, inputs.dtype
-        sample_shape = tuple(inputs.shape[1:])
-        block = _block_size(math.prod(sample_shape), device.type)
-        total = batch * (stop - start)
-        self._check_autocast_device(device)
-        tuning = self._auto_tuning(inputs)
-        if tuning is not None:
-            tuning.begin_call(total)
-        runner = self._inference_model(inputs)  # the model, or its copy with BatchNorm folded
-        memory_format = self._batch_format(inputs, runner)
-        buffer = torch.empty((0, *sample_shape), dtype=dtype, device=device)
-        noise = torch.empty((block, *sample_shape), dtype=dtype, device=device)
-        noise_generator = torch.Generator(device=device)
-        held: tuple[int, int] | None = None  # (input, block) whose noise is in `noise`
-        counts: Tensor | None = None
-        nonfinite = torch.zeros(batch + 1, dtype=torch.long, device=device)
-        owners: list[int] = []
-        lengths: list[int] = []
-        filled = done = 0
-        limit = math.inf  # most rows per forward pass; lowered when one runs out of memory
-        # the batch being filled: its size, and whether it is timed for the automatic batch size
-        # and runs through the compiled model (always a full batch, padded: compiled once)
-        size, timed, compiled = 0, False, False
-        model: Callable[[Tensor], object] = runner  # the compiled model for compiled batches
-
-        def fill(j: int, first: int, last: int, offset: int) -> None:
-            nonlocal held
-            s = first
-            while s < last:
-                index = s // block
-                end = min(last, (index + 1) * block)
-                if held != (j, index):
-                    noise_generator.manual_seed(mix(seeds[j], stream, index))
-                    noise.normal_(0.0, self.sigma, generator=noise_generator)
-                    held = (j, index)
-                row = s - index * block
-                torch.add(
-                    noise[row : row + end - s], inputs[j], out=buffer[offset : offset + end - s]
-                )
-                offset += end - s
-                s = end
-
-        def begin_batch() -> None:
-            nonlocal size, timed, compiled, buffer, model
-            if tuning is None:
-                size, timed = int(self.batch_size), False
-            else:  # explicit sizes run compiled at once; automatic ones once they settle
-                size, timed = tuning.next_size(total - done)
-            compiled = self._compiled is not None and (tuning is None or tuning.choice == size)
-            model = self._compiled if compiled and self._compiled is not None else runner
-            if not compiled:
-                size = min(size, total - done)
-            if buffer.shape[0] < size:
-                layout = torch.contiguous_format if memory_format is None else memory_format
-                buffer = torch.empty(
-                    (size, *sample_shape), dtype=dtype, device=device, memory_format=layout
-                )
-
-        def forward(count: int) -> Tensor:
-            nonlocal limit
-            while True:
-                try:
-                    if count <= limit:
-                        return self._forward(buffer[:count], inputs, model=model)
-                    pieces = buffer[:count].split(int(limit))
-                    return torch.cat(
-                        [self._forward(piece, inputs, model=model) for piece in pieces]
-                    )
-                except _OutOfMemoryError:
-                    if tuning is None or limit == 1:
-                        raise
-                    limit = tuning.out_of_memory(int(min(count, limit)))
-                    _release_memory(device)  # the noise does not depend on it: same results
-
-        def flush() -> None:
-            nonlocal counts, filled, done
-            if compiled and filled < size:
-                buffer[filled:size].zero_()  # padding rows; their outputs are discarded
-                logits = forward(size)[:filled]
-            elif timed and tuning is not None:
-                _synchronize(device)
-                began = _clock()
-                logits = forward(filled)
-                _synchronize(device)
-                tuning.record(filled, _clock() - began)
-            else:
-                logits = forward(filled)
-            classes = int(logits.shape[1])
-            if counts is None:
-                counts = torch.zeros((batch + 1) * classes, dtype=torch.long, device=device)
-            owner = _to_device(
-                torch.repeat_interleave(torch.tensor(owners), torch.tensor(lengths)), device
-            )
-            finite = torch.isfinite(logits).all(dim=1)
-            flat = owner * classes + logits.argmax(dim=1)
-            counts.index_add_(0, flat, finite.long())
-            nonfinite.index_add_(0, owner, (~finite).long())
-            if progress is not None:
-                progress.update(filled)
-            owners.clear()
-            lengths.clear()
-            done += filled
-            filled = 0
-
-        with preserve_model_state(self.model, train=False), torch.inference_mode():
-            for j in range(batch):
-                s = start
-                while s < stop:
-                    if filled == 0:
-                        begin_batch()
-                    take = min(stop - s, size - filled)
-                    fill(j, s, s + take, filled)
-                    owners.append(j)
-                    lengths.append(take)
-                    filled += take
-                    s += take
-                    if filled == size:
-                        flush()
-            if filled:
-                flush()
-        if counts is None:  # unreachable: stop > start and the batch is non-empty
-            raise RuntimeError("no noise samples were drawn")
-        self._check_nonfinite(nonfinite[:batch], stop - start)
-        return counts.view(batch + 1, -1)[:batch]
-
-    def _check_nonfinite(self, nonfinite: Tensor, num: int) -> None:
-        """Raise under ``nonfinite="raise"`` when some samples gave non-finite logits."""
-        if self.nonfinite != "raise" or not bool(nonfinite.any()):
-            return
-        bad = torch.nonzero(nonfinite).flatten().tolist()
-        amounts = nonfinite[bad].tolist()
-        listed = ", ".join(
-            f"input {j}: {k} of {num}" for j, k in zip(bad[:10], amounts[:10], strict=True)
-        )
-        more = f", and {len(bad) - 10} more inputs" if len(bad) > 10 else ""
-        raise ValueError(
-            f"the model returned non-finite logits (NaN or inf) for some noisy samples "
-            f"({listed}{more}); a non-finite logit row is not a vote. Fix the model, or pass "
-            "nonfinite='count_against' to SmoothedClassifier to count such samples against "
-            "every class (the certificate stays sound, with fewer votes)"
-        )
-
-    def _validate_call(
-        self, inputs: Tensor, generator: GeneratorArg
-    ) -> tuple[Tensor, torch.Generator | list[torch.Generator] | None]:
+    def _validate_call(self, inputs: Tensor, generator: GeneratorArg) -> tuple[Tensor, list[int]]:
+        """Check a call's inputs and generator(s); return the inputs and one seed per input."""
         inputs = check_inputs("inputs", inputs)
         check_input_range("inputs", inputs, self.input_range)
         if isinstance(generator, (list, tuple)):
@@ -1080,22 +307,100 @@ class SmoothedClassifier:
             checked = [check_generator(g, inputs.device) for g in generator]
             if any(g is None for g in checked):
                 raise TypeError("generator must not contain None")
-            return inputs, [g for g in checked if g is not None]
-        return inputs, check_generator(generator, inputs.device)
+            return inputs, input_seeds(inputs.shape[0], [g for g in checked if g is not None])
+        checked_one = check_generator(generator, inputs.device)
+        return inputs, input_seeds(inputs.shape[0], checked_one)
+
+    def _run(
+        self,
+        procedure: Procedure[R],
+        inputs: Tensor,
+        seeds: Sequence[int],
+        *,
+        extras: Sequence[Any] | None = None,
+        progress: Progress | None = None,
+    ) -> list[R]:
+        """Run ``procedure`` on each input of a batch; the results in input order."""
+        results: dict[Hashable, R] = {}
+        items = (
+            Item(j, inputs[j], seeds[j], None if extras is None else extras[j])
+            for j in range(inputs.shape[0])
+        )
+        self.run_stream(procedure, items, results.__setitem__, probe=inputs, progress=progress)
+        return [results[j] for j in range(inputs.shape[0])]
+
+    def run_stream(
+        self,
+        procedure: Procedure[R],
+        items: Iterable[Item],
+        on_result: Callable[[Hashable, R], None],
+        *,
+        probe: Tensor,
+        progress: Progress | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Run a procedure over a stream of inputs, reporting each result as its input finishes.
+
+        The entry point of :func:`~rsmooth.runner.certify_dataset`: the inputs are admitted
+        while others are being decided, so the forward batches stay full from the first input
+        to the last. Most users want :meth:`certify`, :meth:`certify_radius` or the runner.
+
+        Args:
+            procedure: A bound procedure, e.g. ``Certify(n=...).bind(sigma)`` or
+                ``RadiusGrid(...).bind(sigma)`` (:mod:`rsmooth.procedures`,
+                :mod:`rsmooth.sequential`).
+            items: The inputs (``rsmooth._engine.sampler.Item``: key, clean input, seed).
+            on_result: Called with each item's key and result as it finishes.
+            probe: A batch of clean inputs like the items (it decides the layout).
+            progress: Updated with the inputs finished and the samples drawn.
+            stop: Checked regularly; when it returns True the run ends, dropping the inputs in
+                flight.
+
+        Returns:
+            What the run chose: ``{"batch_size": ..., "channels_last": ...}``.
+        """
+        sampler = self._sampler(probe)
+        sampler.run(
+            procedure,
+            items,
+            on_result,
+            probe=probe,
+            on_progress=None if progress is None else progress.update,
+            stop=stop,
+        )
+        return {
+            "batch_size": sampler.batching.choice,
+            "channels_last": sampler.forward.layout(probe) is not None,
+        }
+
+    def _with_progress(
+        self, enabled: object, total: int | None, desc: str, call: Callable[[Progress | None], R]
+    ) -> R:
+        if not _check_bool("progress", enabled):
+            return call(None)
+        bar = Progress(total, desc, unit="input")
+        try:
+            return call(bar)
+        finally:
+            bar.close()
 
     # ------------------------------------------------------------------ public
     def sample_counts(self, inputs: Tensor, *, num: int, generator: GeneratorArg = None) -> Tensor:
         """Count the base classifier's votes under ``num`` noise draws per input.
+
+        The samples come from a noise stream of their own: for the same generator they are
+        independent of those of :meth:`predict`, :meth:`certify` and :meth:`certify_radius`.
 
         Args:
             inputs: Batch ``[B, *]``.
             num: Noise draws per input.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
-                ``generator[j]`` and the sample sizes, never on ``batch_size``).
+                ``generator[j]``).
 
         Returns:
-            ``int64`` counts ``[B, K]`` on the inputs' device; each row sums to ``num``.
+            ``int64`` counts ``[B, K]`` on the inputs' device; each row sums to ``num`` less the
+            samples with non-finite logits (``nonfinite="count_against"``).
 
         Example:
             >>> smoothed = SmoothedClassifier(nn.Linear(3, 4), sigma=0.5)
@@ -1103,10 +408,13 @@ class SmoothedClassifier:
             >>> smoothed.sample_counts(torch.zeros(2, 3), num=50, generator=g).sum(1).tolist()
             [50, 50]
         """
-        inputs, generator = self._validate_call(inputs, generator)
-        num = check_int("num", num)
-        seeds = self._input_seeds(inputs, generator)
-        return self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=num)
+        inputs, seeds = self._validate_call(inputs, generator)
+        votes: list[Votes] = self._run(Counts(num), inputs, seeds)
+        classes = max(len(v.counts) for v in votes)
+        table = torch.zeros((len(votes), classes), dtype=torch.int64)
+        for j, v in enumerate(votes):
+            table[j, : len(v.counts)] = torch.from_numpy(v.counts)
+        return table.to(inputs.device)
 
     def predict(
         self,
@@ -1131,8 +439,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
-            progress: Show the samples done and the rate on stderr (tqdm when installed, the
-                ``progress`` extra; else a line every few seconds). Default: False.
+            progress: Show the inputs done and the sampling rate on stderr (tqdm when
+                installed, the ``progress`` extra; else a line every few seconds). Default: False.
 
         Returns:
             ``int64`` tensor ``[B]`` of classes, :data:`ABSTAIN` (-1) where it abstains.
@@ -1146,23 +454,16 @@ class SmoothedClassifier:
             >>> smoothed.predict(torch.zeros(3, 2), n=200, generator=g).shape
             torch.Size([3])
         """
-        inputs, generator = self._validate_call(inputs, generator)
-        n = check_int("n", n)
-        alpha = check_open_unit("alpha", alpha)
-        _warn_sample_size("predict", n, alpha, stacklevel=2)
-        seeds = self._input_seeds(inputs, generator)
-        bar = _Progress(n * len(seeds), "predict") if _check_bool("progress", progress) else None
-        try:
-            counts = self._counts(inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        top_counts, top_classes = counts.topk(2, dim=1)
-        top = top_counts.cpu().tolist()
-        keep = [binomial_pvalue(c1, c2) <= alpha for c1, c2 in top]
-        prediction = top_classes[:, 0].clone()
-        prediction[~torch.tensor(keep, device=prediction.device)] = ABSTAIN
-        return prediction
+        procedure = Predict(n=n, alpha=alpha)
+        inputs, seeds = self._validate_call(inputs, generator)
+        warn_sample_size("predict", procedure.n, procedure.alpha, stacklevel=2)
+        classes: list[int] = self._with_progress(
+            progress,
+            len(seeds),
+            "predict",
+            lambda bar: self._run(procedure, inputs, seeds, progress=bar),
+        )
+        return torch.tensor(classes, dtype=torch.int64, device=inputs.device)
 
     def certify(
         self,
@@ -1194,8 +495,8 @@ class SmoothedClassifier:
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input (then input ``j``'s noise depends only on
                 ``generator[j]`` and the sample sizes, never on ``batch_size``).
-            progress: Show the samples done and the rate on stderr (tqdm when installed, the
-                ``progress`` extra; else a line every few seconds). Default: False.
+            progress: Show the inputs done and the sampling rate on stderr (tqdm when
+                installed, the ``progress`` extra; else a line every few seconds). Default: False.
             bound: ``"clopper-pearson"`` (CERTIFY's bound, reproduces published numbers) or
                 ``"randomized"``: the exact randomized bound
                 :func:`~rsmooth.stats.randomized_clopper_pearson_lower`, never smaller, with its
@@ -1215,109 +516,27 @@ class SmoothedClassifier:
             >>> cert.radius.shape, cert.prediction.dtype
             (torch.Size([3]), torch.int64)
         """
-        inputs, generator = self._validate_call(inputs, generator)
-        n = check_int("n", n)
-        n0 = check_int("n0", n0)
-        alpha = check_open_unit("alpha", alpha)
-        _warn_sample_size("certify", n, alpha, stacklevel=2)
-        if bound not in ("clopper-pearson", "randomized"):
-            raise ValueError(f"bound must be 'clopper-pearson' or 'randomized', got {bound!r}")
-        seeds = self._input_seeds(inputs, generator)
-        total = (n0 + n) * len(seeds)
-        bar = _Progress(total, "certify") if _check_bool("progress", progress) else None
-        try:
-            return self._certify(
-                inputs, n, n0, alpha, seeds, progress=bar, randomized=bound == "randomized"
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _certify(
-        self,
-        inputs: Tensor,
-        n: int,
-        n0: int,
-        alpha: float,
-        seeds: Sequence[int],
-        *,
-        progress: _Progress | None = None,
-        randomized: bool = False,
-    ) -> Certificate:
-        """CERTIFY with one seed per input (see :meth:`_input_seeds`)."""
-        selection = self._counts(
-            inputs, seeds, stream=SELECTION, start=0, stop=n0, progress=progress
+        settings = Certify(n=n, n0=n0, alpha=alpha, bound=bound)
+        inputs, seeds = self._validate_call(inputs, generator)
+        warn_sample_size("certify", settings.n, settings.alpha, stacklevel=2)
+        rows: list[CertifyRow] = self._with_progress(
+            progress,
+            len(seeds),
+            "certify",
+            lambda bar: self._run(settings.bind(self.sigma), inputs, seeds, progress=bar),
         )
-        candidate = selection.argmax(dim=1)
-        estimation = self._counts(
-            inputs, seeds, stream=ESTIMATION, start=0, stop=n, progress=progress
-        )
-        nonfinite = (n0 - selection.sum(dim=1)) + (n - estimation.sum(dim=1))
-        count = estimation.gather(1, candidate[:, None])[:, 0]
-        if randomized:
-            u = _auxiliary_uniform(seeds)
-            p_lower = randomized_clopper_pearson_lower(count.cpu().numpy(), n, alpha, u)
-        else:
-            p_lower = clopper_pearson_lower(count.cpu().numpy(), n, alpha)
-        radius = certified_radius(p_lower, self.sigma)
-        abstain = p_lower < 0.5
-        device, dtype = inputs.device, _float_dtype(inputs.device)
-        prediction = candidate.clone()
-        prediction[torch.from_numpy(abstain).to(device)] = ABSTAIN
+        device = inputs.device
         return Certificate(
-            prediction=prediction,
-            radius=torch.from_numpy(np.where(abstain, 0.0, radius)).to(device, dtype),
-            p_lower=torch.from_numpy(p_lower).to(device, dtype),
-            count=count,
-            n=n,
-            n0=n0,
-            alpha=alpha,
+            prediction=torch.tensor([r.prediction for r in rows], device=device),
+            radius=float_tensor([r.radius for r in rows], device),  # type: ignore[arg-type]
+            p_lower=float_tensor([r.p_lower for r in rows], device),  # type: ignore[arg-type]
+            count=torch.tensor([r.count for r in rows], device=device),
+            n=settings.n,
+            n0=settings.n0,
+            alpha=settings.alpha,
             sigma=self.sigma,
-            nonfinite=nonfinite,
+            nonfinite=torch.tensor([r.nonfinite for r in rows], device=device),
         )
-
-    def soft_predict(
-        self,
-        inputs: Tensor,
-        *,
-        num_noise: int = 8,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        r"""The soft smoothed classifier :math:`\hat F(x) = \frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
-
-        Differentiable in the inputs and the model's parameters (one forward pass over the
-        ``num_noise * B`` noisy copies, in eval mode; the model's mode is restored).
-
-        Args:
-            inputs: Batch ``[B, *]``.
-            num_noise: Noise copies ``m`` per input. Default: 8.
-            generator: Optional ``torch.Generator`` on the inputs' device.
-
-        Returns:
-            Probabilities ``[B, K]``.
-
-        Example:
-            >>> smoothed = SmoothedClassifier(nn.Linear(2, 3), sigma=0.1)
-            >>> g = torch.Generator().manual_seed(0)
-            >>> smoothed.soft_predict(torch.zeros(4, 2), generator=g).shape
-            torch.Size([4, 3])
-        """
-        inputs = check_inputs("inputs", inputs)
-        check_input_range("inputs", inputs, self.input_range)
-        generator = check_generator(generator, inputs.device)
-        num_noise = check_int("num_noise", num_noise)
-        noise = sample_noise(inputs, self.sigma, num_noise, generator=generator)
-        with preserve_model_state(self.model, train=False):
-            return soft_smoothed_probs(self.model, inputs, noise)
-
-    def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
-        """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
-
-        Example:
-            >>> round(SmoothedClassifier(nn.Linear(2, 2), sigma=0.5).max_radius(), 3)
-            1.906
-        """
-        return max_certified_radius(n, alpha, self.sigma)
 
     def certify_radius(
         self,
@@ -1331,6 +550,8 @@ class SmoothedClassifier:
         growth: float = 1.5,
         candidates: Tensor | None = None,
         generator: GeneratorArg = None,
+        progress: bool = False,
+        **unexpected: Any,
     ) -> RadiusCertificate:
         r"""Sequential certification at one radius or a grid: "certified at r?" with few samples.
 
@@ -1342,15 +563,19 @@ class SmoothedClassifier:
         :math:`\Phi(r_j/\sigma)` (integer thresholds, :func:`~rsmooth.stats.sequential_thresholds`),
         or ruled out once the upper bound at :math:`\beta/K` falls below it. An input stops
         when every radius is decided (stopped inputs draw no more samples; the others keep the
-        forward batches full); radii still open at ``max_n`` are undecided
+        forward batches full); radii still open at ``max_n`` are undecided, and radii that no
+        count could certify within ``max_n`` are reported as unreachable (with a warning)
         :cite:`horvath2022boosting,voracek2024confidence`.
 
         **Guarantee.** For each input, with probability at least ``1 - alpha``, every claim it
         reports holds at once: the smoothed classifier predicts ``prediction`` and is constant
         on the L2 ball of radius ``radius`` (so of every certified radius). With
-        ``candidates``, a claim is made only when that class is the smoothed prediction.
-        "Ruled out" is not a certificate of non-robustness. The guarantee holds at the pre-set
-        looks; it does not extend past ``max_n``. Use :meth:`certify` for ACR.
+        ``candidates``, a claim is made only when that class is the smoothed prediction; the
+        candidates must not depend on this call's estimation noise (with the same generator,
+        candidates from :meth:`sample_counts`, :meth:`predict` or :meth:`certify` are fine: each
+        draws from streams of its own). "Ruled out" is not a certificate of non-robustness.
+        The guarantee holds at the pre-set looks; it does not extend past ``max_n``. The result
+        has no ACR: use :meth:`certify` for radius curves.
 
         Input ``j``'s result depends only on its noise stream (its seed), the arguments and the
         schedule, not on ``batch_size`` or the other inputs of the call.
@@ -1369,15 +594,23 @@ class SmoothedClassifier:
                 labels when measuring certified accuracy). Default: None.
             generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
                 ``B`` generators, one per input.
+            progress: Show the inputs done and the sampling rate on stderr. Default: False.
+            **unexpected: Refused with a ``TypeError`` that names the keyword to use (``n`` is
+                ``max_n`` here).
 
         Returns:
             A :class:`~rsmooth.RadiusCertificate` (tensors ``[B]`` and ``[B, J]``).
 
         Raises:
-            ValueError: Negative or unsorted radii, ``max_n`` too small for the largest radius
-                (the message names the smallest that works), ``growth <= 1``, ``beta`` or
-                ``alpha`` outside (0, 1), ``candidates`` of the wrong shape or class range.
-            TypeError: ``candidates`` is not an integer tensor, or an argument has the wrong type.
+            ValueError: Negative or unsorted radii, ``max_n`` too small for even the smallest
+                radius (the message names the smallest that works), ``growth <= 1``, ``beta``
+                or ``alpha`` outside (0, 1), ``candidates`` of the wrong shape or class range.
+            TypeError: ``candidates`` is not an integer tensor, an argument has the wrong type,
+                or an unknown keyword (``n``: the sequential procedure takes ``max_n``).
+
+        Warns:
+            UnreachableRadiusWarning: Some radii of the grid cannot be certified within
+                ``max_n`` samples.
 
         Example:
             >>> model = nn.Linear(2, 2)
@@ -1393,17 +626,131 @@ class SmoothedClassifier:
             >>> cert.num_samples.tolist()[0] < 100  # 20,000 allowed, a few dozen needed
             True
         """
-        from rsmooth.sequential import _certify_radius
-
-        return _certify_radius(
-            self,
-            inputs,
-            radius,
-            alpha=alpha,
-            max_n=max_n,
-            n0=n0,
-            beta=beta,
-            growth=growth,
-            candidates=candidates,
-            generator=generator,
+        if unexpected:
+            raise TypeError(_unexpected_message("certify_radius", unexpected, _RADIUS_KEYWORDS))
+        grid = RadiusGrid(radii=radius, alpha=alpha, max_n=max_n, n0=n0, beta=beta, growth=growth)  # type: ignore[arg-type]
+        inputs, seeds = self._validate_call(inputs, generator)
+        extras = None if candidates is None else _check_candidates(candidates, inputs, self)
+        schedule = grid.bind(self.sigma, stacklevel=2)
+        rows: list[GridRow] = self._with_progress(
+            progress,
+            len(seeds),
+            "certify_radius",
+            lambda bar: self._run(schedule, inputs, seeds, extras=extras, progress=bar),
         )
+        return schedule.collect(rows, inputs.device, given=candidates is not None)
+
+    def soft_predict(
+        self,
+        inputs: Tensor,
+        *,
+        num_noise: int = 8,
+        generator: GeneratorArg = None,
+    ) -> Tensor:
+        r"""The soft smoothed classifier :math:`\hat F(x) = \frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
+
+        Differentiable in the inputs and the model's parameters. The ``num_noise * B`` noisy
+        copies run through the same forward path as :meth:`certify` (layout, autocast, compile,
+        output checks), in eval mode (the model's modes are restored), in forward batches of the
+        batch size. Copy ``i`` of input ``j`` is sample ``i`` of input ``j``'s own soft stream, so a
+        sequence of generators makes each input's value independent of the others.
+
+        Args:
+            inputs: Batch ``[B, *]``.
+            num_noise: Noise copies ``m`` per input. Default: 8.
+            generator: Optional ``torch.Generator`` on the inputs' device, or a sequence of
+                ``B`` generators, one per input.
+
+        Returns:
+            Probabilities ``[B, K]`` (float32 or wider).
+
+        Example:
+            >>> smoothed = SmoothedClassifier(nn.Linear(2, 3), sigma=0.1)
+            >>> g = torch.Generator().manual_seed(0)
+            >>> smoothed.soft_predict(torch.zeros(4, 2), generator=g).shape
+            torch.Size([4, 3])
+        """
+        num_noise = check_int("num_noise", num_noise)
+        checked, seeds = self._validate_call(inputs, generator)
+        noise_source = NoiseSource(tuple(inputs.shape[1:]), inputs.dtype, inputs.device, self.sigma)
+        with torch.no_grad():
+            per_input = [noise_source.noise(seed, Stream.SOFT, 0, num_noise) for seed in seeds]
+        noise = torch.stack(per_input, dim=1).reshape(num_noise * len(seeds), *inputs.shape[1:])
+        sampler = self._sampler(checked)
+        forward = sampler.forward
+        forward.check_device(inputs.device)
+        layout = forward.layout(checked.detach())
+        noisy = checked.repeat((num_noise,) + (1,) * (checked.dim() - 1)) + noise
+        if layout is not None:
+            noisy = noisy.contiguous(memory_format=layout)
+        size = sampler.batching.target()
+        compiled = self._compiled is not None
+        with preserve_model_state(self.model, train=False):
+            pieces = []
+            for piece in noisy.split(size):
+                rows = piece.shape[0]
+                if compiled and rows < size:
+                    pad = piece.new_zeros((size - rows, *piece.shape[1:]))
+                    piece = torch.cat([piece, pad])
+                logits = forward.logits(piece, checked, compiled=compiled)[:rows]
+                pieces.append(logits.float() if logits.dtype in _HALF else logits)
+        probs = torch.cat(pieces).softmax(dim=1)
+        return split_copies(probs, num_noise).mean(dim=0)
+
+    def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
+        """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
+
+        Example:
+            >>> round(SmoothedClassifier(nn.Linear(2, 2), sigma=0.5).max_radius(), 3)
+            1.906
+        """
+        return max_certified_radius(n, alpha, self.sigma)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+_RADIUS_KEYWORDS = (
+    "alpha", "max_n", "n0", "beta", "growth", "candidates", "generator", "progress",
+)  # fmt: skip
+
+
+def _describe(key: _Key) -> str:
+    shape, dtype, device = key
+    return f"{list(shape)} {str(dtype).removeprefix('torch.')} on {device}"
+
+
+def _unexpected_message(method: str, unexpected: Mapping[str, Any], known: Sequence[str]) -> str:
+    name = next(iter(unexpected))
+    if name == "n":
+        return (
+            f"{method}() got an unexpected keyword argument 'n': the sequential procedure "
+            "takes max_n, the most estimation samples per input (it stops each input as soon "
+            "as its radii are decided)"
+        )
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{method}() got an unexpected keyword argument {name!r}{hint}"
+
+
+def _check_candidates(
+    candidates: object, inputs: Tensor, smoothed: SmoothedClassifier
+) -> list[int]:
+    """The given candidate classes as a list of ints, checked against the batch."""
+    batch = inputs.shape[0]
+    if not isinstance(candidates, Tensor):
+        raise TypeError(f"candidates must be a LongTensor, got {type(candidates).__name__}")
+    if candidates.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"candidates must be an integer tensor, got dtype {candidates.dtype}")
+    if tuple(candidates.shape) != (batch,):
+        raise ValueError(
+            f"candidates must have shape [{batch}] (one class per input), got "
+            f"{tuple(candidates.shape)}"
+        )
+    values = [int(c) for c in candidates.tolist()]
+    limit = smoothed.num_classes
+    bad = [c for c in values if c < 0 or (limit is not None and c >= limit)]
+    if bad:
+        raise ValueError(
+            f"candidates must be classes in [0, {limit if limit is not None else 'K'}), "
+            f"got {bad[0]}"
+        )
+    return values

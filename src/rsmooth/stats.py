@@ -7,6 +7,8 @@ r"""Statistics of randomized-smoothing certification, thin over SciPy and statsm
 - :func:`certified_radius`: :math:`R = \sigma\,\Phi^{-1}(\underline{p_A})`.
 - :func:`max_certified_radius`, :func:`min_samples_to_certify`, :func:`min_samples_to_predict`:
   what a given sample size can ever achieve.
+- :func:`certify_from_counts` and :func:`predict_from_counts`: CERTIFY and PREDICT from vote
+  counts, without a model.
 - :func:`clopper_pearson_upper` and :func:`randomized_clopper_pearson_lower`: the upper bound, and
   the exact randomized lower bound of :cite:`voracek2024confidence`.
 - :func:`radius_to_probability`, :func:`sequential_looks`, :func:`sequential_thresholds` and
@@ -30,15 +32,18 @@ from scipy.stats import binom, binomtest, norm
 from rsmooth._validation import check_int, check_open_unit, check_positive
 
 __all__ = [
+    "CertifyOutcome",
     "OperatingCharacteristic",
     "binomial_pvalue",
     "certified_radius",
+    "certify_from_counts",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "max_certified_radius",
     "min_samples_to_certify",
     "min_samples_to_predict",
     "min_sequential_max_n",
+    "predict_from_counts",
     "radius_to_probability",
     "randomized_clopper_pearson_lower",
     "sequential_looks",
@@ -196,6 +201,108 @@ def min_samples_to_predict(alpha: float) -> int:
     while binomial_pvalue(n, 0) > alpha:  # guard against rounding at the boundary
         n += 1
     return n
+
+
+@dataclass(frozen=True)
+class CertifyOutcome:
+    """CERTIFY's numbers per input (arrays ``[B]``), from :func:`certify_from_counts`.
+
+    Attributes:
+        prediction: The candidate class where certified, -1 where CERTIFY abstains (``int64``).
+        count: The candidate's votes among the ``n`` estimation samples (``int64``).
+        p_lower: The one-sided lower confidence bound on the candidate's vote share.
+        radius: The certified radius, 0 where CERTIFY abstains (``float64``).
+    """
+
+    prediction: np.ndarray
+    count: np.ndarray
+    p_lower: np.ndarray
+    radius: np.ndarray
+
+
+def certify_from_counts(
+    selection: ArrayLike,
+    estimation: ArrayLike,
+    n: int,
+    alpha: float,
+    sigma: float,
+    *,
+    u: ArrayLike | None = None,
+) -> CertifyOutcome:
+    r"""CERTIFY :cite:`cohen2019certified` from vote counts: candidate, bound, radius.
+
+    The candidate is the most frequent class of the selection counts (ties go to the lowest
+    index); its estimation count :math:`n_A` of ``n`` gives the one-sided :math:`(1-\alpha)`
+    lower bound :math:`\underline{p_A}` (:func:`clopper_pearson_lower`, or with ``u`` the
+    randomized bound :func:`randomized_clopper_pearson_lower`) and the radius
+    :math:`\sigma\Phi^{-1}(\underline{p_A})`; below 1/2 it abstains. Samples that voted for no
+    class (non-finite logits) are in ``n`` but in no count: they count against the candidate.
+
+    Args:
+        selection: Selection counts ``[B, K]`` (integers).
+        estimation: Estimation counts ``[B, K]``, from samples independent of the selection.
+        n: Estimation samples per input (at least each row's sum).
+        alpha: Failure probability.
+        sigma: Noise level.
+        u: Uniform draws in (0, 1] per input for the randomized bound, drawn independently of
+            the counts. Default: None (Clopper–Pearson).
+
+    Returns:
+        A :class:`CertifyOutcome` of arrays ``[B]``.
+
+    Example:
+        >>> out = certify_from_counts([[3, 97], [50, 50]], [[10, 990], [500, 500]], 1000, 0.001, 0.5)
+        >>> out.prediction.tolist(), out.count.tolist(), out.radius.round(4).tolist()
+        ([1, -1], [990, 500], [0.989, 0.0])
+    """
+    alpha = check_open_unit("alpha", alpha)
+    sigma = check_positive("sigma", sigma)
+    n = check_int("n", n)
+    chosen = np.atleast_2d(np.asarray(selection))
+    counted = np.atleast_2d(np.asarray(estimation))
+    if chosen.shape != counted.shape:
+        raise ValueError(
+            "selection and estimation must have the same shape [B, K], got "
+            f"{chosen.shape} and {counted.shape}"
+        )
+    candidate = chosen.argmax(axis=1).astype(np.int64)
+    count = counted[np.arange(len(candidate)), candidate].astype(np.int64)
+    if u is None:
+        p_lower = clopper_pearson_lower(count, n, alpha)
+    else:
+        p_lower = randomized_clopper_pearson_lower(count, n, alpha, u)
+    abstain = p_lower < 0.5
+    radius = np.where(abstain, 0.0, certified_radius(p_lower, sigma))
+    prediction = np.where(abstain, -1, candidate).astype(np.int64)
+    return CertifyOutcome(prediction, count, np.asarray(p_lower, np.float64), radius)
+
+
+def predict_from_counts(counts: ArrayLike, alpha: float) -> np.ndarray:
+    """PREDICT :cite:`cohen2019certified` from vote counts: the top class, or -1 (abstain).
+
+    The two most frequent classes' counts are compared with the two-sided binomial test at
+    :math:`p = 1/2` (:func:`binomial_pvalue`); PREDICT abstains when its p-value exceeds
+    ``alpha``. Ties between classes go to the lowest index.
+
+    Args:
+        counts: Vote counts ``[B, K]`` (integers, ``K >= 2``).
+        alpha: Level of the test.
+
+    Returns:
+        ``int64`` array ``[B]`` of classes, -1 where PREDICT abstains.
+
+    Example:
+        >>> predict_from_counts([[5, 95, 0], [48, 52, 0]], 0.001).tolist()
+        [1, -1]
+    """
+    alpha = check_open_unit("alpha", alpha)
+    table = np.atleast_2d(np.asarray(counts))
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise ValueError(f"counts must have shape [B, K] with K >= 2, got {table.shape}")
+    order = np.argsort(-table, axis=1, kind="stable")[:, :2]
+    top = np.take_along_axis(table, order, axis=1)
+    keep = np.array([binomial_pvalue(int(a), int(b)) <= alpha for a, b in top], dtype=bool)
+    return np.where(keep, order[:, 0], -1).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- sequential testing

@@ -96,7 +96,8 @@ def _dataset_counts(
     desc: str,
 ) -> tuple[Tensor, Tensor]:
     """Vote counts ``[N, K]`` (int64, CPU) and labels ``[N]`` for every example of ``dataset``."""
-    from rsmooth.runner import _Progress, input_seed
+    from rsmooth._engine.progress import Progress
+    from rsmooth.runner import input_seed
 
     check_model(model)
     num_samples = check_int("num_samples", num_samples)
@@ -109,7 +110,7 @@ def _dataset_counts(
     per_call = max(1, batch_size // num_samples)
     loader = DataLoader(dataset, batch_size=per_call, shuffle=False)
     counts, labels = [], []
-    bar = _Progress(len(dataset), 0, progress, desc)
+    bar = Progress(len(dataset), desc, unit="input", enabled=progress)
     start = 0
     try:
         for batch in loader:
