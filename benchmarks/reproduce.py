@@ -69,6 +69,7 @@ from rsmooth import SmoothedClassifier
 from rsmooth.datasets import load_dataset
 from rsmooth.metrics import CertificationResults, format_table, read_results
 from rsmooth.plotting import plot_certified_accuracy, save_figure
+from rsmooth.procedures import Certify
 from rsmooth.runner import certify_dataset
 from rsmooth.stats import max_certified_radius
 
@@ -311,9 +312,7 @@ def run_method(name: str, args: argparse.Namespace, run: dict[str, Any]) -> Cert
         smoothed,
         test,
         out,
-        n0=args.n0,
-        n=args.n,
-        alpha=args.alpha,
+        Certify(n=args.n, n0=args.n0, alpha=args.alpha),
         seed=args.seed,
         skip=skip,
         stop=skip * args.num_certify,

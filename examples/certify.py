@@ -30,6 +30,7 @@ from rsmooth import SmoothedClassifier
 from rsmooth.datasets import DATASETS, load_dataset
 from rsmooth.metrics import CertificationResults, format_table
 from rsmooth.plotting import plot_certified_accuracy, save_figure
+from rsmooth.procedures import Certify
 from rsmooth.runner import certify_dataset
 
 __all__ = ["RADII", "certify_checkpoint", "main", "save_plot"]
@@ -69,9 +70,7 @@ def certify_checkpoint(
         smoothed,
         data,
         out,
-        n0=n0,
-        n=n,
-        alpha=alpha,
+        Certify(n=n, n0=n0, alpha=alpha),
         seed=seed,
         skip=skip,
         stop=max_index,

@@ -10,11 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from rsmooth.procedures import Certify
 from rsmooth.runner import COLUMNS
 
 NUM_CLASSES = 3
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"n0": 20, "n": 200, "alpha": 0.001}
+#: The CERTIFY procedure of the runner and CLI tests.
+CERTIFY = Certify(**SETTINGS)
 
 
 def subprocess_env(**extra):
@@ -28,13 +31,17 @@ def subprocess_env(**extra):
 
 
 def rows(path):
-    """Rows without the time column, as tuples of strings."""
+    """Rows without the time column, as tuples of strings, sorted by idx (a stream writes them
+    in the order the inputs finish)."""
     lines = Path(path).read_text().splitlines()
-    assert lines[0].split("\t") == list(COLUMNS)
+    header = lines[0].split("\t")
+    assert header[: len(COLUMNS)] == list(COLUMNS)
+    assert len(header) == len(COLUMNS) or header[-1].startswith("grid:")
     time_column = COLUMNS.index("time")
-    return [
+    found = [
         tuple(f for i, f in enumerate(line.split("\t")) if i != time_column) for line in lines[1:]
     ]
+    return sorted(found, key=lambda row: int(row[0]))
 
 
 def tiny_dataset(size: int = 24) -> TensorDataset:

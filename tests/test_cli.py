@@ -7,10 +7,11 @@ import warnings
 
 import pytest
 import torch
-from runner_helpers import ROOT, SETTINGS, TinyLinear, rows, subprocess_env, tiny_dataset
+from runner_helpers import CERTIFY, ROOT, TinyLinear, rows, subprocess_env, tiny_dataset
 
 from rsmooth import SmoothedClassifier
 from rsmooth.cli import build_parser, main
+from rsmooth.procedures import Certify
 from rsmooth.runner import Shard, certify_dataset, part_path
 
 REFERENCE = ROOT / "tests" / "data" / "reference-certify"  # copies of shared/data/reference-certify
@@ -42,7 +43,7 @@ def run(argv, capsys):
 def expected_rows(tmp_path, model=None, stop=None):
     out = tmp_path / f"expected-{id(model)}-{stop}.tsv"
     smoothed = SmoothedClassifier(model or TinyLinear(), sigma=0.25, batch_size=200)
-    certify_dataset(smoothed, tiny_dataset(), out, stop=stop, progress=False, **SETTINGS)
+    certify_dataset(smoothed, tiny_dataset(), out, stop=stop, progress=False, procedure=CERTIFY)
     return rows(out)
 
 
@@ -88,11 +89,11 @@ def test_certify_then_report_then_resume(tmp_path, capsys):
     code, stdout, err = run(certify_args(out), capsys)
     assert code == 0, err
     assert rows(out) == expected_rows(tmp_path)
-    assert parse_markdown(stdout)["run.tsv"]["N"] == "24"
+    assert parse_markdown(stdout)["run.tsv"]["inputs"] == "24"
     code, report, err = run(["report", str(out), "--radii", "0", "0.25", "--format", "csv"], capsys)
     assert code == 0, err
     lines = report.splitlines()
-    assert lines[0] == "model,N,ACR,r=0.00,r=0.25"
+    assert lines[0] == "model,inputs,ACR,r=0.00,r=0.25"
     assert lines[1].startswith("run,24,")
     # a rerun resumes: nothing to do, same file
     before = out.read_text()
@@ -174,7 +175,13 @@ def test_merge_command(tmp_path, capsys):
     smoothed = SmoothedClassifier(TinyLinear(), sigma=0.25, batch_size=200)
     for index in range(2):
         certify_dataset(
-            smoothed, tiny_dataset(), out, shard=(index, 2), merge=False, progress=False, **SETTINGS
+            smoothed,
+            tiny_dataset(),
+            out,
+            shard=(index, 2),
+            merge=False,
+            progress=False,
+            procedure=CERTIFY,
         )
     code, _, err = run(["merge", str(out)], capsys)
     assert code == 0 and "24 rows" in err
@@ -205,7 +212,7 @@ def test_report_reproduces_the_reference_logs(capsys):
     assert list(table) == list(EXPECTED)
     for name, (acr, accuracy) in EXPECTED.items():
         assert table[name]["ACR"] == f"{acr:.3f}"
-        assert table[name]["N"] == "10000"
+        assert table[name]["inputs"] == "10000"
         assert [float(table[name][f"r={r:.2f}"]) for r in (0, 0.25, 0.5, 0.75, 1.0)] == accuracy
 
 
@@ -346,7 +353,9 @@ def test_certify_a_research_checkpoint_without_model(tmp_path, capsys):
     smoothed = SmoothedClassifier(model, sigma=0.25, batch_size=60)
     dataset = load_dataset("cifar10", "test", root=tmp_path / "data")
     expected = tmp_path / "expected.tsv"
-    certify_dataset(smoothed, dataset, expected, n0=10, n=50, alpha=0.001, progress=False)
+    certify_dataset(
+        smoothed, dataset, expected, procedure=Certify(n=50, n0=10, alpha=0.001), progress=False
+    )
     assert rows(tmp_path / "r.tsv") == rows(expected) and len(rows(expected)) == 2
 
 

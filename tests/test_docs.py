@@ -13,10 +13,15 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = [
     "rsmooth",
+    "rsmooth.certificates",
     "rsmooth.losses",
     "rsmooth.metrics",
-    "rsmooth.stats",
+    "rsmooth.procedures",
+    "rsmooth.results",
     "rsmooth.runner",
+    "rsmooth.sequential",
+    "rsmooth.shards",
+    "rsmooth.stats",
     "rsmooth.training",
 ]
 OPTIONAL = [

@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 
 from rsmooth import SmoothedClassifier
 from rsmooth.attacks import SmoothPGDAttack
+from rsmooth.procedures import Certify
 from rsmooth.runner import certify_dataset
 
 
@@ -24,7 +25,7 @@ X = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 def test_smoothed_classifier_rejects_8bit_pixels(method: str) -> None:
     smoothed = SmoothedClassifier(_model(), 0.25)
     call = {
-        "certify": lambda x: smoothed.certify(x, n0=10, n=100, alpha=0.01),
+        "certify": lambda x: smoothed.certify(x, n=100, n0=10, alpha=0.01),
         "predict": lambda x: smoothed.predict(x, n=100, alpha=0.01),
         "soft_predict": lambda x: smoothed.soft_predict(x),
         "sample_counts": lambda x: smoothed.sample_counts(x, num=10),
@@ -39,7 +40,7 @@ def test_smoothed_classifier_rejects_8bit_pixels(method: str) -> None:
 def test_smoothed_classifier_input_range_none_or_custom() -> None:
     g = torch.Generator().manual_seed(0)
     cert = SmoothedClassifier(_model(), 0.25, input_range=None).certify(
-        X * 255, n0=10, n=100, alpha=0.01, generator=g
+        X * 255, n=100, n0=10, alpha=0.01, generator=g
     )
     assert cert.prediction.shape == (2,)
     custom = SmoothedClassifier(_model(), 0.25, input_range=(0.0, 255.0))
@@ -68,10 +69,12 @@ def test_runner_refuses_8bit_dataset_before_writing(tmp_path) -> None:
     out = tmp_path / "r.tsv"
     smoothed = SmoothedClassifier(_model(), 0.25)
     with pytest.raises(ValueError, match=r"dataset\[0\].*8-bit pixels"):
-        certify_dataset(smoothed, data, out, n0=10, n=100, progress=False)
+        certify_dataset(smoothed, data, out, procedure=Certify(n=100, n0=10), progress=False)
     assert not out.exists()
     off = SmoothedClassifier(_model(), 0.25, input_range=None)
-    assert len(certify_dataset(off, data, out, n0=10, n=100, progress=False)) == 3
+    assert (
+        len(certify_dataset(off, data, out, procedure=Certify(n=100, n0=10), progress=False)) == 3
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])

@@ -147,6 +147,6 @@ def test_format_table_shapes():
     assert md.splitlines()[2] == "| a | 2 | 0.350 | 100.0 | 50.0 |"
     assert md.splitlines()[3] == "| b | 2 | 0.050 | 50.0 | 0.0 |"
     csv = format_table({"a": a}, [0.0], targets=t, fmt="csv")
-    assert csv.splitlines() == ["model,N,ACR,r=0.00", "a,2,0.350,100.0"]
+    assert csv.splitlines() == ["model,inputs,ACR,r=0.00", "a,2,0.350,100.0"]
     text = format_table({"a": a}, DEFAULT_RADII, targets=t, fmt="text")
     assert len(text.splitlines()) == 2

@@ -92,7 +92,11 @@ def test_plot_into_given_axes_and_certificates():
         ({"results": {}}, ValueError, "results must name at least one result, got none"),
         ({"max_radius": -1.0}, ValueError, "max_radius must be positive and finite, got -1.0"),
         ({"num_points": 1}, ValueError, "num_points must be an integer >= 2, got 1"),
-        ({"results": {"x": 3}}, TypeError, "cert must be a Certificate or CertificationResults"),
+        (
+            {"results": {"x": 3}},
+            TypeError,
+            "cert must be a Certificate, RadiusCertificate or CertificationResults",
+        ),
     ],
 )
 def test_plot_errors(kwargs, exc, match):
@@ -197,12 +201,17 @@ def test_radius_cap_of_a_results_file_comes_from_its_sidecar(tmp_path):
     from runner_helpers import TinyLinear, tiny_dataset
 
     from rsmooth import SmoothedClassifier
+    from rsmooth.procedures import Certify
     from rsmooth.runner import certify_dataset
     from rsmooth.stats import max_certified_radius
 
     smoothed = SmoothedClassifier(TinyLinear(), sigma=0.25, batch_size=200)
     certify_dataset(
-        smoothed, tiny_dataset(6), tmp_path / "r.tsv", n0=20, n=200, alpha=0.01, progress=False
+        smoothed,
+        tiny_dataset(6),
+        tmp_path / "r.tsv",
+        procedure=Certify(n=200, n0=20, alpha=0.01),
+        progress=False,
     )
     released = results_file(tmp_path / "released.tsv", [0.2, 0.3], [1, 1])  # no sidecar
     runs = {"ours": read_results(tmp_path / "r.tsv"), "released": read_results(released)}

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from rsmooth import SmoothedClassifier
+from rsmooth.procedures import Certify
 from rsmooth.runner import certify_dataset
 
 DATA = TensorDataset(
@@ -23,7 +24,9 @@ def _smoothed(seed: int) -> SmoothedClassifier:
 
 
 def _run(smoothed, out, **kw):
-    return certify_dataset(smoothed, DATA, out, n0=10, n=50, progress=False, **kw)
+    return certify_dataset(
+        smoothed, DATA, out, procedure=Certify(n=50, n0=10), progress=False, **kw
+    )
 
 
 def test_resume_with_another_model_is_refused(tmp_path) -> None:

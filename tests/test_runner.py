@@ -11,9 +11,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from runner_helpers import SETTINGS, TinyLinear, rows, subprocess_env, tiny_dataset
+from runner_helpers import CERTIFY, SETTINGS, TinyLinear, rows, subprocess_env, tiny_dataset
 
 from rsmooth import SampleSizeWarning, SmoothedClassifier
+from rsmooth.procedures import Certify
 from rsmooth.runner import (
     Shard,
     certify_dataset,
@@ -37,14 +38,14 @@ def dataset():
 def reference(tmp_path_factory, dataset):
     """An uninterrupted single-process run (batch size 200: one input per call)."""
     out = tmp_path_factory.mktemp("reference") / "results.tsv"
-    certify_dataset(smoothed(200), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, progress=False, procedure=CERTIFY)
     return rows(out)
 
 
 # ---------------------------------------------------------------------------- format
 def test_writes_the_reference_format(tmp_path, dataset):
     out = tmp_path / "results.tsv"
-    results = certify_dataset(smoothed(), dataset, out, progress=False, **SETTINGS)
+    results = certify_dataset(smoothed(), dataset, out, progress=False, procedure=CERTIFY)
     lines = out.read_text().splitlines()
     assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tcount\tn"
     assert len(lines) == 1 + len(dataset) == 1 + len(results)
@@ -63,14 +64,14 @@ def test_writes_the_reference_format(tmp_path, dataset):
     assert results.path == str(out) and results.count is not None
     side = json.loads((tmp_path / "results.tsv.json").read_text())
     assert side["config"] == {
+        "kind": "certify",
         **SETTINGS,
         "sigma": 0.25,
         "seed": 0,
+        "bound": "clopper-pearson",
         "batch_size": 1000,
         "memory_format": "auto",
         "channels_last": True,  # one channel: checked, then fed with channels-last strides
-        "fold_batchnorm": "auto",
-        "batchnorm_folded": 0,  # a linear model: nothing to fold
     }
     assert side["complete"] is True and side["shard"] is None
     assert side["selection"] == {"start": 0, "stop": 24, "step": 1}
@@ -78,7 +79,7 @@ def test_writes_the_reference_format(tmp_path, dataset):
 
 def test_rows_match_the_engine_with_per_index_generators(tmp_path, dataset):
     out = tmp_path / "r.tsv"
-    results = certify_dataset(smoothed(), dataset, out, seed=5, progress=False, **SETTINGS)
+    results = certify_dataset(smoothed(), dataset, out, seed=5, progress=False, procedure=CERTIFY)
     engine = smoothed()
     chosen = [3, 17]
     inputs = torch.stack([dataset[i][0] for i in chosen])
@@ -88,27 +89,36 @@ def test_rows_match_the_engine_with_per_index_generators(tmp_path, dataset):
     assert results.count[chosen].tolist() == cert.count.tolist()
 
 
-@pytest.mark.parametrize("inputs_per_call", [1, 5, 24])
-def test_results_do_not_depend_on_how_inputs_are_grouped(
-    tmp_path, dataset, reference, inputs_per_call
-):
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 5000])
+def test_results_do_not_depend_on_the_batch_size(tmp_path, dataset, reference, batch_size):
     out = tmp_path / "r.tsv"
-    certify_dataset(
-        smoothed(200), dataset, out, inputs_per_call=inputs_per_call, progress=False, **SETTINGS
-    )
-    assert rows(out) == reference
+    certify_dataset(smoothed(batch_size), dataset, out, progress=False, procedure=CERTIFY)
+    assert sorted(rows(out)) == sorted(reference)
 
 
 def test_a_subset_gives_the_same_rows_and_seeds_matter(tmp_path, dataset, reference):
     certify_dataset(
-        smoothed(200), dataset, tmp_path / "a.tsv", skip=5, stop=20, progress=False, **SETTINGS
+        smoothed(200),
+        dataset,
+        tmp_path / "a.tsv",
+        skip=5,
+        stop=20,
+        progress=False,
+        procedure=CERTIFY,
     )
     assert rows(tmp_path / "a.tsv") == [reference[i] for i in (0, 5, 10, 15)]
     certify_dataset(
-        smoothed(200), dataset, tmp_path / "b.tsv", indices=[7, 2], progress=False, **SETTINGS
+        smoothed(200),
+        dataset,
+        tmp_path / "b.tsv",
+        indices=[7, 2],
+        progress=False,
+        procedure=CERTIFY,
     )
-    assert rows(tmp_path / "b.tsv") == [reference[7], reference[2]]
-    certify_dataset(smoothed(200), dataset, tmp_path / "c.tsv", seed=1, progress=False, **SETTINGS)
+    assert rows(tmp_path / "b.tsv") == [reference[2], reference[7]]
+    certify_dataset(
+        smoothed(200), dataset, tmp_path / "c.tsv", seed=1, progress=False, procedure=CERTIFY
+    )
     assert rows(tmp_path / "c.tsv") != reference
     assert input_seed(0, 1) != input_seed(1, 0)
 
@@ -126,25 +136,25 @@ class CountingLinear(TinyLinear):
 
 def test_resume_certifies_only_missing_rows(tmp_path, dataset, reference):
     out = tmp_path / "r.tsv"
-    certify_dataset(smoothed(200), dataset, out, stop=10, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, stop=10, progress=False, procedure=CERTIFY)
     assert rows(out) == reference[:10]
     model = CountingLinear()
-    results = certify_dataset(smoothed(200, model), dataset, out, progress=False, **SETTINGS)
-    assert model.samples == 14 * 220 + 2  # and the layout check: the first input, each layout
+    results = certify_dataset(smoothed(200, model), dataset, out, progress=False, procedure=CERTIFY)
+    assert model.samples == 14 * 220 + 2 * 24  # and the layout check: the selection's first 32
     assert rows(out) == reference and len(results) == 24
     model.samples = 0
-    certify_dataset(smoothed(200, model), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200, model), dataset, out, progress=False, procedure=CERTIFY)
     assert model.samples == 0 and rows(out) == reference
 
 
 @pytest.mark.parametrize("cut", [1, 7, 30])
 def test_a_half_written_last_line_is_repaired(tmp_path, dataset, reference, cut):
     out = tmp_path / "r.tsv"
-    certify_dataset(smoothed(200), dataset, out, stop=12, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, stop=12, progress=False, procedure=CERTIFY)
     data = out.read_bytes()
     last = data.rstrip(b"\n").rfind(b"\n") + 1
     out.write_bytes(data[: last + min(cut, len(data) - last - 2)])  # cut inside row 11
-    certify_dataset(smoothed(200), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, progress=False, procedure=CERTIFY)
     assert rows(out) == reference
     assert out.read_bytes().endswith(b"\n")
 
@@ -152,7 +162,7 @@ def test_a_half_written_last_line_is_repaired(tmp_path, dataset, reference, cut)
 def test_a_half_written_header_starts_afresh(tmp_path, dataset, reference):
     out = tmp_path / "r.tsv"
     out.write_text("idx\tlab")
-    certify_dataset(smoothed(200), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, progress=False, procedure=CERTIFY)
     assert rows(out) == reference
 
 
@@ -168,20 +178,20 @@ def test_a_half_written_header_starts_afresh(tmp_path, dataset, reference):
 )
 def test_resuming_with_other_settings_is_refused(tmp_path, dataset, change, match):
     out = tmp_path / "r.tsv"
-    certify_dataset(smoothed(200), dataset, out, stop=2, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, stop=2, progress=False, procedure=CERTIFY)
     before = out.read_bytes()
-    engine = SmoothedClassifier(
-        TinyLinear(), change.pop("sigma", 0.25), batch_size=change.pop("batch_size", 200)
-    )
+    engine = SmoothedClassifier(TinyLinear(), change.pop("sigma", 0.25), batch_size=200)
+    seed = change.pop("seed", 0)
+    procedure = Certify(**{**SETTINGS, **change})
     with pytest.raises(ValueError, match=re.escape(match)):
-        certify_dataset(engine, dataset, out, progress=False, **{**SETTINGS, **change})
+        certify_dataset(engine, dataset, out, procedure, seed=seed, progress=False)
     assert out.read_bytes() == before
 
 
 def test_resuming_with_another_batch_size_gives_the_same_rows(tmp_path, dataset, reference):
     out = tmp_path / "r.tsv"
-    certify_dataset(smoothed(200), dataset, out, stop=2, progress=False, **SETTINGS)
-    certify_dataset(smoothed(7), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200), dataset, out, stop=2, progress=False, procedure=CERTIFY)
+    certify_dataset(smoothed(7), dataset, out, progress=False, procedure=CERTIFY)
     assert rows(out) == reference
     assert json.loads((tmp_path / "r.tsv.json").read_text())["config"]["batch_size"] == 7
 
@@ -224,7 +234,7 @@ def test_foreign_or_damaged_files_are_refused(tmp_path, dataset, content, sideca
         config = {**SETTINGS, "sigma": 0.25, "seed": 0, "batch_size": 200}
         (tmp_path / "r.tsv.json").write_text(json.dumps({"config": config}))
     with pytest.raises(ValueError, match=match):
-        certify_dataset(smoothed(200), dataset, out, progress=False, **SETTINGS)
+        certify_dataset(smoothed(200), dataset, out, progress=False, procedure=CERTIFY)
     assert out.read_text() == content
 
 
@@ -232,16 +242,13 @@ def test_foreign_or_damaged_files_are_refused(tmp_path, dataset, content, sideca
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"n": 0}, ValueError, "n must be a positive integer, got 0"),
-        ({"n0": 1.5}, TypeError, "n0 must be an integer, got float"),
-        ({"alpha": 1.5}, ValueError, r"alpha must be in the open interval \(0, 1\), got 1.5"),
+        ({"procedure": "certify"}, TypeError, "procedure must be rsmooth.procedures.Certify or"),
         ({"seed": -1}, ValueError, "seed must be an integer >= 0, got -1"),
         ({"skip": 0}, ValueError, "skip must be a positive integer, got 0"),
         ({"stop": -1}, ValueError, "stop must be an integer >= 0, got -1"),
         ({"indices": [1], "skip": 2}, ValueError, "either indices or skip/stop"),
         ({"indices": [24]}, ValueError, "smaller than the dataset's length 24, got 24"),
         ({"indices": [1, 1]}, ValueError, "must not repeat"),
-        ({"inputs_per_call": 0}, ValueError, "inputs_per_call must be a positive integer, got 0"),
         (
             {"shard": (2, 2)},
             ValueError,
@@ -272,7 +279,7 @@ def test_bad_arguments(tmp_path, dataset, kwargs, exc, match):
         "smoothed": smoothed(),
         "dataset": dataset,
         "out": tmp_path / "r.tsv",
-        **SETTINGS,
+        "procedure": CERTIFY,
         "progress": False,
     }
     call.update(kwargs)
@@ -283,7 +290,7 @@ def test_bad_arguments(tmp_path, dataset, kwargs, exc, match):
 def test_warns_when_n_can_never_certify(tmp_path, dataset):
     with pytest.warns(SampleSizeWarning, match="always abstains"):
         results = certify_dataset(
-            smoothed(), dataset, tmp_path / "r.tsv", n=5, n0=5, stop=2, progress=False
+            smoothed(), dataset, tmp_path / "r.tsv", Certify(n=5, n0=5), stop=2, progress=False
         )
     assert results.prediction.tolist() == [-1, -1]
 
@@ -291,7 +298,7 @@ def test_warns_when_n_can_never_certify(tmp_path, dataset):
 # ---------------------------------------------------------------------------- progress
 def test_progress_uses_tqdm_when_installed(tmp_path, dataset, capsys):
     pytest.importorskip("tqdm")
-    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", **SETTINGS)
+    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", procedure=CERTIFY)
     err = capsys.readouterr().err
     assert "24/24" in err and "samples/s" in err
 
@@ -299,13 +306,13 @@ def test_progress_uses_tqdm_when_installed(tmp_path, dataset, capsys):
 def test_progress_falls_back_to_a_plain_line(tmp_path, dataset, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", **SETTINGS)
+    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", procedure=CERTIFY)
     err = capsys.readouterr().err
     assert re.search(r"certify: 24/24 rows, [\d,]+ samples/s, 0:00:00 left", err)
 
 
 def test_quiet_without_progress(tmp_path, dataset, capsys):
-    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS)
+    certify_dataset(smoothed(), dataset, tmp_path / "r.tsv", progress=False, procedure=CERTIFY)
     assert capsys.readouterr().err == ""
 
 
@@ -324,25 +331,27 @@ class SignallingLinear(TinyLinear):
         return super().forward(x)
 
 
-def test_sigterm_finishes_the_current_call_then_runs_the_previous_handler(
+def test_sigterm_stops_the_stream_with_the_finished_rows_then_runs_the_previous_handler(
     tmp_path, dataset, reference
 ):
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        # batch 200 -> one input per call, two forwards per input after the two of the layout
-        # check: signal inside input 3's call
+        # two forward passes of the layout check, then batches of 200 of the 220 samples per
+        # input: the signal comes in the 6th batch (samples 1000..1200), after input 4 is done
         model = SignallingLinear(signal.SIGTERM, at=8)
         results = certify_dataset(
-            smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
+            smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, procedure=CERTIFY
         )
         assert received == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGTERM) is not None
         assert signal.getsignal(signal.SIGTERM).__name__ == "<lambda>"  # restored
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert len(results) == 3 and rows(tmp_path / "r.tsv") == reference[:3]
+    assert len(results) == 5 and rows(tmp_path / "r.tsv") == reference[:5]
     assert json.loads((tmp_path / "r.tsv.json").read_text())["complete"] is False
+    certify_dataset(smoothed(200), dataset, tmp_path / "r.tsv", progress=False, procedure=CERTIFY)
+    assert rows(tmp_path / "r.tsv") == reference  # resumed: nothing lost, nothing twice
 
 
 @pytest.fixture
@@ -369,7 +378,7 @@ def test_sigint_raises_keyboard_interrupt_after_the_rows_are_written(
     model = SignallingLinear(signal.SIGINT, at=5)  # input 2's call (after the layout check)
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(
-            smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
+            smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, procedure=CERTIFY
         )
     assert signal.getsignal(signal.SIGINT) is before
     assert rows(tmp_path / "r.tsv") == reference[:2]
@@ -380,7 +389,7 @@ def test_sigint_ignored_by_the_parent_stays_ignored(tmp_path, dataset, reference
     sigint_handler(signal.SIG_IGN)
     model = SignallingLinear(signal.SIGINT, at=3)
     results = certify_dataset(
-        smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, **SETTINGS
+        smoothed(200, model), dataset, tmp_path / "r.tsv", progress=False, procedure=CERTIFY
     )
     assert model.calls > 3  # the signal was sent, and certification went on
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -483,16 +492,20 @@ def test_detect_shard_from_the_environment(monkeypatch):
 
 def test_shards_without_a_process_group_merge_when_the_last_finishes(tmp_path, dataset, reference):
     out = tmp_path / "r.tsv"
-    first = certify_dataset(smoothed(200), dataset, out, shard=(1, 2), progress=False, **SETTINGS)
+    first = certify_dataset(
+        smoothed(200), dataset, out, shard=(1, 2), progress=False, procedure=CERTIFY
+    )
     assert not out.exists() and first.idx.tolist() == list(range(1, 24, 2))
     assert part_path(out, Shard(1, 2)).name == "r.tsv.part-00001-of-00002"
-    merged = certify_dataset(smoothed(200), dataset, out, shard=(0, 2), progress=False, **SETTINGS)
+    merged = certify_dataset(
+        smoothed(200), dataset, out, shard=(0, 2), progress=False, procedure=CERTIFY
+    )
     assert merged.path == str(out) and merged.idx.tolist() == list(range(24))
     assert rows(out) == reference
     assert json.loads((tmp_path / "r.tsv.json").read_text())["shard"] is None
     # resuming the merged file single-process finds nothing to do
     model = CountingLinear()
-    certify_dataset(smoothed(200, model), dataset, out, progress=False, **SETTINGS)
+    certify_dataset(smoothed(200, model), dataset, out, progress=False, procedure=CERTIFY)
     assert model.samples == 0
 
 
@@ -500,7 +513,13 @@ def test_merge_detects_gaps_duplicates_and_missing_parts(tmp_path, dataset, refe
     out = tmp_path / "r.tsv"
     for index in range(3):
         certify_dataset(
-            smoothed(200), dataset, out, shard=(index, 3), merge=False, progress=False, **SETTINGS
+            smoothed(200),
+            dataset,
+            out,
+            shard=(index, 3),
+            merge=False,
+            progress=False,
+            procedure=CERTIFY,
         )
     assert not out.exists()
     parts = [part_path(out, Shard(i, 3)) for i in range(3)]
@@ -533,15 +552,29 @@ def test_merge_detects_gaps_duplicates_and_missing_parts(tmp_path, dataset, refe
 def test_merge_refuses_parts_with_other_settings(tmp_path, dataset):
     out = tmp_path / "r.tsv"
     certify_dataset(
-        smoothed(200), dataset, out, shard=(0, 2), merge=False, progress=False, **SETTINGS
+        smoothed(200), dataset, out, shard=(0, 2), merge=False, progress=False, procedure=CERTIFY
     )
     certify_dataset(
-        smoothed(200), dataset, out, shard=(1, 2), merge=False, seed=1, progress=False, **SETTINGS
+        smoothed(200),
+        dataset,
+        out,
+        shard=(1, 2),
+        merge=False,
+        seed=1,
+        progress=False,
+        procedure=CERTIFY,
     )
     with pytest.raises(ValueError, match="other settings .*seed=0 in the file, 1 now"):
         merge_results(out)
     certify_dataset(
-        smoothed(200), dataset, out, shard=(0, 4), merge=False, progress=False, stop=1, **SETTINGS
+        smoothed(200),
+        dataset,
+        out,
+        shard=(0, 4),
+        merge=False,
+        progress=False,
+        stop=1,
+        procedure=CERTIFY,
     )
     with pytest.raises(ValueError, match=r"different shard counts \[2, 4\]"):
         merge_results(out)
@@ -574,9 +607,9 @@ def test_two_process_torchrun_equals_a_single_process_run(tmp_path, reference):
 # ---------------------------------------------------------------- radius column
 @given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False))
 def test_the_written_radius_never_exceeds_the_certified_one(radius):
-    from rsmooth.runner import _radius_text
+    from rsmooth.results import radius_text
 
-    text = _radius_text(radius)
+    text = radius_text(radius)
     assert float(text) <= radius
     assert len(text.replace("0.", "").replace(".", "").lstrip("0").split("e")[0]) <= 3
 

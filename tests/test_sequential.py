@@ -438,6 +438,8 @@ def test_candidates_from_sample_counts_with_the_same_generators_are_independent_
     items = (Item(j, x[j], seeds[j]) for j in range(trials))
     smoothed.run_stream(SameNoise(), items, chosen.__setitem__, probe=x)
     shared = torch.tensor([chosen[j] for j in range(trials)])
-    cert = smoothed.certify_radius(x, 0.0, alpha=alpha, max_n=5, candidates=shared, generator=gens())
+    cert = smoothed.certify_radius(
+        x, 0.0, alpha=alpha, max_n=5, candidates=shared, generator=gens()
+    )
     rate, ok = _false_certificate_check(cert.certified[:, 0].numpy(), alpha, trials)
     assert not ok and abs(rate - 2 / 32) < 4 * math.sqrt(2 / 32 * 30 / 32 / trials), rate

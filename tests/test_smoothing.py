@@ -13,7 +13,13 @@ from scipy.stats import binom, norm
 from torch import nn
 
 from rsmooth import ABSTAIN, Certificate, SampleSizeWarning, SmoothedClassifier
-from rsmooth.stats import certified_radius, clopper_pearson_lower, max_certified_radius
+from rsmooth.stats import (
+    certified_radius,
+    certify_from_counts,
+    clopper_pearson_lower,
+    max_certified_radius,
+    predict_from_counts,
+)
 
 
 class Constant(nn.Module):
@@ -156,24 +162,20 @@ def test_selection_and_estimation_draws_are_independent():
     assert cert.prediction.tolist() == [ABSTAIN]
 
 
-def test_selection_ties_go_to_the_lowest_class(monkeypatch):
-    smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
-    calls = iter([torch.tensor([[0, 5, 5]]), torch.tensor([[0, 100, 0]])])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: next(calls))
-    cert = smoothed.certify(torch.zeros(1, 2), n=100, n0=10)
-    assert cert.prediction.tolist() == [1]
-    assert float(cert.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
+def test_selection_ties_go_to_the_lowest_class():
+    # CERTIFY is pure over counts: the candidate of a tie is the lowest class
+    out = certify_from_counts([[0, 5, 5]], [[0, 100, 0]], 100, 0.001, 1.0)
+    assert out.prediction.tolist() == [1]
+    assert float(out.p_lower[0]) == pytest.approx(float(clopper_pearson_lower(100, 100, 0.001)))
 
 
 @pytest.mark.parametrize(
     ("counts", "expected"),
     [((510, 490), ABSTAIN), ((600, 400), 0), ((50, 50), ABSTAIN), ((0, 20), 1)],
 )
-def test_predict_uses_the_two_sided_test(monkeypatch, counts, expected):
-    smoothed = SmoothedClassifier(Constant(0, 3), 1.0)
-    c = torch.tensor([[counts[0], counts[1], 0]])
-    monkeypatch.setattr(smoothed, "_counts", lambda *args, **kwargs: c)
-    assert smoothed.predict(torch.zeros(1, 2), n=sum(counts), alpha=0.001).tolist() == [expected]
+def test_predict_uses_the_two_sided_test(counts, expected):
+    table = [[counts[0], counts[1], 0]]
+    assert predict_from_counts(table, 0.001).tolist() == [expected]
 
 
 def test_predict_on_linear_classifier():
@@ -366,7 +368,7 @@ GOOD = SmoothedClassifier(Constant(0), 0.5)
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, batch_size=2.5),
             TypeError,
-            "batch_size must be an integer or 'auto', got float",
+            "batch_size must be an integer, 'auto' or None, got float",
         ),
         (
             lambda: SmoothedClassifier(Constant(0), 0.5, num_classes=1),
@@ -512,8 +514,17 @@ def test_one_generator_per_input_is_public_and_matches_a_single_input_call():
 def test_per_input_generator_errors(generator, exc, match):
     with pytest.raises(exc, match=match):
         GOOD.certify(torch.zeros(2, 3), n=20, generator=generator)
-    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        GOOD.soft_predict(torch.zeros(2, 3), generator=[torch.Generator()] * 2)
+    with pytest.raises(exc, match=match):
+        GOOD.soft_predict(torch.zeros(2, 3), generator=generator)
+
+
+def test_soft_predict_takes_one_generator_per_input():
+    smoothed = SmoothedClassifier(small_cnn(), 0.25, batch_size=128)
+    x = torch.rand(3, 1, 8, 8)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    batch = smoothed.soft_predict(x, num_noise=4, generator=gens([1, 2, 3]))
+    single = smoothed.soft_predict(x[1:2], num_noise=4, generator=gens([2]))
+    torch.testing.assert_close(batch[1:2], single)
 
 
 def test_exported_programs_can_be_smoothed():
@@ -525,3 +536,138 @@ def test_exported_programs_can_be_smoothed():
         torch.rand(3, 1, 2, 2), n=100, n0=10
     )
     assert cert.prediction.shape == (3,)
+
+
+# ---------------------------------------------------------------- settings
+@pytest.mark.parametrize(
+    ("name", "value", "exc", "match"),
+    [
+        ("sigma", -1.0, ValueError, "sigma must be positive"),
+        ("sigma", "big", TypeError, "sigma must be a real number"),
+        ("num_classes", 1, ValueError, "num_classes must be an integer >= 2, got 1"),
+        ("batch_size", 0, ValueError, "batch_size must be a positive integer, got 0"),
+        ("batch_size", "fast", ValueError, "batch_size must be .*'auto' or None, got 'fast'"),
+        ("batch_size", 2.5, TypeError, "batch_size must be an integer, 'auto' or None, got float"),
+        ("nonfinite", "ignore", ValueError, "nonfinite must be one of .*, got 'ignore'"),
+        ("compile", "yes", TypeError, "compile must be a bool or a dict"),
+        ("compile", {"dynamic": True}, ValueError, "compile must not set 'dynamic'"),
+        ("autocast", torch.int8, ValueError, "autocast must be torch.bfloat16 or"),
+        ("autocast", "bf16", TypeError, "autocast must be a torch.dtype or None, got str"),
+        ("input_range", (1.0, 0.0), ValueError, r"input_range must be a pair .* got \(1.0, 0.0\)"),
+        ("memory_format", "nhwc", ValueError, "memory_format must be one of .*, got 'nhwc'"),
+        ("memory_format", None, TypeError, "memory_format must be one of .*, got NoneType"),
+        ("model", lambda x: x, TypeError, "model must be a torch.nn.Module, got function"),
+    ],
+)
+def test_a_setting_assigned_after_construction_is_checked_like_the_argument(
+    name, value, exc, match
+):
+    with pytest.raises(exc, match=match):
+        SmoothedClassifier(**{"model": nn.Linear(2, 2), "sigma": 0.5, name: value})
+    smoothed = SmoothedClassifier(nn.Linear(2, 2), 0.5)
+    before = getattr(smoothed, name)
+    with pytest.raises(exc, match=match):
+        setattr(smoothed, name, value)
+    assert getattr(smoothed, name) is before  # the old setting stays
+
+
+class ViewsItsInput(nn.Module):
+    """Flattens with ``view``, which a channels_last batch refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.linear(x.view(x.shape[0], -1))
+
+
+def test_assigning_another_model_drops_the_choices_made_for_the_old_one():
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(64, 4))
+    smoothed = SmoothedClassifier(cnn, 0.5)
+    smoothed.sample_counts(x, num=50)
+    assert "channels_last" in repr(smoothed)
+    smoothed.model = ViewsItsInput()  # cannot take the channels_last batches chosen for the CNN
+    assert "channels_last" not in repr(smoothed)
+    counts = smoothed.sample_counts(x, num=300, generator=torch.Generator().manual_seed(1))
+    plain = SmoothedClassifier(ViewsItsInput(), 0.5)
+    plain.model.load_state_dict(smoothed.model.state_dict())
+    assert torch.equal(
+        counts, plain.sample_counts(x, num=300, generator=torch.Generator().manual_seed(1))
+    )
+
+
+def test_assigning_a_model_or_compile_compiles_what_is_assigned(monkeypatch):
+    compiled = []
+
+    def fake_compile(model, **options):  # records what would be compiled; runs it eagerly
+        compiled.append((model, options))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    first, second = nn.Linear(2, 3), nn.Linear(2, 3)
+    smoothed = SmoothedClassifier(first, 0.5, compile=True, input_range=None)
+    smoothed.model = second
+    smoothed.compile = {"mode": "max-autotune"}
+    smoothed.compile = False
+    assert compiled == [(first, {"dynamic": False}), (second, {"dynamic": False})] + [
+        (second, {"dynamic": False, "mode": "max-autotune"})
+    ]
+
+
+def test_a_setting_whose_compile_fails_changes_nothing(monkeypatch):
+    def fake_compile(model, **options):
+        if options.get("mode") == "bogus" or isinstance(model, nn.Bilinear):
+            raise RuntimeError("cannot compile")
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    first = nn.Linear(2, 3)
+    smoothed = SmoothedClassifier(first, 0.5, compile=True, input_range=None)
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        smoothed.compile = {"mode": "bogus"}
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        smoothed.model = nn.Bilinear(2, 2, 3)
+    assert smoothed.model is first and smoothed.compile is True
+
+
+def test_the_default_batch_size_is_fixed_per_device_and_shown_once_used():
+    spy = Spy(nn.Linear(3, 2))
+    smoothed = SmoothedClassifier(spy, 0.5)
+    assert smoothed.batch_size is None and "batch_size=None)" in repr(smoothed)
+    smoothed.sample_counts(torch.zeros(3, 3), num=300)
+    assert [b.shape[0] for b in spy.seen] == [128] * 7 + [4]  # whatever the machine's load
+    assert "batch_size=None (device default: 128 for [3] float32 on cpu)" in repr(smoothed)
+
+
+def test_the_timed_search_is_an_opt_in_with_the_same_counts():
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = small_cnn().eval()
+    auto = SmoothedClassifier(model, 0.5, batch_size="auto")
+    fixed = SmoothedClassifier(model, 0.5, batch_size=97)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    counts = auto.sample_counts(x, num=5000, generator=gens())
+    assert torch.equal(counts, fixed.sample_counts(x, num=5000, generator=gens()))
+    assert "batch_size='auto'" in repr(auto)
+
+
+def test_a_model_with_a_side_effect_sees_every_noisy_row_at_the_defaults():
+    rows = []
+
+    class Records(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.linear = nn.Linear(2 * 6 * 6, 3)
+
+        def forward(self, x):
+            rows.append(x.detach().clone())
+            return self.linear(self.conv(x).flatten(1))
+
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    SmoothedClassifier(Records(), 0.5).certify(x, n=300, n0=20)
+    seen = torch.cat(rows)
+    clean = (seen.flatten(1)[:, None, :] == x.flatten(1)[None]).all(-1).any(-1)
+    assert int(clean.sum()) == 4  # the layout check: the two clean inputs in both layouts
+    assert int((~clean).sum()) == 2 * (300 + 20)  # every noisy row went through forward

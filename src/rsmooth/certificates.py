@@ -30,7 +30,6 @@ __all__ = [
     "Certificate",
     "RadiusCertificate",
     "ResultKind",
-    "float_tensor",
 ]
 
 #: Label returned by PREDICT and CERTIFY where the smoothed classifier abstains.

@@ -658,7 +658,8 @@ def _device(args: argparse.Namespace) -> torch.device:
 # ---------------------------------------------------------------------------- commands
 def _certify(args: argparse.Namespace) -> int:
     from rsmooth.metrics import format_table
-    from rsmooth.runner import Shard, certify_dataset, distributed_group
+    from rsmooth.runner import certify_dataset
+    from rsmooth.shards import Shard, distributed_group
     from rsmooth.smoothing import SmoothedClassifier
 
     if args.stop < -1 or args.stop == 0:
@@ -955,7 +956,7 @@ def _expected_cost(
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from rsmooth.runner import merge_results
+    from rsmooth.shards import merge_results
 
     parts = args.parts or None
     results = merge_results(args.out, parts)

@@ -29,14 +29,7 @@ from rsmooth.stats import (
     predict_from_counts,
 )
 
-__all__ = [
-    "Certify",
-    "CertifyRow",
-    "Counts",
-    "Predict",
-    "SampleSizeWarning",
-    "warn_sample_size",
-]
+__all__ = ["Certify", "Counts", "Predict", "SampleSizeWarning"]
 
 Bound = Literal["clopper-pearson", "randomized"]
 _BOUNDS = ("clopper-pearson", "randomized")

@@ -50,18 +50,10 @@ __all__ = [
     "GRID_PREFIX",
     "CertificationResults",
     "RunSettings",
-    "format_row",
-    "grid_column",
-    "header",
     "radius_text",
     "read_results",
     "read_sidecar",
-    "scan_rows",
-    "selection_from_record",
-    "selection_record",
-    "settings_of",
     "sidecar_path",
-    "write_json",
     "write_results",
 ]
 

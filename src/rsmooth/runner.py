@@ -49,8 +49,7 @@ from rsmooth._engine.sampler import Item
 from rsmooth._engine.streams import input_seeds, run_seed
 from rsmooth._validation import check_input_range, check_inputs, check_int
 from rsmooth.procedures import Certify, CertifyRow, SampleSizeWarning, warn_sample_size
-from rsmooth.results import (
-    COLUMNS,
+from rsmooth.results import (  # COLUMNS, write_results: importable from here as in 0.2
     FORMAT_VERSION,
     CertificationResults,
     RunSettings,
@@ -62,30 +61,17 @@ from rsmooth.results import (
     selection_record,
     sidecar_path,
     write_json,
-    write_results,
 )
 from rsmooth.sequential import GridRow, RadiusGrid
-from rsmooth.shards import (
+from rsmooth.shards import (  # Shard, detect_shard, ...: importable from here as in 0.2
     Shard,
     detect_shard,
-    distributed_group,
     merge_after_run,
-    merge_results,
     part_path,
 )
 from rsmooth.smoothing import SmoothedClassifier
 
-__all__ = [
-    "COLUMNS",
-    "Shard",
-    "certify_dataset",
-    "detect_shard",
-    "distributed_group",
-    "input_seed",
-    "merge_results",
-    "part_path",
-    "write_results",
-]
+__all__ = ["certify_dataset", "input_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +145,13 @@ def _open_for_append(
         data = path.read_bytes()
         if len(data) >= len(head) or not head.startswith(data):
             fresh = False
+            recorded = read_sidecar(path)
+            mismatch = [] if recorded is None else recorded["settings"].mismatch(settings)
+            if mismatch:
+                raise ValueError(
+                    f"{path} was written with other settings ({'; '.join(mismatch)}); "
+                    "choose another out, or rerun with the file's settings to resume"
+                )
             if not data.startswith(head):
                 first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
                 raise ValueError(
@@ -175,7 +168,6 @@ def _open_for_append(
             duplicates = sorted(i for i, times in Counter(done).items() if times > 1)
             if duplicates:
                 raise ValueError(f"{path}: idx {duplicates[:5]} appear more than once")
-            recorded = read_sidecar(path)
             if recorded is None and done:
                 raise ValueError(
                     f"{path} has {len(done)} rows but no settings file "
@@ -183,12 +175,6 @@ def _open_for_append(
                     "out or delete the file"
                 )
             if recorded is not None:
-                mismatch = recorded["settings"].mismatch(settings)
-                if mismatch:
-                    raise ValueError(
-                        f"{path} was written with other settings ({'; '.join(mismatch)}); "
-                        "choose another out, or rerun with the file's settings to resume"
-                    )
                 differ = _identity_mismatch(recorded.get("identity") or {}, identity or {})
                 if differ and "identity" in recorded and done:
                     if not force:
@@ -456,7 +442,7 @@ def certify_dataset(
     except TypeError as error:
         raise TypeError(f"identity must hold JSON values ({error})") from None
     probe = _probe(dataset, selection, smoothed, device)
-    settings = _settings(procedure, smoothed, seed)
+    settings = _settings(procedure, smoothed, seed, getattr(bound, "looks", None))
     out = Path(out)
     path = part_path(out, shard)
     handle, done = _open_for_append(path, settings, selection, shard, run_identity, force)
@@ -511,7 +497,10 @@ def _check_shard(shard: Shard | tuple[int, int] | None) -> Shard:
 
 
 def _settings(
-    procedure: Certify | RadiusGrid, smoothed: SmoothedClassifier, seed: int
+    procedure: Certify | RadiusGrid,
+    smoothed: SmoothedClassifier,
+    seed: int,
+    looks: tuple[int, ...] | None,
 ) -> RunSettings:
     recorded = {"batch_size": smoothed.batch_size, "memory_format": smoothed.memory_format}
     if isinstance(procedure, Certify):
@@ -522,7 +511,7 @@ def _settings(
     return RunSettings(
         kind="grid", sigma=smoothed.sigma, alpha=procedure.alpha, n0=procedure.n0, seed=seed,
         radii=procedure.radii, max_n=procedure.max_n, beta=procedure.beta,
-        growth=procedure.growth, recorded=recorded,
+        growth=procedure.growth, looks=looks, recorded=recorded,
     )  # fmt: skip
 
 

@@ -60,13 +60,8 @@ from rsmooth.stats import (
 )
 
 __all__ = [
-    "CERTIFIED",
-    "RULED_OUT",
-    "UNDECIDED",
-    "UNREACHABLE",
     "GridRow",
     "GridSchedule",
-    "RadiusCertificate",
     "RadiusGrid",
     "UnreachableRadiusWarning",
     "expected_cost",

@@ -63,7 +63,6 @@ def test_an_export_with_a_fixed_batch_size_gets_the_dynamic_batch_hint():
         SmoothedClassifier(exported, 0.5, batch_size=64).certify(torch.rand(3, 1, 2, 2), n=100)
 
 
-
 # ---------------------------------------------------------------- compile
 @pytest.fixture
 def fresh_dynamo():
@@ -115,7 +114,6 @@ def test_a_compiled_model_must_return_n_by_k_logits(fresh_dynamo):
 def test_compile_validation(value, exc, match):
     with pytest.raises(exc, match=match):
         SmoothedClassifier(nn.Linear(2, 2), 0.5, compile=value)
-
 
 
 # ---------------------------------------------------------------- autocast and channels_last
@@ -252,9 +250,7 @@ def test_auto_memory_format_gives_a_cpu_model_channels_last_batches(autocast):
     # float32: the same votes as the standard layout, up to a rounding difference for a sample
     # on a decision boundary (bfloat16 rounds far more coarsely, and how depends on the CPU)
     if autocast is None:
-        standard = SmoothedClassifier(
-            model, 0.5, batch_size=64, memory_format="preserve"
-        )
+        standard = SmoothedClassifier(model, 0.5, batch_size=64, memory_format="preserve")
         want = standard.sample_counts(x, num=300, generator=gens([1, 2, 3]))
         assert int((counts - want).abs().sum()) <= 4
 
@@ -274,7 +270,6 @@ def test_auto_memory_format_keeps_the_standard_layout_for_a_model_that_views_its
     forced = SmoothedClassifier(ViewsItsInput(), 0.5, memory_format="channels_last")
     with pytest.raises(RuntimeError, match="view size"):  # asked for explicitly: its error
         forced.sample_counts(x, num=20)
-
 
 
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])  # bfloat16: a looser tolerance
@@ -352,7 +347,6 @@ def test_compile_with_channels_last_batches_compiles_once(fresh_dynamo):
         got = compiled.sample_counts(x, num=num, generator=gens([num, 1, 2]))
         assert torch.equal(got, eager.sample_counts(x, num=num, generator=gens([num, 1, 2])))
     assert counter.frame_count == 1 and layouts == [True]
-
 
 
 def has_channels_last_strides(batch: torch.Tensor) -> bool:
@@ -448,8 +442,6 @@ def test_channels_last_memory_format_needs_image_inputs():
         smoothed.sample_counts(fixed_rand(2, 3), num=10)
 
 
-
-
 class Dropout(nn.Module):
     """A CNN whose forward applies dropout whatever the mode: its outputs are random."""
 
@@ -477,7 +469,9 @@ def test_the_unbatched_hint_appears_whatever_a_normalising_model_raises():
 
     model = nn.Sequential(NormalizeLayer([0.5] * 3, [0.2] * 3), nn.Flatten(), nn.LazyLinear(10))
     model(torch.zeros(1, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"add the batch dimension with inputs\.unsqueeze\(0\)") as info:
+    with pytest.raises(
+        ValueError, match=r"add the batch dimension with inputs\.unsqueeze\(0\)"
+    ) as info:
         SmoothedClassifier(model, 0.25).certify(fixed_rand(3, 32, 32), n=100, n0=10)
     message = str(info.value)
     assert "inputs has shape (3, 32, 32)" in message

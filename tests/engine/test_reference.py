@@ -7,7 +7,6 @@ injects 0.2's block seeds into the engine's seam; everything else is the engine 
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +48,7 @@ def generator_for(case_index: int, per_input: bool, batch: int):
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] for c in CASES])
 def test_the_engine_reproduces_the_certificates_of_0_2(case):
-    name, shape, classes, batch, sigma, n0, n, sizes, per_input, bound = CASES[case]
+    _name, shape, classes, batch, sigma, n0, n, sizes, per_input, bound = CASES[case]
     model, x = case_model(shape, classes, seed=case), case_inputs(shape, batch, seed=case)
     for size, recorded in zip(sizes, RECORDED[case]["results"], strict=True):
         rows = engine_certify(
@@ -64,7 +63,7 @@ def test_the_engine_reproduces_the_certificates_of_0_2(case):
 
 def test_a_broken_packing_fails_the_reference():
     # the same check with the samples of two inputs swapped: it must fail
-    name, shape, classes, batch, sigma, n0, n, sizes, per_input, bound = CASES[0]
+    _name, shape, classes, batch, sigma, n0, n, _sizes, per_input, bound = CASES[0]
     model, x = case_model(shape, classes, seed=0), case_inputs(shape, batch, seed=0)
     rows = engine_certify(
         model, x[[1, 0, 2, 3, 4]], sigma, 64, generator_for(0, per_input, batch), n0, n, bound,
@@ -74,7 +73,7 @@ def test_a_broken_packing_fails_the_reference():
 
 
 def test_smoothed_classifier_certify_is_the_engine_with_the_library_seeds():
-    name, shape, classes, batch, sigma, n0, n, sizes, per_input, bound = CASES[1]
+    _name, shape, classes, batch, sigma, n0, n, _sizes, _per_input, bound = CASES[1]
     model, x = case_model(shape, classes, seed=1), case_inputs(shape, batch, seed=1)
     rows = engine_certify(model, x, sigma, 7, generator_for(1, True, batch), n0, n, bound)
     cert = SmoothedClassifier(model, sigma, batch_size=1000).certify(

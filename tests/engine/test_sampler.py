@@ -57,12 +57,16 @@ def test_a_stream_gives_each_input_its_own_result_bit_for_bit(size, group):
         "grid": RadiusGrid((0.1, 0.3, 0.6), alpha=0.01, max_n=5000, n0=20).bind(0.5),
     }
     for name, procedure in procedures.items():
-        alone = {j: run(model, procedure, x[j : j + 1], [seeds[j]], size=size)[0][0] for j in range(12)}
+        alone = {
+            j: run(model, procedure, x[j : j + 1], [seeds[j]], size=size)[0][0] for j in range(12)
+        }
         together, finished = run(model, procedure, x, seeds, size=size, group=group)
         assert together == alone, name
         if name == "grid" and size >= 64:  # many in flight; near the boundary: more looks
             assert finished != sorted(finished)
-        backwards, _ = run(model, procedure, x, seeds, size=size, group=group, order=range(11, -1, -1))
+        backwards, _ = run(
+            model, procedure, x, seeds, size=size, group=group, order=range(11, -1, -1)
+        )
         assert backwards == alone, name
 
 
