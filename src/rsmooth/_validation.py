@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "DEFAULT_INPUT_RANGE",
+    "check_base_model",
+    "check_bool",
+    "check_choice",
     "check_generator",
+    "check_generator_arg",
     "check_input_range",
     "check_input_range_arg",
     "check_inputs",
@@ -26,6 +31,7 @@ __all__ = [
     "check_positive",
     "check_real",
     "check_targets",
+    "optional",
 ]
 
 
@@ -208,3 +214,64 @@ def check_generator(generator: Any, device: torch.device) -> torch.Generator | N
             f"{generator.device}; create it with torch.Generator(device=inputs.device)"
         )
     return generator
+
+
+# ---------------------------------------------------------------------------- settings
+# Checks with the ``check(name, value) -> value`` signature of :class:`rsmooth._settings.Setting`,
+# for the criteria's and attacks' hyperparameters.
+
+T = TypeVar("T")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` after checking it is a ``bool`` (``0``/``1`` are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
+    return value
+
+
+def check_choice(*choices: str) -> Callable[[str, Any], str]:
+    """A check that accepts one of the strings ``choices``."""
+    listed = " or ".join(repr(c) for c in choices)
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, {listed}, got {_type_name(value)}")
+        if value not in choices:
+            raise ValueError(f"{name} must be {listed}, got {value!r}")
+        return value
+
+    return check
+
+
+def optional(check: Callable[[str, Any], T]) -> Callable[[str, Any], T | None]:
+    """A check that accepts ``None`` and otherwise runs ``check``."""
+
+    def check_or_none(name: str, value: Any) -> T | None:
+        return None if value is None else check(name, value)
+
+    return check_or_none
+
+
+def check_generator_arg(name: str, value: Any) -> torch.Generator | None:
+    """Return ``value`` after checking it is ``None`` or a ``torch.Generator``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator, got {_type_name(value)}")
+    return value
+
+
+def check_base_model(model: Any) -> torch.nn.Module:
+    """Check the base classifier given to a criterion or an attack (an ``nn.Module``).
+
+    A :class:`~rsmooth.SmoothedClassifier` is not one: the criteria and attacks add the noise
+    themselves, so the message says to pass its ``model`` and ``sigma``.
+    """
+    from rsmooth import SmoothedClassifier
+
+    if isinstance(model, SmoothedClassifier):
+        raise TypeError(
+            "model must be the base classifier (a torch.nn.Module), got a SmoothedClassifier; "
+            "the criteria and attacks add the noise themselves: pass smoothed.model, and "
+            "sigma=smoothed.sigma to the constructor"
+        )
+    return check_model(model)

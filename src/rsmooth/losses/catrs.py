@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._prior import Confidence, check_confidence, check_prior_rows
-from rsmooth._validation import check_int, check_nonnegative, check_positive
+from rsmooth._prior import Confidence, check_prior_rows
+from rsmooth._settings import Setting
+from rsmooth._validation import check_choice, check_int, check_nonnegative, check_positive
 from rsmooth.functional import catrs_loss, sample_noise
-from rsmooth.losses._base import SmoothingCriterion
+from rsmooth.losses._base import SmoothingCriterion, check_unit_box_range
 
 __all__ = ["CATRSLoss"]
+
+
+def _check_confidence(name: str, value: object) -> Confidence:
+    return cast(Confidence, check_choice("model", "prior")(name, value))
 
 
 class CATRSLoss(SmoothingCriterion):
@@ -51,13 +57,15 @@ class CATRSLoss(SmoothingCriterion):
     optimizer step per chunk of ``B/m`` examples: use a loader batch of 64 for ``B = 256``,
     ``m = 4``.
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise level :math:`\sigma` (the training :math:`\sigma`; the prior's model always
             uses 0.25 in the official recipe).
         num_noise: Noise copies :math:`m` (``--num-noise-vec``). Default: 4.
         epsilon: Radius :math:`\epsilon` of the noise adversary, in input units (the official
-            ``--epsilon 256`` divided by 256). A plain attribute: the official ``--warmup W``
-            doubles it from epoch ``W``. Default: 1.0.
+            ``--epsilon 256`` divided by 256). The official ``--warmup W`` doubles it from
+            epoch ``W``: assign ``criterion.epsilon = 2.0`` then. Default: 1.0.
         num_steps: Attack steps :math:`T` (0: no attack). Default: 4.
         lbd: Weight :math:`\lambda` of :math:`L^{high}` (official CIFAR-10: 0.5 / 1.0 / 2.0 for
             :math:`\sigma` = 0.25 / 0.5 / 1.0). Default: 1.0.
@@ -104,6 +112,13 @@ class CATRSLoss(SmoothingCriterion):
     )
     _unit_box: ClassVar[bool] = True
 
+    input_range = Setting(check_unit_box_range)
+    num_noise = Setting(check_int)
+    epsilon = Setting(check_positive)
+    num_steps = Setting(functools.partial(check_int, min=0))
+    lbd = Setting(check_nonnegative)
+    confidence = Setting(_check_confidence)
+
     def __init__(
         self,
         sigma: float,
@@ -116,45 +131,38 @@ class CATRSLoss(SmoothingCriterion):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, generator=generator)
-        self.num_noise = check_int("num_noise", num_noise)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps, min=0)
-        self.lbd = check_nonnegative("lbd", lbd)
-        if not isinstance(confidence, str):
-            raise TypeError(f"confidence must be a str, got {type(confidence).__name__}")
-        self.confidence = check_confidence(confidence)
-        self._prior: Tensor | None = None
+        self.num_noise = num_noise
+        self.epsilon = epsilon
+        self.num_steps = num_steps
+        self.lbd = lbd
+        self.confidence = confidence
 
-    def forward(
-        self, model: nn.Module, inputs: Tensor, targets: Tensor, prior: Tensor | None = None
+    def forward(  # type: ignore[override]
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, *, prior: Tensor
     ) -> Tensor:
         """Compute the CAT-RS loss of ``model`` on a batch.
 
         Args:
             model: The base classifier being trained (returns logits ``[N, K]``).
             inputs: Clean inputs ``[B, *]`` in :math:`[0, 1]`.
-            targets: Class indices ``[B]``.
-            prior: The batch's rows of the prior table ``[B, K]`` (required).
+            targets: Class indices ``[B]``, each in ``[0, K)``.
+            prior: The batch's rows of the prior table ``[B, K]`` (a required keyword).
 
         Returns:
             A 0-d tensor; ``backward()`` sends gradients into the model's parameters.
         """
-        self._last_terms = {}
-        if isinstance(inputs, Tensor) and inputs.dim() >= 1:
-            check_prior_rows(prior, inputs.shape[0], inputs.device)
-        self._prior = prior
-        try:
-            return super().forward(model, inputs, targets)
-        finally:
-            self._prior = None
 
-    def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        prior = self._prior
-        if prior is None:  # forward() checked it; _loss is only reached through forward()
-            raise RuntimeError("CATRSLoss._loss needs the prior given to forward()")
-        check_positive("epsilon", self.epsilon)
-        lbd = check_nonnegative("lbd", self.lbd)
-        confidence = check_confidence(self.confidence)
+        def check_prior(checked: Tensor) -> tuple[str, int]:
+            rows = check_prior_rows(prior, checked.shape[0], checked.device)
+            return ("prior", int(rows.shape[1]))
+
+        return self._checked_call(
+            model, inputs, targets, functools.partial(self._catrs_loss, prior=prior), check_prior
+        )
+
+    def _catrs_loss(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, prior: Tensor
+    ) -> Tensor:
         inputs = inputs.detach()
         noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)
         uniforms = torch.rand(
@@ -173,8 +181,8 @@ class CATRSLoss(SmoothingCriterion):
                 uniforms,
                 self.epsilon,
                 self.num_steps,
-                lbd,
-                confidence=confidence,
+                self.lbd,
+                confidence=self.confidence,
             )
         self._record(
             low=terms.low, high=terms.high, accept_rate=terms.accept_rate, mean_k=terms.mean_k
