@@ -608,3 +608,22 @@ def test_valid_radii_accepted_property(epsilon, step):
     assert SmoothPGDAttack(0.5, epsilon, 1).epsilon == epsilon
     assert SmoothDDNAttack(0.5, epsilon, 1).epsilon == epsilon
     assert UnrestrictedSmoothAttack(0.5, step, 1, 1).step_size == step
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+@pytest.mark.parametrize("factory", [SmoothPGDAttack, SmoothDDNAttack])
+@pytest.mark.parametrize("flag", [127, 255, 512])
+def test_an_integer_epsilon_flag_is_refused_with_its_meaning(factory, flag):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    message = rf"got {flag}: epsilon is an L2 radius in input units.*epsilon={flag / 256:.6g}"
+    with pytest.raises(ValueError, match=message):
+        factory(0.5, flag, 2, 2)(model, x, y)
+    assert factory(0.5, flag / 256, 2, 2)(model, x, y).shape == x.shape
+
+
+def test_adaptive_noise_epsilon_is_a_step_length_not_checked_against_the_box():
+    # Sun et al.'s --epsilon is a raw step on the sphere of the noise's norm, not a /256 flag
+    attack = AdaptiveNoiseAttack(0.25, 100.0, 1, 1)
+    assert attack(small_mlp(6, 3), X, Y).shape == (2, 6)

@@ -19,6 +19,7 @@ __all__ = [
     "check_base_model",
     "check_bool",
     "check_choice",
+    "check_epsilon_in_box",
     "check_generator",
     "check_generator_arg",
     "check_input_range",
@@ -275,3 +276,27 @@ def check_base_model(model: Any) -> torch.nn.Module:
             "sigma=smoothed.sigma to the constructor"
         )
     return check_model(model)
+
+
+def check_epsilon_in_box(
+    name: str, epsilon: float, inputs: Tensor, input_range: tuple[float, float] = (0.0, 1.0)
+) -> float:
+    """Check an L2 radius ``epsilon`` in input units against the diameter of the input box.
+
+    No two points of ``[low, high]^d`` are further apart than ``sqrt(d) * (high - low)``, so a
+    larger radius is certainly a slip, usually the research code's integer ``--epsilon`` flag
+    (which its scripts divide by 256) passed as it is.
+    """
+    low, high = input_range
+    dim = inputs[0].numel()
+    diameter = math.sqrt(dim) * (high - low)
+    if epsilon > diameter:
+        raise ValueError(
+            f"{name} must be at most the diameter of the input box [{low:g}, {high:g}]^{dim}, "
+            f"sqrt({dim}) * {high - low:g} = {diameter:.4g}, got {epsilon:g}: {name} is an L2 "
+            "radius in input units (pixels in [0, 1]), and no two inputs are further apart; "
+            "the research code's integer --epsilon flag means flag/256 (64 -> 0.25, 127 -> "
+            f"0.496, 255 -> 0.996, 512 -> 2.0), so for the flag {epsilon:g} pass "
+            f"{name}={epsilon / 256:.6g}"
+        )
+    return epsilon

@@ -40,6 +40,7 @@ from rsmooth._settings import Setting
 from rsmooth._validation import (
     check_base_model,
     check_bool,
+    check_epsilon_in_box,
     check_generator,
     check_generator_arg,
     check_inputs,
@@ -275,7 +276,9 @@ class SmoothPGDAttack(_SmoothAttack):
     Args:
         sigma: Noise level :math:`\sigma`.
         epsilon: L2 radius :math:`\epsilon` in input units (the official flags are integers
-            divided by 256: 64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0).
+            divided by 256: 64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0); a radius larger
+            than the diameter of the input box, :math:`\sqrt d`, is a ``ValueError`` at the
+            call.
         num_steps: Number of steps ``T`` (official training: 1 to 10; evaluation: 20).
         num_noise: Noise samples ``m``. Default: 1.
         generator: Optional ``torch.Generator`` (on the inputs' device).
@@ -320,6 +323,9 @@ class SmoothPGDAttack(_SmoothAttack):
         self.epsilon = epsilon
         self.num_steps = num_steps
 
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
+
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         """Attack ``model`` at ``inputs``.
 
@@ -363,7 +369,9 @@ class SmoothDDNAttack(_SmoothAttack):
 
     Args:
         sigma: Noise level :math:`\sigma`.
-        epsilon: Final L2 radius :math:`\epsilon` (official flags: integers divided by 256).
+        epsilon: Final L2 radius :math:`\epsilon` in input units (official flags: integers
+            divided by 256); larger than the diameter of the input box, :math:`\sqrt d`, it is
+            a ``ValueError`` at the call.
         num_steps: Number of steps ``T``.
         num_noise: Noise samples ``m``. Default: 1.
         gamma: Norm update factor :math:`\gamma`. Default: 0.05 (training); the official
@@ -421,6 +429,9 @@ class SmoothDDNAttack(_SmoothAttack):
         self.gamma = gamma
         self.init_norm = init_norm
         self.quantize = quantize
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         """Attack ``model`` at ``inputs``.
@@ -497,7 +508,9 @@ class CATRSNoiseAttack(_NoiseAttack):
 
     Args:
         sigma: Noise level :math:`\sigma`.
-        epsilon: Radius :math:`\epsilon` around each noise row (official: 1.0, the flag 256/256).
+        epsilon: Radius :math:`\epsilon` around each noise row, in input units (official: 1.0,
+            the flag 256/256); larger than the diameter of the input box, :math:`\sqrt d`, it
+            is a ``ValueError`` at the call.
         num_steps: Number of steps ``T`` (official: 4; 1 on ImageNet).
         num_noise: Noise samples ``m`` per input. Default: 4.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
@@ -523,6 +536,9 @@ class CATRSNoiseAttack(_NoiseAttack):
         >>> attack(model, x, prior).shape
         torch.Size([8, 4])
     """
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         r"""Draw noise for ``inputs`` and move it away from the target distributions.

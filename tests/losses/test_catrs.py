@@ -439,3 +439,18 @@ def test_noise_attack_module_matches_functional_and_restores_state():
         attack(model, x, prior * 2)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         CATRSNoiseAttack(0.5, 0.0, 2)
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+def test_the_official_epsilon_flag_is_refused_with_its_meaning():
+    # the official --epsilon 256 is divided by 256 in train_catrs.py: 1.0 in input units
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    crit = CATRSLoss(0.5, 2, 256, 2)
+    with pytest.raises(ValueError, match=r"got 256: epsilon is an L2 radius.*epsilon=1\b"):
+        crit(model, x, y, prior=soft_prior(y, 3))
+    crit.epsilon = 1.0
+    assert torch.isfinite(crit(model, x, y, prior=soft_prior(y, 3)))
+    with pytest.raises(ValueError, match="flag/256"):
+        CATRSNoiseAttack(0.5, 256, 2, 2)(model, x, soft_prior(y, 3))

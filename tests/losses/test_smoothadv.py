@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -289,3 +290,48 @@ def test_smoke_digits_training_reduces_loss(attack):
             crit(model, x[i : i + 64], y[i : i + 64]).backward()
             opt.step()
     assert evaluate() < before
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+def _cifar_like():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    return model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+
+
+@pytest.mark.parametrize("flag", [64, 127, 255, 512])
+@pytest.mark.parametrize("attack", ["pgd", "ddn"])
+def test_an_integer_epsilon_flag_is_refused_with_its_meaning(flag, attack):
+    # sqrt(3 * 32 * 32) = 55.4: every official flag is larger than the box's diameter
+    model, x, y = _cifar_like()
+    crit = SmoothAdvLoss(0.5, flag, 10, 4, attack=attack, warmup_epochs=0)
+    before = [p.clone() for p in model.parameters()]
+    message = (
+        rf"epsilon must be at most the diameter of the input box \[0, 1\]\^3072, .*55.43, got "
+        rf"{flag}: epsilon is an L2 radius in input units.*flag/256.*epsilon={flag / 256:.6g}"
+    )
+    with pytest.raises(ValueError, match=message):
+        crit(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_diameter_is_checked_whatever_the_warmup():
+    model, x, y = _cifar_like()
+    crit = SmoothAdvLoss(0.5, 255, 10, 4)  # epsilon_0 = 25.5 would still be far too large
+    crit.set_epoch(0)
+    with pytest.raises(ValueError, match="flag/256"):
+        crit(model, x, y)
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(dim=st.integers(1, 64), scale=st.floats(0.0, 3.0))
+def test_epsilon_up_to_the_diameter_runs_and_beyond_it_raises(dim, scale):
+    model = nn.Linear(dim, 2)
+    x, y = torch.full((2, dim), 0.5), torch.tensor([0, 1])
+    epsilon = scale * math.sqrt(dim)
+    crit = SmoothAdvLoss(0.5, epsilon, 1, 1, warmup_epochs=0)
+    if epsilon > math.sqrt(dim):
+        with pytest.raises(ValueError, match="diameter of the input box"):
+            crit(model, x, y)
+    else:
+        assert torch.isfinite(crit(model, x, y))

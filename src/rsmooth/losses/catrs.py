@@ -11,7 +11,13 @@ from torch import Tensor, nn
 from rsmooth._model_state import preserve_model_state
 from rsmooth._prior import Confidence, check_prior_rows
 from rsmooth._settings import Setting
-from rsmooth._validation import check_choice, check_int, check_nonnegative, check_positive
+from rsmooth._validation import (
+    check_choice,
+    check_epsilon_in_box,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from rsmooth.functional import catrs_loss, sample_noise
 from rsmooth.losses._base import SmoothingCriterion, check_unit_box_range
 
@@ -64,8 +70,10 @@ class CATRSLoss(SmoothingCriterion):
             uses 0.25 in the official recipe).
         num_noise: Noise copies :math:`m` (``--num-noise-vec``). Default: 4.
         epsilon: Radius :math:`\epsilon` of the noise adversary, in input units (the official
-            ``--epsilon 256`` divided by 256). The official ``--warmup W`` doubles it from
-            epoch ``W``: assign ``criterion.epsilon = 2.0`` then. Default: 1.0.
+            ``--epsilon 256`` divided by 256; a value larger than the diameter of the input box,
+            :math:`\sqrt d` for :math:`[0, 1]^d`, such as the flag itself, is a ``ValueError``
+            at the call). The official ``--warmup W`` doubles it from epoch ``W``: assign
+            ``criterion.epsilon = 2.0`` then. Default: 1.0.
         num_steps: Attack steps :math:`T` (0: no attack). Default: 4.
         lbd: Weight :math:`\lambda` of :math:`L^{high}` (official CIFAR-10: 0.5 / 1.0 / 2.0 for
             :math:`\sigma` = 0.25 / 0.5 / 1.0). Default: 1.0.
@@ -159,6 +167,9 @@ class CATRSLoss(SmoothingCriterion):
         return self._checked_call(
             model, inputs, targets, functools.partial(self._catrs_loss, prior=prior), check_prior
         )
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def _catrs_loss(
         self, model: nn.Module, inputs: Tensor, targets: Tensor, prior: Tensor

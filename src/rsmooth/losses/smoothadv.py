@@ -12,6 +12,7 @@ from rsmooth._model_state import preserve_model_state
 from rsmooth._settings import Setting
 from rsmooth._validation import (
     check_choice,
+    check_epsilon_in_box,
     check_int,
     check_nonnegative,
 )
@@ -50,7 +51,9 @@ class SmoothAdvLoss(SmoothingCriterion):
 
     **Units.** :attr:`epsilon` is an L2 radius in input units (pixels in :math:`[0, 1]`). The
     official ``--epsilon`` flag is an integer divided by **256** (64 → 0.25, 127 → 0.496,
-    255 → 0.996, 512 → 2.0).
+    255 → 0.996, 512 → 2.0): an :attr:`epsilon` larger than the diameter of the input box
+    (:math:`\sqrt d` for :math:`[0, 1]^d`), such as a flag passed as it is, is a ``ValueError``
+    at the call.
 
     **Warm-up.** The official loop warms :math:`\epsilon` up per epoch:
     :math:`\epsilon_e = \min(\epsilon, (e+1)\epsilon/10)` at epoch ``e`` (0-based). Call
@@ -92,7 +95,8 @@ class SmoothAdvLoss(SmoothingCriterion):
     Raises:
         TypeError: For arguments of the wrong type.
         ValueError: For a non-positive ``sigma``, a negative ``epsilon``, counts below 1, an
-            unknown ``attack``, inputs outside :math:`[0, 1]`, or mismatched targets.
+            unknown ``attack``, inputs outside :math:`[0, 1]`, mismatched targets, or (when
+            called) an ``epsilon`` larger than the diameter of the input box.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -162,6 +166,9 @@ class SmoothAdvLoss(SmoothingCriterion):
             f"it attacks with the full epsilon={self.epsilon:g} from the first step",
             "warmup_epochs=0 to train without the warm-up",
         )
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         epsilon = self._scheduled_values()["epsilon"]
