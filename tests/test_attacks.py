@@ -258,6 +258,46 @@ def test_ddn_ball_without_quantization(generator):
     assert bool((row_norms(x_adv - x) <= 0.2 + 1e-6).all())
 
 
+# ------------------------------------------- issue 20, item 6: DDN's output stays in the ball
+
+
+def test_ddn_quantized_output_stays_in_the_ball():
+    # the issue's case: 8-bit inputs, quantize=True, epsilon = 0.25; the official rounding put
+    # several rows outside the ball (up to 0.2559)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x = torch.randint(0, 256, (40, 3, 8, 8), generator=torch.Generator().manual_seed(0)) / 255
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(1))
+    attack = SmoothDDNAttack(0.25, 0.25, 10, 4, generator=torch.Generator().manual_seed(0))
+    x_adv = attack(model, x, y)
+    assert bool((row_norms(x_adv - x) <= 0.25 + 1e-6).all())
+    assert bool(((x_adv * 255 - (x_adv * 255).round()).abs() < 1e-4).all())  # still 8-bit
+    assert bool((row_norms(x_adv - x) > 0.2).any())  # the attack did move rows to the ball
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    epsilon=st.floats(0.0, 2.0),
+    quantize=st.booleans(),
+    on_grid=st.booleans(),
+    init_norm=st.floats(0.05, 3.0),
+)
+def test_ddn_output_always_in_ball_and_box_property(seed, epsilon, quantize, on_grid, init_norm):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 4))
+    x = torch.rand(8, 2, 4, 4, generator=g)
+    x = (x * 255).round() / 255 if on_grid else x
+    y = torch.randint(0, 4, (8,), generator=g)
+    attack = SmoothDDNAttack(
+        0.25, epsilon, 6, 2, init_norm=init_norm, quantize=quantize, generator=g
+    )
+    x_adv = attack(model, x, y)
+    assert bool((row_norms(x_adv - x) <= epsilon + 1e-6).all())
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
 # ----------------------------------------------------------------------------- shared properties
 
 
