@@ -667,3 +667,17 @@ def test_adaptive_noise_epsilon_is_a_step_length_not_checked_against_the_box():
     # Sun et al.'s --epsilon is a raw step on the sphere of the noise's norm, not a /256 flag
     attack = AdaptiveNoiseAttack(0.25, 100.0, 1, 1)
     assert attack(small_mlp(6, 3), X, Y).shape == (2, 6)
+
+
+# ---------------------------------------------- issue 20: one positional order for every attack
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+def test_one_positional_order_for_every_attack(name):
+    import inspect
+
+    positional = [
+        n
+        for n, p in inspect.signature(type(ALL_ATTACKS[name]()).__init__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and n != "self"
+    ]
+    assert positional[0] == "sigma" and positional[1] in ("epsilon", "step_size")
+    assert positional[2:] == ["num_steps", "num_noise"]

@@ -24,6 +24,7 @@ from rsmooth.losses import (
     SmoothMixLoss,
     StabilityLoss,
 )
+from tests.criteria_table import exported_criteria
 
 FACTORIES: dict[str, Callable[..., SmoothingCriterion]] = {
     "gaussian": lambda **kw: GaussianAugmentationLoss(0.25, 2, **kw),
@@ -566,3 +567,28 @@ def test_any_negative_weight_assignment_is_refused(name: str, value: float) -> N
     with pytest.raises(ValueError, match="lbd must be non-negative"):
         criterion.lbd = value
     assert criterion.lbd == before
+
+
+# ------------------------------------------- issue 20: one positional order for every criterion
+ADVERSARY = ("epsilon", "step_size")
+
+
+@pytest.mark.parametrize("cls", sorted(exported_criteria(), key=lambda c: c.__name__))
+def test_one_positional_order_for_every_criterion(cls: type) -> None:
+    """sigma, then the adversary's size and steps (if any), then num_noise, then the weights."""
+    import inspect
+
+    positional = [
+        name
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and name != "self"
+    ]
+    assert positional[0] == "sigma"
+    rest = positional[1:]
+    if rest and rest[0] in ADVERSARY:
+        assert rest[1] == "num_steps", cls
+        rest = rest[2:]
+    if "num_noise" in rest:
+        assert rest[0] == "num_noise", cls
+        rest = rest[1:]
+    assert not set(rest) & {"num_noise", "num_steps", *ADVERSARY}, cls  # only weights remain

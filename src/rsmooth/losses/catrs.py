@@ -31,9 +31,9 @@ def _check_confidence(name: str, value: object) -> Confidence:
 class CATRSLoss(SmoothingCriterion):
     r"""CAT-RS: confidence-aware training with a worst-case noise term :cite:`jeong2023catrs`.
 
-    Called as ``loss = criterion(model, inputs, targets, prior=prior_rows)``, where
-    ``prior_rows`` ``[B, K]`` are the rows of a **precomputed** smoothed class-frequency table
-    for the examples of the batch (:func:`rsmooth.training.prediction_table` of a Gaussian model
+    Called as ``loss = criterion(model, inputs, targets, prior=prior_rows)`` (``prior`` is a
+    required keyword), where ``prior_rows`` ``[B, K]`` are the rows of a **precomputed** smoothed
+    class-frequency table for the examples of the batch (:func:`rsmooth.training.prediction_table` of a Gaussian model
     trained at :math:`\sigma = 0.25`, for every training :math:`\sigma`, as the official recipe
     does), indexed by dataset index (:class:`rsmooth.training.IndexedDataset`).
 
@@ -68,13 +68,13 @@ class CATRSLoss(SmoothingCriterion):
     Args:
         sigma: Noise level :math:`\sigma` (the training :math:`\sigma`; the prior's model always
             uses 0.25 in the official recipe).
-        num_noise: Noise copies :math:`m` (``--num-noise-vec``). Default: 4.
         epsilon: Radius :math:`\epsilon` of the noise adversary, in input units (the official
             ``--epsilon 256`` divided by 256; a value larger than the diameter of the input box,
             :math:`\sqrt d` for :math:`[0, 1]^d`, such as the flag itself, is a ``ValueError``
             at the call). The official ``--warmup W`` doubles it from epoch ``W``: assign
             ``criterion.epsilon = 2.0`` then. Default: 1.0.
         num_steps: Attack steps :math:`T` (0: no attack). Default: 4.
+        num_noise: Noise copies :math:`m` (``--num-noise-vec``). Default: 4.
         lbd: Weight :math:`\lambda` of :math:`L^{high}` (official CIFAR-10: 0.5 / 1.0 / 2.0 for
             :math:`\sigma` = 0.25 / 0.5 / 1.0). Default: 1.0.
         confidence: ``"model"`` (vote fraction of forward A, the default) or ``"prior"``
@@ -101,9 +101,9 @@ class CATRSLoss(SmoothingCriterion):
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         >>> x, y = torch.rand(4, 1, 4, 4, generator=g), torch.tensor([0, 1, 2, 0])
         >>> prior = torch.full((4, 3), 1 / 3)
-        >>> criterion = CATRSLoss(0.5, num_noise=2, epsilon=1.0, num_steps=2, generator=g)
+        >>> criterion = CATRSLoss(0.5, 1.0, 2, 2, generator=g)  # sigma, epsilon, T, m
         >>> criterion
-        CATRSLoss(sigma=0.5, num_noise=2, epsilon=1.0, num_steps=2, lbd=1.0, confidence='model')
+        CATRSLoss(sigma=0.5, epsilon=1.0, num_steps=2, num_noise=2, lbd=1.0, confidence='model')
         >>> loss = criterion(model, x, y, prior=prior)
         >>> loss.shape, sorted(criterion.last_terms)
         (torch.Size([]), ['accept_rate', 'high', 'low', 'mean_k'])
@@ -112,36 +112,36 @@ class CATRSLoss(SmoothingCriterion):
     term_names: ClassVar[tuple[str, ...]] = ("low", "high", "accept_rate", "mean_k")
     _repr_fields: ClassVar[tuple[str, ...]] = (
         "sigma",
-        "num_noise",
         "epsilon",
         "num_steps",
+        "num_noise",
         "lbd",
         "confidence",
     )
     _unit_box: ClassVar[bool] = True
 
     input_range = Setting(check_unit_box_range)
-    num_noise = Setting(check_int)
     epsilon = Setting(check_positive)
     num_steps = Setting(functools.partial(check_int, min=0))
+    num_noise = Setting(check_int)
     lbd = Setting(check_nonnegative)
     confidence = Setting(_check_confidence)
 
     def __init__(
         self,
         sigma: float,
-        num_noise: int = 4,
         epsilon: float = 1.0,
         num_steps: int = 4,
+        num_noise: int = 4,
         lbd: float = 1.0,
         *,
         confidence: Confidence = "model",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, generator=generator)
-        self.num_noise = num_noise
         self.epsilon = epsilon
         self.num_steps = num_steps
+        self.num_noise = num_noise
         self.lbd = lbd
         self.confidence = confidence
 
