@@ -262,18 +262,18 @@ def check_generator_arg(name: str, value: Any) -> torch.Generator | None:
 
 
 def check_base_model(model: Any) -> torch.nn.Module:
-    """Check the base classifier given to a criterion or an attack (an ``nn.Module``).
+    """Check the base classifier given to a criterion, an attack or a dataset statistic.
 
-    A :class:`~rsmooth.SmoothedClassifier` is not one: the criteria and attacks add the noise
-    themselves, so the message says to pass its ``model`` and ``sigma``.
+    A :class:`~rsmooth.SmoothedClassifier` is not one: those add the noise themselves, so the
+    message says to pass its ``model`` and ``sigma``.
     """
     from rsmooth import SmoothedClassifier
 
     if isinstance(model, SmoothedClassifier):
         raise TypeError(
-            "model must be the base classifier (a torch.nn.Module), got a SmoothedClassifier; "
-            "the criteria and attacks add the noise themselves: pass smoothed.model, and "
-            "sigma=smoothed.sigma to the constructor"
+            "model must be the base classifier (a torch.nn.Module), got a SmoothedClassifier, "
+            "which adds its own noise; rsmooth adds the noise here itself: pass smoothed.model, "
+            "and sigma=smoothed.sigma (to the criterion's or attack's constructor)"
         )
     return check_model(model)
 
