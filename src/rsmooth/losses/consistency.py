@@ -40,6 +40,8 @@ class ConsistencyLoss(SmoothingCriterion):
     ``loss = natural + lbd * consistency + eta * entropy``. The pure form is
     :func:`rsmooth.functional.consistency_loss`.
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`.
         num_noise: Noise copies per input, :math:`m \ge 2` (with one copy the KL is zero).

@@ -30,6 +30,8 @@ class GaussianAugmentationLoss(SmoothingCriterion):
     Noisy inputs are not clamped. After each call, :attr:`last_terms` holds ``"natural"`` (equal
     to the loss). The pure form is :func:`rsmooth.functional.gaussian_augmentation_loss`.
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`, the same as at certification.
         num_noise: Noise copies per input, :math:`m`. The paper uses 1. Default: 1.

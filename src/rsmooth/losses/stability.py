@@ -37,6 +37,8 @@ class StabilityLoss(SmoothingCriterion):
     ``"stability"`` (the unweighted soft cross-entropy). The pure form is
     :func:`rsmooth.functional.stability_loss`.
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`.
         lbd: Weight :math:`\lambda \ge 0` of the stability term (:math:`\gamma` in
