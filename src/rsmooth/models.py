@@ -612,7 +612,10 @@ def _is_state_dict(value: object) -> TypeGuard[Mapping[str, Any]]:
     return (
         isinstance(value, Mapping)
         and len(value) > 0
-        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+        and all(
+            isinstance(k, str) and (isinstance(v, Tensor) or k.endswith("_extra_state"))
+            for k, v in value.items()
+        )
     )
 
 
