@@ -21,7 +21,7 @@ Conventions (those of the authors' code, ``shared/algorithms.md``):
   CIFAR-10 150 epochs, lr 0.1, step 50;
 - the official schedules, applied by ``criterion.set_epoch(epoch)`` at the start of every epoch
   ``e`` (0-based), with ``--warmup`` epochs (10): SmoothAdv's epsilon
-  ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``warmup`` ``w_e = min(1, (e + 1) / 10)``, which
+  ``min(eps, (e + 1) * eps / 10)``; SmoothMix's ``w_e = min(1, (e + 1) / 10)``, which
   scales eta and the one-step cap; MACER with ``--deferred`` uses lambda 0 for the first
   ``lr_step`` epochs (until the first learning-rate drop);
   Sun et al.'s adaptive criterion turns its adversary on at ``--discard-epoch``;
@@ -204,15 +204,6 @@ def _schedule_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "macer" and args.deferred and args.lr_step is not None:
         return {"deferred_until": args.lr_step - 1}  # lambda = 0 until the first LR drop
     return {}
-
-
-#: The attributes each criterion's schedule sets, logged per epoch.
-SCHEDULED: dict[str, tuple[str, ...]] = {
-    "smoothadv": ("epsilon",),
-    "smoothmix": ("warmup",),
-    "macer": ("lbd",),
-    "adaptive": ("adversarial",),
-}
 
 
 def _augment_cifar(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -499,7 +490,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     checkpoint: dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         criterion.set_epoch(epoch)  # the criterion's official schedule (warm-up, deferred terms)
-        schedule = {k: float(getattr(criterion, k)) for k in SCHEDULED.get(args.criterion, ())}
+        # the values the schedule gives this epoch (the hyperparameters themselves stay as set)
+        schedule = {k: float(v) for k, v in criterion.scheduled.items()}
         if dist_sampler is not None:
             dist_sampler.set_epoch(epoch)
         net.train()

@@ -38,7 +38,8 @@ for epoch in range(epochs):
         optimizer.step()
     kept = len(train_set) if schedule.kept is None else len(schedule.kept)
     terms = ", ".join(f"{k} {v:.3f}" for k, v in criterion.last_terms.items())
-    print(f"epoch {epoch}: {kept} examples kept, adversarial {criterion.adversarial}, {terms}")
+    adversarial = criterion.scheduled["adversarial"]  # in force this epoch
+    print(f"epoch {epoch}: {kept} examples kept, adversarial {adversarial}, {terms}")
 
 test_x, test_y = load_dataset("digits", "test").tensors
 smoothed = rsmooth.SmoothedClassifier(model, sigma=0.25)

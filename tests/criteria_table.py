@@ -73,16 +73,23 @@ CRITERIA: dict[str, Entry] = {
         GaussianAugmentationLoss, lambda g: GaussianAugmentationLoss(0.5, 2, generator=g)
     ),
     "stability": Entry(StabilityLoss, lambda g: StabilityLoss(0.5, 2.0, generator=g)),
-    "smoothadv-pgd": Entry(SmoothAdvLoss, lambda g: SmoothAdvLoss(0.5, 0.5, 2, 2, generator=g)),
+    "smoothadv-pgd": Entry(
+        SmoothAdvLoss, lambda g: SmoothAdvLoss(0.5, 0.5, 2, 2, generator=g, warmup_epochs=0)
+    ),
     "smoothadv-ddn": Entry(
-        SmoothAdvLoss, lambda g: SmoothAdvLoss(0.5, 0.5, 2, 2, attack="ddn", generator=g)
+        SmoothAdvLoss,
+        lambda g: SmoothAdvLoss(0.5, 0.5, 2, 2, attack="ddn", generator=g, warmup_epochs=0),
     ),
     "macer": Entry(MACERLoss, lambda g: MACERLoss(0.5, 4, generator=g)),
     "consistency": Entry(ConsistencyLoss, lambda g: ConsistencyLoss(0.5, 2, generator=g)),
-    "smoothmix": Entry(SmoothMixLoss, lambda g: SmoothMixLoss(0.5, 1.0, 2, 2, 5.0, generator=g)),
+    "smoothmix": Entry(
+        SmoothMixLoss, lambda g: SmoothMixLoss(0.5, 1.0, 2, 2, 5.0, generator=g, warmup_epochs=0)
+    ),
     "smoothmix-one-step": Entry(
         SmoothMixLoss,
-        lambda g: SmoothMixLoss(0.5, 1.0, 2, 2, 5.0, one_step_adversary=True, generator=g),
+        lambda g: SmoothMixLoss(
+            0.5, 1.0, 2, 2, 5.0, one_step_adversary=True, generator=g, warmup_epochs=0
+        ),
     ),
     "catrs": Entry(
         CATRSLoss,

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from rsmooth import SmoothDDNAttack, SmoothPGDAttack, UnrestrictedSmoothAttack
+from rsmooth import (
+    AdaptiveNoiseAttack,
+    CATRSNoiseAttack,
+    SmoothDDNAttack,
+    SmoothPGDAttack,
+    UnrestrictedSmoothAttack,
+)
 from rsmooth.functional import (
     sample_noise,
     smooth_ddn_attack,
@@ -252,6 +258,46 @@ def test_ddn_ball_without_quantization(generator):
     assert bool((row_norms(x_adv - x) <= 0.2 + 1e-6).all())
 
 
+# ------------------------------------------- issue 20, item 6: DDN's output stays in the ball
+
+
+def test_ddn_quantized_output_stays_in_the_ball():
+    # the issue's case: 8-bit inputs, quantize=True, epsilon = 0.25; the official rounding put
+    # several rows outside the ball (up to 0.2559)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x = torch.randint(0, 256, (40, 3, 8, 8), generator=torch.Generator().manual_seed(0)) / 255
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(1))
+    attack = SmoothDDNAttack(0.25, 0.25, 10, 4, generator=torch.Generator().manual_seed(0))
+    x_adv = attack(model, x, y)
+    assert bool((row_norms(x_adv - x) <= 0.25 + 1e-6).all())
+    assert bool(((x_adv * 255 - (x_adv * 255).round()).abs() < 1e-4).all())  # still 8-bit
+    assert bool((row_norms(x_adv - x) > 0.2).any())  # the attack did move rows to the ball
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    epsilon=st.floats(0.0, 2.0),
+    quantize=st.booleans(),
+    on_grid=st.booleans(),
+    init_norm=st.floats(0.05, 3.0),
+)
+def test_ddn_output_always_in_ball_and_box_property(seed, epsilon, quantize, on_grid, init_norm):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 4))
+    x = torch.rand(8, 2, 4, 4, generator=g)
+    x = (x * 255).round() / 255 if on_grid else x
+    y = torch.randint(0, 4, (8,), generator=g)
+    attack = SmoothDDNAttack(
+        0.25, epsilon, 6, 2, init_norm=init_norm, quantize=quantize, generator=g
+    )
+    x_adv = attack(model, x, y)
+    assert bool((row_norms(x_adv - x) <= epsilon + 1e-6).all())
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
 # ----------------------------------------------------------------------------- shared properties
 
 
@@ -431,11 +477,143 @@ def test_call_errors(name, args, exc, match):
         ATTACKS[name]()(*args)
 
 
-def test_plain_attribute_epsilon_validated_at_call():
+def test_epsilon_attribute_validated_on_assignment():
     attack = SmoothPGDAttack(0.5, 0.5, 2)
-    attack.epsilon = -1.0
     with pytest.raises(ValueError, match="epsilon must be non-negative"):
-        attack(small_mlp(6, 3), X, Y)
+        attack.epsilon = -1.0
+    assert attack.epsilon == 0.5
+    assert attack(small_mlp(6, 3), X, Y).shape == X.shape
+
+
+# ---------------------------------------------- issue 20, item 7: hyperparameters on assignment
+ALL_ATTACKS = {
+    **ATTACKS,
+    "catrs-noise": lambda g=None: CATRSNoiseAttack(0.25, 1.0, 2, 2, generator=g),
+    "adaptive-noise": lambda g=None: AdaptiveNoiseAttack(0.25, 0.25, 2, 2, generator=g),
+}
+
+# (attack, attribute, value, exception, message): the constructor's checks, on assignment
+ASSIGNMENTS = [
+    ("unrestricted", "sigma", -0.5, ValueError, "sigma must be positive and finite, got -0.5"),
+    ("unrestricted", "step_size", -1, ValueError, "step_size must be positive and finite, got -1"),
+    ("unrestricted", "num_steps", 2.5, TypeError, "num_steps must be an integer, got float"),
+    ("unrestricted", "num_noise", 0, ValueError, "num_noise must be a positive integer, got 0"),
+    ("unrestricted", "max_norm", -1.0, ValueError, "max_norm must be positive"),
+    ("unrestricted", "one_step_max_norm", "1", TypeError, "one_step_max_norm must be a real"),
+    ("pgd", "epsilon", float("inf"), ValueError, "epsilon must be non-negative and finite"),
+    ("pgd", "generator", 0, TypeError, "generator must be a torch.Generator, got int"),
+    ("ddn", "gamma", 1.5, ValueError, r"gamma must be in \[0, 1\), got 1.5"),
+    ("ddn", "init_norm", -0.5, ValueError, "init_norm must be non-negative"),
+    ("ddn", "quantize", "yes", TypeError, "quantize must be a bool, got str"),
+    ("catrs-noise", "epsilon", 0.0, ValueError, "epsilon must be positive and finite, got 0.0"),
+    ("catrs-noise", "num_steps", -1, ValueError, "num_steps must be an integer >= 0, got -1"),
+    ("adaptive-noise", "num_noise", 1.0, TypeError, "num_noise must be an integer, got float"),
+    ("adaptive-noise", "sigma", float("nan"), ValueError, "sigma must be positive and finite"),
+]
+
+
+@pytest.mark.parametrize(("name", "attribute", "value", "exc", "match"), ASSIGNMENTS)
+def test_assignment_is_checked_and_keeps_the_old_value(name, attribute, value, exc, match):
+    attack = ALL_ATTACKS[name]()
+    before = getattr(attack, attribute)
+    with pytest.raises(exc, match=match):
+        setattr(attack, attribute, value)
+    assert getattr(attack, attribute) == before
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(
+    name=st.sampled_from(list(ALL_ATTACKS)),
+    value=st.floats(max_value=0.0) | st.just(float("nan")) | st.just(float("inf")),
+)
+def test_any_non_positive_sigma_assignment_is_refused(name, value):
+    attack = ALL_ATTACKS[name]()
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        attack.sigma = value
+    assert attack.sigma == 0.25
+
+
+def test_settings_survive_deepcopy_pickle_and_repr():
+    import pickle
+
+    attack = SmoothDDNAttack(0.25, 0.5, 3, 2, generator=torch.Generator())
+    attack.gamma = 0.1
+    for clone in (copy.deepcopy(attack), pickle.loads(pickle.dumps(attack))):
+        assert repr(clone) == repr(attack)
+        assert clone.gamma == 0.1 and clone.generator is None
+        with pytest.raises(ValueError, match="gamma must be"):
+            clone.gamma = 2.0
+    assert attack.state_dict() == {}
+
+
+# ---------------------------------------------- issue 20, item 9 and labels: call mistakes
+def _conv_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def _call(name, attack, model, inputs, labels):
+    if name == "catrs-noise":  # its targets are per-class distributions
+        return attack(model, inputs, torch.full((len(labels), 3), 1 / 3))
+    return attack(model, inputs, labels)
+
+
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+def test_unbatched_image_gets_the_unsqueeze_hint(name):
+    image = torch.rand(3, 8, 8)  # one CHW image, read as a batch of 3
+    with pytest.raises(ValueError, match=r"inputs\.unsqueeze\(0\).*the model raised"):
+        _call(name, ALL_ATTACKS[name](), _conv_model(), image, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_ATTACKS if n != "catrs-noise"])
+def test_unbatched_image_with_one_label_gets_the_hint(name):
+    with pytest.raises(ValueError, match=r"targets must have shape \(3,\).*unsqueeze\(0\)"):
+        ALL_ATTACKS[name]()(_conv_model(), torch.rand(3, 8, 8), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_ATTACKS if n != "catrs-noise"])
+@pytest.mark.parametrize("label", [3, 10])
+def test_labels_out_of_range_name_the_number_of_logits(name, label):
+    model = small_mlp(6, 3)
+    message = rf"targets must be class indices in \[0, 3\) for a model with 3 logits, got the label {label}"
+    with pytest.raises(ValueError, match=message):
+        ALL_ATTACKS[name]()(model, X, torch.tensor([0, label]))
+    assert not model._forward_hooks
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_catrs_noise_targets_need_one_column_per_class():
+    with pytest.raises(
+        ValueError, match=r"targets must have one column per class of the model \(3 logits\), got 4"
+    ):
+        CATRSNoiseAttack(0.25, 1.0, 2, 2)(small_mlp(6, 3), X, torch.full((2, 4), 0.25))
+
+
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+def test_a_smoothed_classifier_is_refused_with_the_fix(name):
+    from rsmooth import SmoothedClassifier
+
+    smoothed = SmoothedClassifier(small_mlp(6, 3), sigma=0.25)
+    with pytest.raises(TypeError, match=r"pass smoothed\.model, and sigma=smoothed\.sigma"):
+        _call(name, ALL_ATTACKS[name](), smoothed, X, Y)
+
+
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+@pytest.mark.parametrize(("kind", "match"), [("tuple", r"got a tuple"), ("dict", r"got a dict")])
+def test_non_tensor_outputs_get_a_hint(name, kind, match):
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = small_mlp(6, 3)
+
+        def forward(self, x):
+            logits = self.inner(x)
+            return (logits, x) if kind == "tuple" else {"logits": logits}
+
+    model = Wrapped()
+    with pytest.raises(TypeError, match=match):
+        _call(name, ALL_ATTACKS[name](), model, X, Y)
+    assert not model._forward_hooks
 
 
 @pytest.mark.parametrize("fn", [smooth_pgd_attack, smooth_ddn_attack])
@@ -470,3 +648,36 @@ def test_valid_radii_accepted_property(epsilon, step):
     assert SmoothPGDAttack(0.5, epsilon, 1).epsilon == epsilon
     assert SmoothDDNAttack(0.5, epsilon, 1).epsilon == epsilon
     assert UnrestrictedSmoothAttack(0.5, step, 1, 1).step_size == step
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+@pytest.mark.parametrize("factory", [SmoothPGDAttack, SmoothDDNAttack])
+@pytest.mark.parametrize("flag", [127, 255, 512])
+def test_an_integer_epsilon_flag_is_refused_with_its_meaning(factory, flag):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    message = rf"got {flag}: epsilon is an L2 radius in input units.*epsilon={flag / 256:.6g}"
+    with pytest.raises(ValueError, match=message):
+        factory(0.5, flag, 2, 2)(model, x, y)
+    assert factory(0.5, flag / 256, 2, 2)(model, x, y).shape == x.shape
+
+
+def test_adaptive_noise_epsilon_is_a_step_length_not_checked_against_the_box():
+    # Sun et al.'s --epsilon is a raw step on the sphere of the noise's norm, not a /256 flag
+    attack = AdaptiveNoiseAttack(0.25, 100.0, 1, 1)
+    assert attack(small_mlp(6, 3), X, Y).shape == (2, 6)
+
+
+# ---------------------------------------------- issue 20: one positional order for every attack
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+def test_one_positional_order_for_every_attack(name):
+    import inspect
+
+    positional = [
+        n
+        for n, p in inspect.signature(type(ALL_ATTACKS[name]()).__init__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and n != "self"
+    ]
+    assert positional[0] == "sigma" and positional[1] in ("epsilon", "step_size")
+    assert positional[2:] == ["num_steps", "num_noise"]

@@ -376,8 +376,7 @@ def test_research_checkpoint_normalisation_is_the_datasets(tmp_path, capsys):
         (lambda t: research_args(t, dataset=DATASET), "--dataset 'runner_helpers:tiny_dataset': a research checkpoint does not record its dataset"),
         (lambda t: research_args(t, "--normalization", "svhn"), "--normalization 'svhn': a research checkpoint does not record its dataset"),
         (lambda t: research_args(t, checkpoint=t / "missing.pth.tar"), "--checkpoint: no such file"),
-        (lambda t: research_args(t, checkpoint=write(t / "c.pth.tar", "garbage")), "is not a PyTorch checkpoint"),
-        (lambda t: research_args(t, checkpoint=save(t / "sd.pt", {"w": torch.zeros(1)})), "is not a research-format checkpoint"),
+        (lambda t: research_args(t, checkpoint=save(t / "sd.pt", {"w": torch.zeros(1)})), "holds a plain state dict (keys ['w']) without the research format's 'arch'"),
         (lambda t: research_args(t, checkpoint=save(t / "x.pt", {"arch": "vgg", "state_dict": {}})), "arch must be one of ['lenet', 'cifar_resnet20'"),
         (lambda t: research_args(t, checkpoint=RESEARCH / "lenet.checkpoint.pth.tar"), "dataset 'cifar10' has 3-channel images but arch 'lenet' takes 1"),
         (lambda t: certify_args(t / "r.tsv", "--normalization", "cifar10"), "--normalization only applies to a research checkpoint without --model"),
@@ -389,6 +388,13 @@ def test_research_checkpoint_errors(tmp_path, capsys, make_argv, message):
     assert code == 2
     assert message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_research_checkpoint_that_is_no_pickle(tmp_path, capsys):
+    fake_cifar10(tmp_path / "data")
+    argv = research_args(tmp_path, checkpoint=write(tmp_path / "c.pth.tar", "garbage"))
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--checkpoint: cannot load" in err and "Traceback" not in err
 
 
 def save(path, obj):

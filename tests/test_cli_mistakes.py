@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import warnings
 
+import pytest
 import torch
-from runner_helpers import TinyLinear
+from runner_helpers import ROOT, TinyLinear
 
 from rsmooth import SmoothedClassifier
 from rsmooth.cli import main
@@ -191,3 +192,99 @@ def test_report_without_settings_keeps_default_radii(tmp_path, capsys):
     path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0\n")
     code, out, err = run(["report", str(path)], capsys)
     assert code == 0 and "r=2.00" in out and "no settings file" in err
+
+
+# ---------------------------------------------------------------------------- issue 20
+# items 5, 10, 11: the command line loads checkpoints through rsmooth.models.load_model
+RESEARCH = ROOT / "tests" / "data" / "reference-archs"
+
+
+def fake_cifar10(root, size=2):
+    """A CIFAR-10 python-pickle folder with `size` test images (the layout of the real one)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(size, 3072), dtype=np.uint8)
+    batch = {"data": pixels, "labels": [i % 10 for i in range(size)]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    return root
+
+
+def _cifar(tmp_path, *extra, checkpoint):
+    fake_cifar10(tmp_path / "data")
+    return [
+        "certify", "--checkpoint", str(checkpoint), "--dataset", "cifar10",
+        "--data-root", str(tmp_path / "data"), "--sigma", "0.25", "--n", "20", "--n0", "10",
+        "--batch-size", "30", "--out", str(tmp_path / "r.tsv"), "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _reference_state():
+    path = RESEARCH / "cifar_resnet20.checkpoint.pth.tar"
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize(("dataset", "classes"), [("cifar100", 100), ("imagenet", 1000)])
+def test_another_datasets_normalisation_is_refused(tmp_path, capsys, dataset, classes):
+    argv = _cifar(
+        tmp_path,
+        "--normalization",
+        dataset,
+        checkpoint=RESEARCH / "cifar_resnet20.checkpoint.pth.tar",
+    )
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert f"dataset '{dataset}' has {classes} classes but arch 'cifar_resnet20' has 10" in err
+    assert not (tmp_path / "r.tsv").exists()
+
+
+def test_a_research_checkpoint_saved_under_data_parallel_certifies(tmp_path, capsys):
+    # it was refused with a Python snippet, while the factory path stripped the prefix
+    state = {f"module.{k}": v for k, v in _reference_state().items()}
+    path = tmp_path / "dp.pth.tar"
+    torch.save({"epoch": 1, "arch": "cifar_resnet20", "state_dict": state}, path)
+    code, _, err = run(_cifar(tmp_path, checkpoint=path), capsys)
+    assert code == 0, err
+
+
+def test_a_checkpoint_weights_only_refuses_names_the_opt_in(tmp_path, capsys):
+    import argparse
+
+    path = tmp_path / "args.pth.tar"
+    saved = {"arch": "cifar_resnet20", "state_dict": _reference_state()}
+    torch.save({**saved, "args": argparse.Namespace(lr=0.1)}, path)
+    code, _, err = run(_cifar(tmp_path, checkpoint=path), capsys)
+    assert code == 2
+    assert "Unsupported global: GLOBAL argparse.Namespace" in err and "\x1b" not in err
+    assert "--trust-checkpoint" in err and "not a PyTorch checkpoint" not in err
+    assert run(_cifar(tmp_path, "--trust-checkpoint", checkpoint=path), capsys)[0] == 0
+
+
+def test_trust_checkpoint_is_documented_as_running_code(capsys):
+    assert main(["certify", "--help"]) == 0
+    assert "RUNS CODE FROM THE FILE" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_plain_state_dict_names_the_factory_that_builds_it(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    torch.save({k[2:]: v for k, v in _reference_state().items()}, path)  # the bare network
+    code, _, err = run(_cifar(tmp_path, checkpoint=path), capsys)
+    assert code == 2 and "--model rsmooth.models:get_model --model-kwargs" in err
+    kwargs = json.dumps({"arch": "cifar_resnet20", "dataset": "cifar10"})
+    argv = _cifar(
+        tmp_path, "--model", "rsmooth.models:get_model", "--model-kwargs", kwargs, checkpoint=path
+    )
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+
+
+def test_a_factory_checkpoint_saved_by_torch_compile_loads(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "compiled.pt"
+    torch.save({f"_orig_mod.{k}": v for k, v in TinyLinear().state_dict().items()}, path)
+    argv = ["certify", "--model", "runner_helpers:tiny_model", "--checkpoint", str(path)]
+    code, _, err = run([*argv, *BASE, "--out", str(tmp_path / "r.tsv"), "--max", "2"], capsys)
+    assert code == 0, err

@@ -147,7 +147,7 @@ def test_smoothadv_epsilon_warmup(train):
     eps = []
     for epoch in range(12):
         criterion.set_epoch(epoch)
-        eps.append(criterion.epsilon)
+        eps.append(criterion.scheduled["epsilon"])
     assert eps[0] == pytest.approx(0.1)  # min(eps, (e + 1) * eps / 10)
     assert eps[4] == pytest.approx(0.5)
     assert eps[9:] == [1.0, 1.0, 1.0]
@@ -161,7 +161,7 @@ def test_macer_deferred(train):
     lbds = []
     for epoch in range(5):
         criterion.set_epoch(epoch)
-        lbds.append(criterion.lbd)
+        lbds.append(criterion.scheduled["lbd"])
     assert lbds == [0.0, 0.0, 0.0, 16.0, 16.0]
 
 
@@ -541,4 +541,5 @@ def test_smoothmix_warmup_sets_the_criterion_attribute(train, tmp_path):
     args = train.build_parser().parse_args(flags)
     criterion, _ = train.make_criterion("smoothmix", args)
     criterion.set_epoch(0)
-    assert criterion.warmup == pytest.approx(0.1)  # w_e scales eta and the one-step cap
+    assert criterion.scheduled["warmup"] == pytest.approx(0.1)  # w_e scales eta and the cap
+    assert criterion.eta == 5.0  # the value set; the schedule never changes it

@@ -548,7 +548,12 @@ def test_exported_programs_can_be_smoothed():
         ("batch_size", 0, ValueError, "batch_size must be a positive integer, got 0"),
         ("batch_size", "fast", ValueError, "batch_size must be .*'auto' or None, got 'fast'"),
         ("batch_size", 2.5, TypeError, "batch_size must be an integer, 'auto' or None, got float"),
-        ("nonfinite", "ignore", ValueError, "nonfinite must be one of .*, got 'ignore'"),
+        (
+            "nonfinite",
+            "ignore",
+            ValueError,
+            "nonfinite must be 'raise' or 'count_against', got 'ignore'",
+        ),
         ("compile", "yes", TypeError, "compile must be a bool or a dict"),
         ("compile", {"dynamic": True}, ValueError, "compile must not set 'dynamic'"),
         ("autocast", torch.int8, ValueError, "autocast must be torch.bfloat16 or"),

@@ -166,6 +166,26 @@ def test_helpers_bad_arguments():
         prediction_table(model, TensorDataset(torch.zeros(0, 4), torch.zeros(0)))
 
 
+@pytest.mark.parametrize("function", [prediction_table, p_correct])
+def test_a_data_loader_is_refused_naming_its_dataset(function):
+    # issue 20: prediction_table(model, DataLoader) failed with a raw torch error
+    model, data = three_class_model(), dataset()
+    loader = DataLoader(data, batch_size=4, shuffle=True)
+    name = function.__name__
+    with pytest.raises(
+        TypeError,
+        match=rf"got a DataLoader: pass its dataset, e.g. {name}\(model, loader.dataset\)",
+    ):
+        function(model, loader, 0.25, 10)
+    assert function(model, loader.dataset, 0.25, 10).shape[0] == len(data)
+
+
+def test_a_smoothed_classifier_is_refused_naming_its_model():
+    smoothed = SmoothedClassifier(three_class_model(), sigma=0.25)
+    with pytest.raises(TypeError, match=r"pass smoothed\.model, and sigma=smoothed\.sigma"):
+        prediction_table(smoothed, dataset())  # type: ignore[arg-type]
+
+
 class FakeEstimates:
     """Replaces p_correct with given values and records each call's sizes."""
 

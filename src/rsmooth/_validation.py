@@ -9,15 +9,20 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "DEFAULT_INPUT_RANGE",
+    "check_base_model",
+    "check_bool",
+    "check_choice",
+    "check_epsilon_in_box",
     "check_generator",
+    "check_generator_arg",
     "check_input_range",
     "check_input_range_arg",
     "check_inputs",
@@ -29,6 +34,7 @@ __all__ = [
     "check_radii",
     "check_real",
     "check_targets",
+    "optional",
 ]
 
 
@@ -232,3 +238,101 @@ def check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
             f"radius must be sorted in increasing order without repeats, got {list(radii)}"
         )
     return radii
+
+
+# ---------------------------------------------------------------------------- settings
+# Checks with the ``check(name, value) -> value`` signature of :class:`rsmooth._settings.Setting`,
+# for the criteria's and attacks' hyperparameters.
+
+T = TypeVar("T")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` after checking it is a ``bool`` (``0``/``1`` are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
+    return value
+
+
+def check_choice(*choices: str) -> Callable[[str, Any], str]:
+    """A check that accepts one of the strings ``choices``.
+
+    Example:
+        >>> check_choice("pgd", "ddn")("attack", "fgsm")
+        Traceback (most recent call last):
+        ...
+        ValueError: attack must be 'pgd' or 'ddn', got 'fgsm'
+    """
+    if len(choices) == 2:
+        listed = " or ".join(repr(c) for c in choices)
+        kind = f"a str, {listed}"
+    else:
+        listed = "one of " + ", ".join(repr(c) for c in choices)
+        kind = listed
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be {kind}, got {_type_name(value)}")
+        if value not in choices:
+            raise ValueError(f"{name} must be {listed}, got {value!r}")
+        return value
+
+    return check
+
+
+def optional(check: Callable[[str, Any], T]) -> Callable[[str, Any], T | None]:
+    """A check that accepts ``None`` and otherwise runs ``check``."""
+
+    def check_or_none(name: str, value: Any) -> T | None:
+        return None if value is None else check(name, value)
+
+    return check_or_none
+
+
+def check_generator_arg(name: str, value: Any) -> torch.Generator | None:
+    """Return ``value`` after checking it is ``None`` or a ``torch.Generator``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator, got {_type_name(value)}")
+    return value
+
+
+def check_base_model(model: Any) -> torch.nn.Module:
+    """Check the base classifier given to a criterion, an attack or a dataset statistic.
+
+    A :class:`~rsmooth.SmoothedClassifier` is not one: those add the noise themselves, so the
+    message says to pass its ``model`` and ``sigma``.
+    """
+    smoothed = not isinstance(model, torch.nn.Module) and isinstance(
+        getattr(model, "model", None), torch.nn.Module
+    )
+    if smoothed and hasattr(model, "sigma"):
+        raise TypeError(
+            "model must be the base classifier (a torch.nn.Module), got a SmoothedClassifier, "
+            "which adds its own noise; rsmooth adds the noise here itself: pass smoothed.model, "
+            "and sigma=smoothed.sigma (to the criterion's or attack's constructor)"
+        )
+    return check_model(model)
+
+
+def check_epsilon_in_box(
+    name: str, epsilon: float, inputs: Tensor, input_range: tuple[float, float] = (0.0, 1.0)
+) -> float:
+    """Check an L2 radius ``epsilon`` in input units against the diameter of the input box.
+
+    No two points of ``[low, high]^d`` are further apart than ``sqrt(d) * (high - low)``, so a
+    larger radius is certainly a slip, usually the research code's integer ``--epsilon`` flag
+    (which its scripts divide by 256) passed as it is.
+    """
+    low, high = input_range
+    dim = inputs[0].numel()
+    diameter = math.sqrt(dim) * (high - low)
+    if epsilon > diameter:
+        raise ValueError(
+            f"{name} must be at most the diameter of the input box [{low:g}, {high:g}]^{dim}, "
+            f"sqrt({dim}) * {high - low:g} = {diameter:.4g}, got {epsilon:g}: {name} is an L2 "
+            "radius in input units (pixels in [0, 1]), and no two inputs are further apart; "
+            "the research code's integer --epsilon flag means flag/256 (64 -> 0.25, 127 -> "
+            f"0.496, 255 -> 0.996, 512 -> 2.0), so for the flag {epsilon:g} pass "
+            f"{name}={epsilon / 256:.6g}"
+        )
+    return epsilon

@@ -7,6 +7,13 @@ the model in ``eval()`` mode with its parameters frozen, restore every submodule
 ``requires_grad`` flag afterwards (also when they raise), and leave no ``.grad`` on parameters.
 Inputs must lie in :math:`[0, 1]` (pixel space); they are rejected, never clamped.
 
+Every constructor argument is an attribute of the same name, checked again whenever it is
+assigned (``attack.step_size = -1`` raises the constructor's ``ValueError`` and keeps the old
+value). Each call checks the labels against the model's logits (``[0, K)``) before the attack
+uses them, refuses a :class:`~rsmooth.SmoothedClassifier` as the model (pass ``smoothed.model``
+and ``sigma=smoothed.sigma``), and adds the hint to add the batch dimension
+(``inputs.unsqueeze(0)``) when the model fails on a 3-D batch.
+
 The pure versions with the noise passed in are in :mod:`rsmooth.functional`
 (:func:`~rsmooth.functional.smooth_pgd_attack`, :func:`~rsmooth.functional.smooth_ddn_attack`,
 :func:`~rsmooth.functional.unrestricted_smooth_attack`).
@@ -14,21 +21,33 @@ The pure versions with the noise passed in are in :mod:`rsmooth.functional`
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from rsmooth._call_checks import (
+    OutputCheck,
+    check_call_targets,
+    checking_outputs,
+    reraise_with_hint,
+)
 from rsmooth._model_state import preserve_model_state
 from rsmooth._prior import check_prior_rows
+from rsmooth._settings import Setting
 from rsmooth._validation import (
+    check_base_model,
+    check_bool,
+    check_epsilon_in_box,
     check_generator,
+    check_generator_arg,
     check_inputs,
     check_int,
-    check_model,
     check_nonnegative,
     check_positive,
-    check_targets,
+    optional,
 )
 from rsmooth.functional import (
     adaptive_noise_attack,
@@ -48,28 +67,67 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+
+def _check_gamma(name: str, value: Any) -> float:
+    gamma = check_nonnegative(name, value)
+    if gamma >= 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {gamma}")
+    return gamma
+
+
 class _SmoothAttack(nn.Module):
-    """Shared plumbing: validation, noise, model-state guard, ``extra_repr``."""
+    """Shared plumbing: settings, validation, noise, model-state guard, ``extra_repr``."""
 
     _repr_fields: ClassVar[tuple[str, ...]] = ()
 
+    sigma = Setting(check_positive)
+    num_noise = Setting(check_int)
+    generator = Setting(check_generator_arg)
+
     def __init__(self, sigma: float, num_noise: int, *, generator: torch.Generator | None) -> None:
         super().__init__()
-        self.sigma = check_positive("sigma", sigma)
-        self.num_noise = check_int("num_noise", num_noise)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.sigma = sigma
+        self.num_noise = num_noise
         self.generator = generator
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_fields)
 
-    def _prepare(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Validate a call; return the noise ``[m * B, *]`` and the labels as ``int64``."""
-        check_model(model)
+    def _prepare(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor, int]:
+        """Validate a call; return the noise ``[m * B, *]``, the labels (``int64``), the top label."""
+        check_base_model(model)
         check_inputs("inputs", inputs, unit_box=True)
-        check_targets("targets", targets, inputs.shape[0], inputs.device)
-        return self._draw_noise(inputs), targets.long()
+        targets, max_label = check_call_targets(targets, inputs)
+        self._check_call(inputs)
+        return self._draw_noise(inputs), targets, max_label
+
+    def _check_call(self, inputs: Tensor) -> None:
+        """Checks of the hyperparameters against the call's inputs (e.g. epsilon's size)."""
+
+    def _run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        attack: Callable[[], T],
+        *,
+        max_label: int | None = None,
+        num_classes: tuple[str, int] | None = None,
+    ) -> T:
+        """Run ``attack()`` in eval mode with frozen parameters, checking the model's output."""
+        check = OutputCheck(max_label, num_classes=num_classes)
+        with (
+            checking_outputs(model, check),
+            preserve_model_state(model, train=False, requires_grad=False),
+        ):
+            try:
+                return attack()
+            except Exception as error:
+                reraise_with_hint(error, inputs)
+                raise
 
     def _draw_noise(self, inputs: Tensor) -> Tensor:
         """Check the generator's device; return the noise ``[m * B, *]`` for ``inputs``."""
@@ -114,7 +172,7 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
         max_norm: Optional L2 radius around ``x`` for every iterate (the ``--maxnorm``
             ablation). Default: ``None`` (unrestricted).
         one_step_max_norm: L2 cap of :attr:`last_one_step` (``maxnorm_s``); ``None`` means
-            ``step_size``. A plain attribute. Default: ``None``.
+            ``step_size``. Default: ``None``.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
 
     Shape:
@@ -142,6 +200,11 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
 
     _repr_fields = ("sigma", "step_size", "num_steps", "num_noise", "max_norm")
 
+    step_size = Setting(check_positive)
+    num_steps = Setting(check_int)
+    max_norm = Setting(optional(check_positive))
+    one_step_max_norm = Setting(optional(check_nonnegative))
+
     def __init__(
         self,
         sigma: float,
@@ -154,14 +217,10 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, num_noise, generator=generator)
-        self.step_size = check_positive("step_size", step_size)
-        self.num_steps = check_int("num_steps", num_steps)
-        self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
-        self.one_step_max_norm = (
-            None
-            if one_step_max_norm is None
-            else check_nonnegative("one_step_max_norm", one_step_max_norm)
-        )
+        self.step_size = step_size
+        self.num_steps = num_steps
+        self.max_norm = max_norm
+        self.one_step_max_norm = one_step_max_norm
         #: The one-step adversary :math:`\tilde x^{(1)}` of the last call (``None`` before).
         self.last_one_step: Tensor | None = None
 
@@ -177,9 +236,12 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
             :math:`\tilde x^{(T)}`, ``[B, *]``, detached.
         """
         self.last_one_step = None
-        noise, targets = self._prepare(model, inputs, targets)
-        with preserve_model_state(model, train=False, requires_grad=False):
-            one_step, x_adv = unrestricted_smooth_attack(
+        noise, targets, max_label = self._prepare(model, inputs, targets)
+        one_step, x_adv = self._run(
+            model,
+            inputs,
+            functools.partial(
+                unrestricted_smooth_attack,
                 model,
                 inputs,
                 targets,
@@ -189,7 +251,9 @@ class UnrestrictedSmoothAttack(_SmoothAttack):
                 mix_step=1,
                 max_norm=self.max_norm,
                 mix_step_max_norm=self.one_step_max_norm,
-            )
+            ),
+            max_label=max_label,
+        )
         self.last_one_step = one_step
         return x_adv
 
@@ -212,7 +276,9 @@ class SmoothPGDAttack(_SmoothAttack):
     Args:
         sigma: Noise level :math:`\sigma`.
         epsilon: L2 radius :math:`\epsilon` in input units (the official flags are integers
-            divided by 256: 64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0). A plain attribute.
+            divided by 256: 64 → 0.25, 127 → 0.496, 255 → 0.996, 512 → 2.0); a radius larger
+            than the diameter of the input box, :math:`\sqrt d`, is a ``ValueError`` at the
+            call.
         num_steps: Number of steps ``T`` (official training: 1 to 10; evaluation: 20).
         num_noise: Noise samples ``m``. Default: 1.
         generator: Optional ``torch.Generator`` (on the inputs' device).
@@ -241,6 +307,9 @@ class SmoothPGDAttack(_SmoothAttack):
 
     _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
 
+    epsilon = Setting(check_nonnegative)
+    num_steps = Setting(check_int)
+
     def __init__(
         self,
         sigma: float,
@@ -251,8 +320,11 @@ class SmoothPGDAttack(_SmoothAttack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, num_noise, generator=generator)
-        self.epsilon = check_nonnegative("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps)
+        self.epsilon = epsilon
+        self.num_steps = num_steps
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         """Attack ``model`` at ``inputs``.
@@ -265,12 +337,22 @@ class SmoothPGDAttack(_SmoothAttack):
         Returns:
             Adversarial inputs ``[B, *]``, detached.
         """
-        epsilon = check_nonnegative("epsilon", self.epsilon)
-        noise, targets = self._prepare(model, inputs, targets)
-        with preserve_model_state(model, train=False, requires_grad=False):
-            return smooth_pgd_attack(
-                model, inputs, targets, noise, epsilon, self.num_steps, generator=self.generator
-            )
+        noise, targets, max_label = self._prepare(model, inputs, targets)
+        return self._run(
+            model,
+            inputs,
+            functools.partial(
+                smooth_pgd_attack,
+                model,
+                inputs,
+                targets,
+                noise,
+                self.epsilon,
+                self.num_steps,
+                generator=self.generator,
+            ),
+            max_label=max_label,
+        )
 
 
 class SmoothDDNAttack(_SmoothAttack):
@@ -287,8 +369,9 @@ class SmoothDDNAttack(_SmoothAttack):
 
     Args:
         sigma: Noise level :math:`\sigma`.
-        epsilon: Final L2 radius :math:`\epsilon` (official flags: integers divided by 256).
-            A plain attribute.
+        epsilon: Final L2 radius :math:`\epsilon` in input units (official flags: integers
+            divided by 256); larger than the diameter of the input box, :math:`\sqrt d`, it is
+            a ``ValueError`` at the call.
         num_steps: Number of steps ``T``.
         num_noise: Noise samples ``m``. Default: 1.
         gamma: Norm update factor :math:`\gamma`. Default: 0.05 (training); the official
@@ -322,6 +405,12 @@ class SmoothDDNAttack(_SmoothAttack):
 
     _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise", "gamma", "init_norm")
 
+    epsilon = Setting(check_nonnegative)
+    num_steps = Setting(check_int)
+    gamma = Setting(_check_gamma)
+    init_norm = Setting(check_nonnegative)
+    quantize = Setting(check_bool)
+
     def __init__(
         self,
         sigma: float,
@@ -335,15 +424,14 @@ class SmoothDDNAttack(_SmoothAttack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, num_noise, generator=generator)
-        self.epsilon = check_nonnegative("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps)
-        self.gamma = check_nonnegative("gamma", gamma)
-        if self.gamma >= 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        self.init_norm = check_nonnegative("init_norm", init_norm)
-        if not isinstance(quantize, bool):
-            raise TypeError(f"quantize must be a bool, got {type(quantize).__name__}")
+        self.epsilon = epsilon
+        self.num_steps = num_steps
+        self.gamma = gamma
+        self.init_norm = init_norm
         self.quantize = quantize
+
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
 
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         """Attack ``model`` at ``inputs``.
@@ -356,22 +444,25 @@ class SmoothDDNAttack(_SmoothAttack):
         Returns:
             Adversarial inputs ``[B, *]``, detached.
         """
-        epsilon = check_nonnegative("epsilon", self.epsilon)
-        init_norm = check_nonnegative("init_norm", self.init_norm)
-        noise, targets = self._prepare(model, inputs, targets)
-        with preserve_model_state(model, train=False, requires_grad=False):
-            return smooth_ddn_attack(
+        noise, targets, max_label = self._prepare(model, inputs, targets)
+        return self._run(
+            model,
+            inputs,
+            functools.partial(
+                smooth_ddn_attack,
                 model,
                 inputs,
                 targets,
                 noise,
-                epsilon,
+                self.epsilon,
                 self.num_steps,
                 gamma=self.gamma,
-                init_norm=init_norm,
+                init_norm=self.init_norm,
                 quantize=self.quantize,
                 generator=self.generator,
-            )
+            ),
+            max_label=max_label,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +476,9 @@ class _NoiseAttack(_SmoothAttack):
 
     _repr_fields = ("sigma", "epsilon", "num_steps", "num_noise")
 
+    epsilon = Setting(check_positive)
+    num_steps = Setting(functools.partial(check_int, min=0))
+
     def __init__(
         self,
         sigma: float,
@@ -395,8 +489,8 @@ class _NoiseAttack(_SmoothAttack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, num_noise, generator=generator)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps, min=0)
+        self.epsilon = epsilon
+        self.num_steps = num_steps
 
 
 class CATRSNoiseAttack(_NoiseAttack):
@@ -414,8 +508,9 @@ class CATRSNoiseAttack(_NoiseAttack):
 
     Args:
         sigma: Noise level :math:`\sigma`.
-        epsilon: Radius :math:`\epsilon` around each noise row (official: 1.0, the flag 256/256).
-            A plain attribute.
+        epsilon: Radius :math:`\epsilon` around each noise row, in input units (official: 1.0,
+            the flag 256/256); larger than the diameter of the input box, :math:`\sqrt d`, it
+            is a ``ValueError`` at the call.
         num_steps: Number of steps ``T`` (official: 4; 1 on ImageNet).
         num_noise: Noise samples ``m`` per input. Default: 4.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
@@ -442,6 +537,9 @@ class CATRSNoiseAttack(_NoiseAttack):
         torch.Size([8, 4])
     """
 
+    def _check_call(self, inputs: Tensor) -> None:
+        check_epsilon_in_box("epsilon", self.epsilon, inputs)
+
     def forward(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         r"""Draw noise for ``inputs`` and move it away from the target distributions.
 
@@ -453,13 +551,19 @@ class CATRSNoiseAttack(_NoiseAttack):
         Returns:
             Adversarial noise ``[m * B, *]`` (noise-major), detached.
         """
-        epsilon = check_positive("epsilon", self.epsilon)
-        check_model(model)
+        check_base_model(model)
         check_inputs("inputs", inputs, unit_box=True)
-        check_prior_rows(targets, inputs.shape[0], inputs.device, name="targets")
+        prior = check_prior_rows(targets, inputs.shape[0], inputs.device, name="targets")
+        self._check_call(inputs)
         noise = self._draw_noise(inputs)
-        with preserve_model_state(model, train=False, requires_grad=False):
-            return catrs_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
+        return self._run(
+            model,
+            inputs,
+            functools.partial(
+                catrs_noise_attack, model, inputs, prior, noise, self.epsilon, self.num_steps
+            ),
+            num_classes=("targets", int(prior.shape[1])),
+        )
 
 
 class AdaptiveNoiseAttack(_NoiseAttack):
@@ -476,7 +580,7 @@ class AdaptiveNoiseAttack(_NoiseAttack):
 
     Args:
         sigma: Noise level :math:`\sigma`.
-        epsilon: Step length :math:`\epsilon` (raw L2, not divided by 256). A plain attribute.
+        epsilon: Step length :math:`\epsilon` (raw L2, not divided by 256).
         num_steps: Number of steps ``T`` (0 returns the Gaussian noise unchanged).
         num_noise: Noise samples ``m`` per input. Default: 4.
         generator: Optional ``torch.Generator`` (on the inputs' device) for the noise.
@@ -525,9 +629,14 @@ class AdaptiveNoiseAttack(_NoiseAttack):
             Adversarial noise ``[m * B, *]`` (noise-major), detached.
         """
         self.last_stop_step = None
-        epsilon = check_positive("epsilon", self.epsilon)
-        noise, targets = self._prepare(model, inputs, targets)
-        with preserve_model_state(model, train=False, requires_grad=False):
-            result = adaptive_noise_attack(model, inputs, targets, noise, epsilon, self.num_steps)
+        noise, targets, max_label = self._prepare(model, inputs, targets)
+        result = self._run(
+            model,
+            inputs,
+            functools.partial(
+                adaptive_noise_attack, model, inputs, targets, noise, self.epsilon, self.num_steps
+            ),
+            max_label=max_label,
+        )
         self.last_stop_step = result.stop_step
         return result.noise

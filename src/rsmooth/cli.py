@@ -178,9 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="PATH",
         help="weights for a factory model: a state_dict, or a dict with a 'state_dict' or "
-        "'model' entry (a 'module.' prefix from DataParallel is removed); without --model, a "
-        "checkpoint of the research code ({'epoch', 'arch', 'state_dict', 'optimizer'}, e.g. "
-        "Cohen et al.'s released models), normalised for the named --dataset",
+        "'model' entry ('module.' and '_orig_mod.' levels from DataParallel and torch.compile "
+        "are handled); without --model, a checkpoint of the research code ({'epoch', 'arch', "
+        "'state_dict', 'optimizer'}, e.g. Cohen et al.'s released models), normalised for the "
+        "named --dataset (rsmooth.models.load_model reads both)",
+    )
+    model.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="read --checkpoint with torch.load(weights_only=False), which RUNS CODE FROM THE "
+        "FILE: only for a checkpoint from a source you trust that weights_only=True refuses "
+        "(e.g. one that also saved an argparse.Namespace or numpy values)",
     )
     model.add_argument(
         "--normalization",
@@ -476,13 +484,10 @@ def _load_research_model(args: argparse.Namespace, device: torch.device) -> nn.M
             f"({', '.join(sorted(models.NORMALIZATION))}) with --dataset, or with "
             "--normalization when --dataset is a factory"
         )
-    checkpoint = models._read_checkpoint(path, "cpu")
-    if not models.is_research_checkpoint(checkpoint):
-        raise _CommandError(
-            f"--checkpoint: {path} is not a research-format checkpoint (a dict with 'arch' and "
-            "'state_dict'); for your own architecture give --model package.module:factory too"
-        )
-    model = models._model_from_checkpoint(checkpoint, normalization, path, "cpu")
+    try:
+        model = models.load_model(path, dataset=normalization, trusted=args.trust_checkpoint)
+    except ValueError as error:
+        raise _CommandError(f"--checkpoint: {error}") from None
     return model.to(device)
 
 
@@ -538,7 +543,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
             f"--model: {args.model} returned {type(model).__name__}, not a torch.nn.Module"
         )
     if args.checkpoint is not None:
-        _load_checkpoint(model, Path(args.checkpoint))
+        _load_checkpoint(model, Path(args.checkpoint), trusted=args.trust_checkpoint)
     return model.to(device)
 
 
@@ -590,27 +595,15 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _load_checkpoint(model: nn.Module, path: Path) -> None:
+def _load_checkpoint(model: nn.Module, path: Path, *, trusted: bool = False) -> None:
+    from rsmooth import models
+
     if not path.is_file():
         raise _CommandError(f"--checkpoint: no such file: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise _CommandError(f"--checkpoint: cannot load {path}: {str(error).strip()}") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise _CommandError(f"--checkpoint: {path} holds {type(state).__name__}, not a state_dict")
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise _CommandError(f"--checkpoint: {' '.join(lines[:3])}") from None
+        models.load_model(path, model=model, trusted=trusted)
+    except ValueError as error:
+        raise _CommandError(f"--checkpoint: {error}") from None
 
 
 def _load_dataset(args: argparse.Namespace) -> Any:

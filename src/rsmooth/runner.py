@@ -49,7 +49,8 @@ from rsmooth._engine.sampler import Item
 from rsmooth._engine.streams import input_seeds, run_seed
 from rsmooth._validation import check_input_range, check_inputs, check_int
 from rsmooth.procedures import Certify, CertifyRow, SampleSizeWarning, warn_sample_size
-from rsmooth.results import (  # COLUMNS, write_results: importable from here as in 0.2
+from rsmooth.results import (  # COLUMNS and write_results: importable from here, as in 0.2
+    COLUMNS,  # noqa: F401
     FORMAT_VERSION,
     CertificationResults,
     RunSettings,
@@ -61,12 +62,14 @@ from rsmooth.results import (  # COLUMNS, write_results: importable from here as
     selection_record,
     sidecar_path,
     write_json,
+    write_results,  # noqa: F401
 )
 from rsmooth.sequential import GridRow, RadiusGrid
-from rsmooth.shards import (  # Shard, detect_shard, ...: importable from here as in 0.2
+from rsmooth.shards import (  # merge_results: importable from here, as in 0.2
     Shard,
     detect_shard,
     merge_after_run,
+    merge_results,  # noqa: F401
     part_path,
 )
 from rsmooth.smoothing import SmoothedClassifier

@@ -28,6 +28,8 @@ from rsmooth._model_state import preserve_model_state
 from rsmooth._settings import Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
+    check_bool,
+    check_choice,
     check_generator,
     check_input_range,
     check_input_range_arg,
@@ -59,18 +61,6 @@ R = TypeVar("R")
 
 _AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
 _Key = tuple[tuple[int, ...], torch.dtype, str]
-
-
-def _check_choice(choices: Sequence[str]) -> Callable[[str, object], Any]:
-    def check(name: str, value: object) -> Any:
-        listed = ", ".join(map(repr, choices))
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be one of {listed}, got {type(value).__name__}")
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {listed}, got {value!r}")
-        return value
-
-    return check
 
 
 def _check_batch_size(name: str, value: object) -> BatchSize:
@@ -112,12 +102,6 @@ def _check_autocast(name: str, value: object) -> torch.dtype | None:
 
 def _check_num_classes(name: str, value: object) -> int | None:
     return None if value is None else check_int(name, value, min=2)
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 class SmoothedClassifier:
@@ -196,11 +180,11 @@ class SmoothedClassifier:
     sigma = Setting(check_positive)
     num_classes = Setting(_check_num_classes)
     batch_size = Setting(_check_batch_size)
-    nonfinite = Setting(_check_choice(("raise", "count_against")))
+    nonfinite = Setting(check_choice("raise", "count_against"))
     compile = Setting(_check_compile)
     autocast = Setting(_check_autocast)
     input_range = Setting(check_input_range_arg)
-    memory_format = Setting(_check_choice(("auto", "preserve", "channels_last")))
+    memory_format = Setting(check_choice("auto", "preserve", "channels_last"))
 
     def __init__(
         self,
@@ -376,7 +360,7 @@ class SmoothedClassifier:
     def _with_progress(
         self, enabled: object, total: int | None, desc: str, call: Callable[[Progress | None], R]
     ) -> R:
-        if not _check_bool("progress", enabled):
+        if not check_bool("progress", enabled):
             return call(None)
         bar = Progress(total, desc, unit="input")
         try:

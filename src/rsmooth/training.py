@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from rsmooth._validation import check_int, check_model, check_open_unit, check_positive
+from rsmooth._validation import check_base_model, check_int, check_open_unit, check_positive
 from rsmooth.smoothing import SmoothedClassifier
 
 __all__ = [
@@ -99,9 +99,15 @@ def _dataset_counts(
     from rsmooth._engine.progress import Progress
     from rsmooth.runner import input_seed
 
-    check_model(model)
+    check_base_model(model)
     num_samples = check_int("num_samples", num_samples)
     batch_size = check_int("batch_size", batch_size)
+    if isinstance(dataset, DataLoader):
+        raise TypeError(
+            "dataset must be a map-style dataset, got a DataLoader: pass its dataset, e.g. "
+            f"{desc.replace(' ', '_')}(model, loader.dataset); row i is example i of the dataset, "
+            "in index order (a loader's batches, shuffled or not, have no such order)"
+        )
     if not isinstance(dataset, Sized) or len(dataset) == 0:
         raise ValueError(f"dataset must be a non-empty map-style dataset, got {dataset!r}")
     target = _default_device(model) if device is None else torch.device(device)
@@ -155,7 +161,8 @@ def prediction_table(
 
     Args:
         model: The prior's base classifier (returns logits ``[N, K]``).
-        dataset: Map-style dataset of ``(x, y, ...)`` items, in training-index order.
+        dataset: Map-style dataset of ``(x, y, ...)`` items, in training-index order (not a
+            ``DataLoader``: pass ``loader.dataset``).
         sigma: Noise level of the prior. Default: 0.25 (the official choice for every σ).
         num_samples: Draws per example ``n``. Default: 10,000.
         batch_size: Forward batch of the sampling engine. Default: 1000.
@@ -167,7 +174,8 @@ def prediction_table(
         ``float32`` tensor ``[N, K]`` on the CPU whose rows sum to 1.
 
     Raises:
-        TypeError: An argument has the wrong type.
+        TypeError: An argument has the wrong type: a ``DataLoader`` instead of its dataset, or a
+            :class:`~rsmooth.SmoothedClassifier` instead of its ``model`` (the message says so).
         ValueError: ``sigma`` is not positive, a count is below 1, or the dataset is empty.
 
     Example:

@@ -207,11 +207,14 @@ def test_set_epoch_schedule_and_repr():
     states = []
     for epoch in range(5):
         crit.set_epoch(epoch)
-        states.append(crit.adversarial)
+        states.append(crit.scheduled["adversarial"])
+        assert crit.adversarial is True  # the switch the user set is never changed
     assert states == [False, False, False, True, True]
+    crit.adversarial = False  # the user's switch wins in every epoch
+    assert crit.scheduled["adversarial"] is False
     plain = AdaptiveNoiseLoss(0.5, 0.25, 6, adversarial=False)
     plain.set_epoch(100)  # no schedule: the attribute is the caller's
-    assert plain.adversarial is False
+    assert plain.adversarial is False and plain.scheduled["adversarial"] is False
     assert crit.term_names == ("ce", "attack_stop_rate", "unchanged_rate")
     with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
         crit.set_epoch(-1)

@@ -166,7 +166,7 @@ def test_module_lambda_zero_equals_gaussian_module():
     x, y = torch.rand(5, 6), torch.tensor([0, 1, 2, 0, 1])
     model = plain_mlp(torch.float32)
     prior = F.one_hot(y, 3).float()
-    catrs = CATRSLoss(0.5, 3, 1.0, 2, 0.0, confidence="prior", generator=torch.Generator())
+    catrs = CATRSLoss(0.5, 1.0, 2, 3, 0.0, confidence="prior", generator=torch.Generator())
     gauss = GaussianAugmentationLoss(0.5, 3, generator=torch.Generator())
     catrs.generator.manual_seed(3)
     gauss.generator.manual_seed(3)
@@ -179,7 +179,7 @@ def test_module_matches_functional_with_documented_draw_order():
     ref.load_state_dict(model.state_dict())
     x, y = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0])
     prior = soft_prior(y, 3)
-    crit = CATRSLoss(0.5, 2, 0.5, 2, 2.0, generator=torch.Generator().manual_seed(2))
+    crit = CATRSLoss(0.5, 0.5, 2, 2, 2.0, generator=torch.Generator().manual_seed(2))
     loss = crit(model, x, y, prior=prior)
     g = torch.Generator().manual_seed(2)
     noise = sample_noise(x, 0.5, 2, generator=g)
@@ -204,7 +204,7 @@ def test_binomial_draws():
     model = nn.Linear(2, 2)
     x, y = torch.rand(b, 2), torch.zeros(b, dtype=torch.long)
     prior = torch.full((b, 2), 0.5)
-    crit = CATRSLoss(0.25, m, 1.0, 1, 1.0, confidence="prior", generator=torch.Generator())
+    crit = CATRSLoss(0.25, 1.0, 1, m, 1.0, confidence="prior", generator=torch.Generator())
     crit.generator.manual_seed(0)
     crit(model, x, y, prior=prior)
     terms = crit.last_terms
@@ -240,7 +240,7 @@ def test_no_gradient_into_inputs_and_no_stray_grad():
     model = plain_mlp(torch.float32)
     x = torch.rand(4, 6).requires_grad_(True)
     y = torch.tensor([0, 1, 2, 0])
-    crit = CATRSLoss(0.25, 2, 1.0, 2, 1.0)
+    crit = CATRSLoss(0.25, 1.0, 2, 2, 1.0)
     loss = crit(model, x, y, prior=soft_prior(y, 3))
     assert all(p.grad is None for p in model.parameters())  # the attack left no .grad
     loss.backward()
@@ -252,7 +252,7 @@ def test_modes_during_the_call_and_state_restored():
     model = Mixed()
     before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
     y = torch.tensor([0, 1, 2, 0])
-    CATRSLoss(0.25, 2, 1.0, 2, 1.0)(model, torch.rand(4, 6), y, prior=soft_prior(y, 3)).backward()
+    CATRSLoss(0.25, 1.0, 2, 2, 1.0)(model, torch.rand(4, 6), y, prior=soft_prior(y, 3)).backward()
     # forward A (as the user set it), T attack forwards in eval with frozen params, forward B
     assert model.seen == [(True, True), (False, False), (False, False), (True, True)]
     assert before == (
@@ -265,12 +265,11 @@ def test_modes_during_the_call_and_state_restored():
 def test_state_restored_after_an_exception(fail_on_call):
     model = Mixed(fail_on_call)
     before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
-    crit = CATRSLoss(0.25, 2, 1.0, 2, 1.0)
+    crit = CATRSLoss(0.25, 1.0, 2, 2, 1.0)
     y = torch.tensor([0, 1, 2, 0])
     with pytest.raises(RuntimeError, match="boom"):
         crit(model, torch.rand(4, 6), y, prior=soft_prior(y, 3))
     assert crit.last_terms == {}
-    assert crit._prior is None
     assert before == (
         [m.training for m in model.modules()],
         [p.requires_grad for p in model.parameters()],
@@ -288,7 +287,7 @@ class WithLabelPrior(CATRSLoss):
 
 
 def make(**kw):
-    return WithLabelPrior(0.25, 2, 0.5, 2, 1.0, **kw)
+    return WithLabelPrior(0.25, 0.5, 2, 2, 1.0, **kw)
 
 
 def test_contract(checks) -> None:
@@ -342,7 +341,7 @@ def test_smoke_digits(digits) -> None:
 def test_repr_terms_and_attributes():
     crit = CATRSLoss(0.5)
     assert repr(crit) == (
-        "CATRSLoss(sigma=0.5, num_noise=4, epsilon=1.0, num_steps=4, lbd=1.0, confidence='model')"
+        "CATRSLoss(sigma=0.5, epsilon=1.0, num_steps=4, num_noise=4, lbd=1.0, confidence='model')"
     )
     assert crit.term_names == ("low", "high", "accept_rate", "mean_k")
     assert list(crit.parameters()) == []
@@ -364,8 +363,8 @@ BASE = {"sigma": 0.5, "num_noise": 2, "epsilon": 1.0, "num_steps": 2, "lbd": 1.0
         ({"num_steps": -1}, ValueError, "num_steps must be an integer >= 0, got -1"),
         ({"num_steps": 1.5}, TypeError, "num_steps must be an integer, got float"),
         ({"lbd": -0.5}, ValueError, "lbd must be non-negative and finite, got -0.5"),
-        ({"confidence": "vote"}, ValueError, "confidence must be one of 'model' or 'prior'"),
-        ({"confidence": 1}, TypeError, "confidence must be a str, got int"),
+        ({"confidence": "vote"}, ValueError, "confidence must be 'model' or 'prior', got 'vote'"),
+        ({"confidence": 1}, TypeError, "confidence must be a str, 'model' or 'prior', got int"),
         ({"generator": 0}, TypeError, "generator must be a torch.Generator, got int"),
     ],
 )
@@ -440,3 +439,43 @@ def test_noise_attack_module_matches_functional_and_restores_state():
         attack(model, x, prior * 2)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         CATRSNoiseAttack(0.5, 0.0, 2)
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+def test_the_official_epsilon_flag_is_refused_with_its_meaning():
+    # the official --epsilon 256 is divided by 256 in train_catrs.py: 1.0 in input units
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    crit = CATRSLoss(0.5, 256, 2, 2)
+    with pytest.raises(ValueError, match=r"got 256: epsilon is an L2 radius.*epsilon=1\b"):
+        crit(model, x, y, prior=soft_prior(y, 3))
+    crit.epsilon = 1.0
+    assert torch.isfinite(crit(model, x, y, prior=soft_prior(y, 3)))
+    with pytest.raises(ValueError, match="flag/256"):
+        CATRSNoiseAttack(0.5, 256, 2, 2)(model, x, soft_prior(y, 3))
+
+
+# ---------------------------------------------- issue 20: one positional order for every criterion
+def test_positional_order_is_that_of_smoothadv():
+    # sigma, the adversary's size and steps, num_noise, then the weights
+    crit = CATRSLoss(0.25, 0.5, 3, 2, 2.0)
+    assert (crit.sigma, crit.epsilon, crit.num_steps, crit.num_noise, crit.lbd) == (
+        0.25,
+        0.5,
+        3,
+        2,
+        2.0,
+    )
+    # the old order (sigma, m, epsilon, T, lambda) now fails instead of running as another config
+    with pytest.raises(TypeError, match="num_steps must be an integer, got float"):
+        CATRSLoss(0.25, 4, 1.0, 4)
+
+
+def test_prior_is_a_required_keyword():
+    crit = CATRSLoss(**BASE)
+    with pytest.raises(TypeError, match="prior"):
+        crit(plain_mlp(torch.float32), X, Y)
+    with pytest.raises(TypeError, match="positional"):
+        crit(plain_mlp(torch.float32), X, Y, P)
+    assert not hasattr(crit, "_prior")  # the prior is never stored on the criterion

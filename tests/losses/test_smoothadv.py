@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -50,7 +51,9 @@ def test_module_matches_functional(attack):
     ref = copy.deepcopy(model)
     x = torch.rand(4, 6, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0])
-    crit = SmoothAdvLoss(0.5, 0.4, 3, 2, attack=attack, generator=torch.Generator().manual_seed(2))
+    crit = SmoothAdvLoss(
+        0.5, 0.4, 3, 2, attack=attack, generator=torch.Generator().manual_seed(2), warmup_epochs=0
+    )
     loss = crit(model, x, y)
     g = torch.Generator().manual_seed(2)
     noise = sample_noise(x, 0.5, 2, generator=g)
@@ -70,7 +73,9 @@ def test_epsilon_zero_is_gaussian_augmentation_on_same_noise(attack):
     model = small_mlp(6, 3).train()
     x = torch.rand(6, 6, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    crit = SmoothAdvLoss(0.5, 0.0, 2, 3, attack=attack, generator=torch.Generator().manual_seed(4))
+    crit = SmoothAdvLoss(
+        0.5, 0.0, 2, 3, attack=attack, generator=torch.Generator().manual_seed(4), warmup_epochs=0
+    )
     loss = crit(model, x, y)
     noise = sample_noise(x, 0.5, 3, generator=torch.Generator().manual_seed(4))
     reference = F.cross_entropy(model(x.repeat(3, 1) + noise), y.repeat(3))
@@ -81,7 +86,9 @@ def test_epsilon_is_a_plain_attribute_used_by_the_attack():
     spy = Spy(plain_mlp())
     x = 0.3 + 0.4 * torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 0])
-    crit = SmoothAdvLoss(0.25, 1.0, 2, 2, generator=torch.Generator().manual_seed(1))
+    crit = SmoothAdvLoss(
+        0.25, 1.0, 2, 2, generator=torch.Generator().manual_seed(1), warmup_epochs=0
+    )
     for epoch in range(3):
         crit.epsilon = min(1.0, (epoch + 1) * 1.0 / 10)  # official warm-up
         spy.seen.clear()
@@ -96,7 +103,7 @@ def test_epsilon_is_a_plain_attribute_used_by_the_attack():
 def test_same_noise_for_attack_and_loss():
     spy = Spy(plain_mlp())
     x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
-    SmoothAdvLoss(0.25, 0.5, 3, 2, generator=torch.Generator().manual_seed(9))(
+    SmoothAdvLoss(0.25, 0.5, 3, 2, generator=torch.Generator().manual_seed(9), warmup_epochs=0)(
         spy, x, torch.tensor([0, 1, 2, 0])
     )
     noise = sample_noise(x, 0.25, 2, generator=torch.Generator().manual_seed(9))
@@ -126,7 +133,7 @@ def test_gradcheck_functional():
 def test_no_gradient_into_attack_or_inputs(attack):
     model = plain_mlp()
     x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack)
+    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack, warmup_epochs=0)
     loss = crit(model, x, torch.tensor([0, 1, 2, 0]))
     assert all(p.grad is None for p in model.parameters())  # attack left no .grad
     loss.backward()
@@ -139,7 +146,7 @@ def test_no_gradient_into_attack_or_inputs(attack):
 def test_model_state_restored_and_modes(attack, fail_on_call):
     model = Mixed(fail_on_call)
     before = state_of(model)
-    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack)
+    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack, warmup_epochs=0)
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
     if fail_on_call is None:
         crit(model, x, y).backward()
@@ -158,7 +165,9 @@ def test_seeded_reproducibility(attack):
 
     def run(seed):
         gen = torch.Generator().manual_seed(seed)
-        return SmoothAdvLoss(0.5, 0.5, 2, 2, attack=attack, generator=gen)(model, x, y)
+        return SmoothAdvLoss(0.5, 0.5, 2, 2, attack=attack, generator=gen, warmup_epochs=0)(
+            model, x, y
+        )
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -174,7 +183,13 @@ def test_2d_and_4d(kind, attack, device):
         model, x = small_cnn(3), torch.rand(4, 1, 8, 8, generator=g)
     model, x = model.to(device), x.to(device)
     crit = SmoothAdvLoss(
-        0.5, 0.5, 2, 2, attack=attack, generator=torch.Generator(device=device).manual_seed(0)
+        0.5,
+        0.5,
+        2,
+        2,
+        attack=attack,
+        generator=torch.Generator(device=device).manual_seed(0),
+        warmup_epochs=0,
     )
     loss = crit(model, x, torch.tensor([0, 1, 2, 0], device=device))
     assert loss.shape == ()
@@ -184,14 +199,15 @@ def test_2d_and_4d(kind, attack, device):
 def test_repr_and_terms():
     crit = SmoothAdvLoss(0.25, 255 / 256, 10, 8, attack="ddn")
     assert repr(crit) == (
-        "SmoothAdvLoss(sigma=0.25, epsilon=0.99609375, num_steps=10, num_noise=8, attack='ddn')"
+        "SmoothAdvLoss(sigma=0.25, epsilon=0.99609375, num_steps=10, num_noise=8, attack='ddn', "
+        "warmup_epochs=10)"
     )
     assert crit.term_names == ("adversarial",)
 
 
 X = torch.full((2, 6), 0.5)
 Y = torch.tensor([0, 1])
-BASE = {"sigma": 0.5, "epsilon": 0.5, "num_steps": 2, "num_noise": 2}
+BASE = {"sigma": 0.5, "epsilon": 0.5, "num_steps": 2, "num_noise": 2, "warmup_epochs": 0}
 
 
 @pytest.mark.parametrize(
@@ -227,11 +243,12 @@ def test_call_errors(inputs, targets, exc, match):
         SmoothAdvLoss(**BASE)(small_mlp(6, 3), inputs, targets)
 
 
-def test_bad_epsilon_attribute_rejected_at_call():
+def test_bad_epsilon_attribute_rejected_on_assignment():
     crit = SmoothAdvLoss(**BASE)
-    crit.epsilon = -1.0
     with pytest.raises(ValueError, match="epsilon must be non-negative"):
-        crit(small_mlp(6, 3), X, Y)
+        crit.epsilon = -1.0
+    assert crit.epsilon == 0.5  # the old value is kept
+    assert torch.isfinite(crit(small_mlp(6, 3), X, Y))
 
 
 def test_functional_noise_shape_error():
@@ -254,7 +271,7 @@ def test_smoke_digits_training_reduces_loss(attack):
     y = torch.tensor(digits.target[:256])
     torch.manual_seed(0)
     model = small_cnn(10)
-    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack)
+    crit = SmoothAdvLoss(0.25, 0.5, 2, 2, attack=attack, warmup_epochs=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def evaluate():
@@ -273,3 +290,48 @@ def test_smoke_digits_training_reduces_loss(attack):
             crit(model, x[i : i + 64], y[i : i + 64]).backward()
             opt.step()
     assert evaluate() < before
+
+
+# ---------------------------------------------- issue 20, item 4: the research code's epsilon flags
+def _cifar_like():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    return model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+
+
+@pytest.mark.parametrize("flag", [64, 127, 255, 512])
+@pytest.mark.parametrize("attack", ["pgd", "ddn"])
+def test_an_integer_epsilon_flag_is_refused_with_its_meaning(flag, attack):
+    # sqrt(3 * 32 * 32) = 55.4: every official flag is larger than the box's diameter
+    model, x, y = _cifar_like()
+    crit = SmoothAdvLoss(0.5, flag, 10, 4, attack=attack, warmup_epochs=0)
+    before = [p.clone() for p in model.parameters()]
+    message = (
+        rf"epsilon must be at most the diameter of the input box \[0, 1\]\^3072, .*55.43, got "
+        rf"{flag}: epsilon is an L2 radius in input units.*flag/256.*epsilon={flag / 256:.6g}"
+    )
+    with pytest.raises(ValueError, match=message):
+        crit(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_diameter_is_checked_whatever_the_warmup():
+    model, x, y = _cifar_like()
+    crit = SmoothAdvLoss(0.5, 255, 10, 4)  # epsilon_0 = 25.5 would still be far too large
+    crit.set_epoch(0)
+    with pytest.raises(ValueError, match="flag/256"):
+        crit(model, x, y)
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(dim=st.integers(1, 64), scale=st.floats(0.0, 3.0))
+def test_epsilon_up_to_the_diameter_runs_and_beyond_it_raises(dim, scale):
+    model = nn.Linear(dim, 2)
+    x, y = torch.full((2, dim), 0.5), torch.tensor([0, 1])
+    epsilon = scale * math.sqrt(dim)
+    crit = SmoothAdvLoss(0.5, epsilon, 1, 1, warmup_epochs=0)
+    if epsilon > math.sqrt(dim):
+        with pytest.raises(ValueError, match="diameter of the input box"):
+            crit(model, x, y)
+    else:
+        assert torch.isfinite(crit(model, x, y))

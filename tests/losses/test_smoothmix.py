@@ -92,9 +92,10 @@ def test_module_matches_functional(one_step):
         2,
         5.0,
         one_step_adversary=one_step,
-        warmup=0.5,
+        warmup_epochs=2,
         generator=torch.Generator().manual_seed(2),
     )
+    crit.set_epoch(0)  # warm-up factor 1/2
     loss = crit(model, x, y)
     # documented RNG order: noise, then lambda, from the criterion's generator
     g = torch.Generator().manual_seed(2)
@@ -123,9 +124,9 @@ def test_eta_zero_is_gaussian_augmentation_on_same_noise():
     model = small_mlp(6, 3).train()
     x = torch.rand(6, 6, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    loss = SmoothMixLoss(0.5, 1.0, 2, 3, 0.0, generator=torch.Generator().manual_seed(4))(
-        model, x, y
-    )
+    loss = SmoothMixLoss(
+        0.5, 1.0, 2, 3, 0.0, generator=torch.Generator().manual_seed(4), warmup_epochs=0
+    )(model, x, y)
     noise = sample_noise(x, 0.5, 3, generator=torch.Generator().manual_seed(4))
     # one forward over the m*B rows, as Gaussian augmentation with m copies does
     reference = F.cross_entropy(
@@ -193,7 +194,14 @@ def test_detach_target_changes_parameter_gradient():
     for detach in (False, True):
         model = plain_mlp()
         crit = SmoothMixLoss(
-            0.1, 0.5, 2, 2, 5.0, detach_target=detach, generator=torch.Generator().manual_seed(3)
+            0.1,
+            0.5,
+            2,
+            2,
+            5.0,
+            detach_target=detach,
+            generator=torch.Generator().manual_seed(3),
+            warmup_epochs=0,
         )
         # make every example correct so the mix term is active
         y = model(x).argmax(1)
@@ -205,7 +213,7 @@ def test_detach_target_changes_parameter_gradient():
 def test_no_gradient_into_attack_or_inputs():
     model = plain_mlp()
     x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    loss = SmoothMixLoss(0.25, 0.5, 2, 2, 1.0, one_step_adversary=True)(
+    loss = SmoothMixLoss(0.25, 0.5, 2, 2, 1.0, one_step_adversary=True, warmup_epochs=0)(
         model, x, torch.tensor([0, 1, 2, 0])
     )
     loss.backward()
@@ -217,7 +225,7 @@ def test_no_gradient_into_attack_or_inputs():
 def test_model_state_restored_and_modes(fail_on_call):
     model = Mixed(fail_on_call)
     before = state_of(model)
-    crit = SmoothMixLoss(0.25, 0.5, 2, 2, 1.0)
+    crit = SmoothMixLoss(0.25, 0.5, 2, 2, 1.0, warmup_epochs=0)
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
     if fail_on_call is None:
         crit(model, x, y).backward()
@@ -232,7 +240,7 @@ def test_model_state_restored_and_modes(fail_on_call):
 
 def test_no_stray_grad_from_attack():
     model = plain_mlp()
-    crit = SmoothMixLoss(0.25, 0.5, 3, 2, 1.0)
+    crit = SmoothMixLoss(0.25, 0.5, 3, 2, 1.0, warmup_epochs=0)
     crit(model, torch.rand(4, 6), torch.tensor([0, 1, 2, 0]))  # no backward
     assert all(p.grad is None for p in model.parameters())
 
@@ -242,9 +250,9 @@ def test_seeded_reproducibility():
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
 
     def run(seed):
-        return SmoothMixLoss(0.5, 0.5, 2, 2, 1.0, generator=torch.Generator().manual_seed(seed))(
-            model, x, y
-        )
+        return SmoothMixLoss(
+            0.5, 0.5, 2, 2, 1.0, generator=torch.Generator().manual_seed(seed), warmup_epochs=0
+        )(model, x, y)
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -266,26 +274,36 @@ def test_2d_and_4d(kind, device):
         1.0,
         one_step_adversary=True,
         generator=torch.Generator(device=device).manual_seed(0),
+        warmup_epochs=0,
     )
     loss = crit(model, x, torch.tensor([0, 1, 2, 0], device=device))
     assert loss.shape == ()
     loss.backward()
 
 
-def test_repr_and_plain_attributes():
+def test_repr_and_scheduled_values():
     crit = SmoothMixLoss(0.5, 1.0, 4, 2, 5.0)
     assert repr(crit) == (
         "SmoothMixLoss(sigma=0.5, step_size=1.0, num_steps=4, num_noise=2, eta=5.0, "
-        "one_step_adversary=False, warmup=1.0)"
+        "one_step_adversary=False, warmup_epochs=10)"
     )
     assert crit.term_names == ("natural", "mix")
-    crit.warmup = min(1.0, (0 + 1) / 10)
-    assert crit.warmup == 0.1
+    assert dict(crit.scheduled) == {"warmup": 1.0, "eta": 5.0}  # before set_epoch: unscheduled
+    crit.set_epoch(0)
+    assert dict(crit.scheduled) == {"warmup": 0.1, "eta": 0.5}
+    assert crit.eta == 5.0
 
 
 X = torch.full((2, 6), 0.5)
 Y = torch.tensor([0, 1])
-BASE = {"sigma": 0.5, "step_size": 1.0, "num_steps": 2, "num_noise": 2, "eta": 1.0}
+BASE = {
+    "sigma": 0.5,
+    "step_size": 1.0,
+    "num_steps": 2,
+    "num_noise": 2,
+    "eta": 1.0,
+    "warmup_epochs": 0,
+}
 
 
 @pytest.mark.parametrize(
@@ -297,7 +315,8 @@ BASE = {"sigma": 0.5, "step_size": 1.0, "num_steps": 2, "num_noise": 2, "eta": 1
         ({"num_steps": 0}, ValueError, "num_steps must be a positive integer"),
         ({"num_noise": 2.0}, TypeError, "num_noise must be an integer"),
         ({"eta": -1.0}, ValueError, "eta must be non-negative"),
-        ({"warmup": -0.1}, ValueError, "warmup must be non-negative"),
+        ({"warmup": 0.5}, TypeError, "unexpected keyword argument 'warmup'"),  # scheduled only
+        ({"warmup_epochs": -1}, ValueError, "warmup_epochs must be an integer >= 0"),
         ({"one_step_adversary": 1}, TypeError, "one_step_adversary must be a bool"),
         ({"detach_target": "no"}, TypeError, "detach_target must be a bool"),
         ({"max_norm": -2.0}, ValueError, "max_norm must be positive"),
@@ -343,7 +362,9 @@ def test_smoke_digits_training_reduces_loss():
     y = torch.tensor(digits.target[:256])
     torch.manual_seed(0)
     model = small_cnn(10)
-    crit = SmoothMixLoss(0.25, 0.5, 2, 2, 1.0, generator=torch.Generator().manual_seed(0))
+    crit = SmoothMixLoss(
+        0.25, 0.5, 2, 2, 1.0, generator=torch.Generator().manual_seed(0), warmup_epochs=0
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def evaluate():

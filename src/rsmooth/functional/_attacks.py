@@ -168,8 +168,14 @@ def smooth_ddn_attack(
 
     The result is :math:`x + \mathrm{renorm}(\delta_{best}, \epsilon)` (quantized); if no
     misclassifying point was found, :math:`\delta_{best} = 0` and the clean ``x`` is returned.
-    Unlike the official code, the output is finally clamped to :math:`[0, 1]` (a no-op for inputs
-    on the 8-bit grid).
+
+    **Every returned point lies in the ball and in the box.** The official code rounds the
+    renormed :math:`\delta` to the nearest of 256 levels, which can push it out of the ball (by up
+    to :math:`\sqrt d / 510`). Here a row whose rounded :math:`\delta` leaves the ball is
+    quantized towards zero instead (each coordinate's magnitude can only shrink, so its norm stays
+    at most :math:`\epsilon` and it stays on the grid); rows that the official rounding keeps in
+    the ball are unchanged. The output is finally clamped to :math:`[0, 1]`, which moves no
+    coordinate away from ``x`` (a no-op for inputs on the 8-bit grid).
 
     Args:
         model: Base classifier ``f`` returning logits ``[N, K]``.
@@ -185,7 +191,7 @@ def smooth_ddn_attack(
         generator: Generator for the random directions when ``random_directions`` is ``None``.
 
     Returns:
-        Adversarial inputs ``[B, *]``, detached.
+        Adversarial inputs ``[B, *]``, detached, in the box and the ball.
 
     Raises:
         ValueError: If ``noise`` is not shaped ``[m * B, *]``.
@@ -197,7 +203,7 @@ def smooth_ddn_attack(
         >>> from rsmooth.functional import sample_noise
         >>> noise = sample_noise(x, 0.25, 3, generator=g)
         >>> x_adv = smooth_ddn_attack(model, x, y, noise, epsilon=0.5, num_steps=4)
-        >>> x_adv.shape, bool(((x_adv - x).norm(dim=1) <= 0.5 + 1e-2).all())
+        >>> x_adv.shape, bool(((x_adv - x).norm(dim=1) <= 0.5 + 1e-6).all())
         (torch.Size([2, 4]), True)
     """
     num_noise = num_copies(inputs, noise)
@@ -235,7 +241,15 @@ def smooth_ddn_attack(
                 delta = adv.clamp(0.0, 1.0) - x
     best_delta = best_delta.renorm(p=2, dim=0, maxnorm=epsilon)
     if quantize:
-        best_delta = best_delta.mul(levels).round().div(levels)
+        # official: round to the nearest level, which can leave the ball; such rows are quantized
+        # towards zero instead (|delta_i| only shrinks: in the ball, and between x and x + delta)
+        rounded = best_delta.mul(levels).round().div(levels)
+        outside = row_norms(rounded) > epsilon
+        if bool(outside.any()):
+            towards_zero = best_delta.mul(levels).trunc().div(levels)
+            rounded = torch.where(expand_rows(outside, x), towards_zero, rounded)
+        best_delta = rounded
+    # clamping moves a coordinate towards x (which is in the box): the norm cannot grow
     return (x + best_delta).clamp(0.0, 1.0).detach()
 
 

@@ -4,65 +4,88 @@ from __future__ import annotations
 
 import difflib
 import functools
-import re
 import warnings
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from rsmooth._call_checks import (
+    OutputCheck,
+    check_call_targets,
+    checking_outputs,
+    reraise_with_hint,
+)
+from rsmooth._settings import Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
+    check_base_model,
     check_generator,
+    check_generator_arg,
     check_input_range,
     check_input_range_arg,
     check_inputs,
     check_int,
-    check_model,
     check_positive,
-    check_targets,
+    optional,
 )
 
-#: Error messages of a model that got input of the wrong shape (conv, linear, reshape).
-_SHAPE_ERROR = re.compile(r"channels|shape|size|mat1 and mat2|dimension|Expected \d", re.I)
-
-
-def _output_hint(output: Any) -> str:
-    """How to turn a non-tensor model output into logits, for the error message."""
-    if isinstance(output, (tuple, list)):
-        return "e.g. wrap the model to return output[0]"
-    if isinstance(output, Mapping):
-        key = "'logits'" if "logits" in output else "the logits' key"
-        return f"e.g. wrap the model to return output[{key}]"
-    if hasattr(output, "logits"):
-        return "e.g. wrap the model to return output.logits (a Hugging Face-style output)"
-    return "wrap the model so that forward returns the logits tensor"
-
-
 __all__ = ["SmoothingCriterion"]
+
+#: A per-call check of extra arguments (e.g. CAT-RS's prior) against the validated inputs; it
+#: returns ``(name, K)`` when the argument has one column per class, to compare with the logits.
+ExtraCheck = Callable[[Tensor], "tuple[str, int] | None"]
+
+
+def check_unit_box_range(name: str, value: Any) -> tuple[float, float] | None:
+    """``input_range`` of the criteria that attack in pixel space: only ``(0.0, 1.0)``."""
+    checked = check_input_range_arg(name, value)
+    if checked != DEFAULT_INPUT_RANGE:
+        raise ValueError(
+            f"{name} must be (0.0, 1.0) for this criterion, which attacks in pixel space and "
+            f"projects onto [0, 1], got {value!r}"
+        )
+    return checked
 
 
 class SmoothingCriterion(nn.Module):
     """Base class of the rsmooth criteria: ``loss = criterion(model, inputs, targets)``.
 
-    Subclasses validate their hyperparameters in ``__init__`` (after calling this one), list
-    them in ``_repr_fields`` for :meth:`extra_repr`, name their per-term values in
-    ``term_names``, and implement :meth:`_loss`. The base class validates the call, clears and
-    records :attr:`last_terms`, and never stores the model on ``self``.
+    Subclasses declare their hyperparameters as validated settings (class attributes
+    ``name = Setting(check)``), assign them in ``__init__`` (after calling this one), list them
+    in ``_repr_fields`` for :meth:`extra_repr`, name their per-term values in ``term_names``,
+    and implement :meth:`_loss`. The base class validates the call, clears and records
+    :attr:`last_terms`, and never stores the model on ``self``.
+
+    **Hyperparameters are checked whenever they are assigned.** Every constructor argument is
+    a public attribute, and assigning it later (``criterion.sigma = 0.25``) runs the
+    constructor's check: a refused value raises the constructor's ``TypeError`` or
+    ``ValueError`` and leaves the old value in place. Setting an attribute the criterion does
+    not have (a typo such as ``criterion.wramup = 0.1``) raises ``AttributeError`` instead of
+    being ignored.
 
     **Checks for common mistakes.** Each call checks that the inputs lie in ``input_range``
     (default :math:`[0, 1]`; 8-bit pixels or a normalisation outside the model are errors),
-    that the model returns a logits tensor (a tuple, dict or Hugging Face-style output is a
-    ``TypeError`` with the fix), and converts integer labels of any dtype to ``int64``. It warns
-    once per criterion when the model is in ``eval()`` mode with gradients enabled (call
-    ``model.train()`` in the training loop; a validation pass under ``torch.no_grad()`` is fine) and when the model's outputs look like probabilities (a final softmax: the
-    criteria expect logits). Setting an attribute the criterion does not have (a typo such as
-    ``criterion.wramup = 0.1``) raises ``AttributeError`` instead of being ignored.
+    that the labels are class indices of the model (``[0, K)`` for ``K`` logits), that the
+    model returns a logits tensor (a tuple, dict or Hugging Face-style output is a
+    ``TypeError`` with the fix), and converts integer labels of any dtype to ``int64``. A model
+    that fails on a 3-D batch gets the hint to add the batch dimension (``inputs.unsqueeze(0)``):
+    the criteria read every tensor as a batch. It warns once per criterion when the model is in
+    ``eval()`` mode with gradients enabled (call ``model.train()`` in the training loop; a
+    validation pass under ``torch.no_grad()`` is fine) and when the model's outputs look like
+    probabilities (a final softmax: the criteria expect logits).
 
     **Schedules.** Call :meth:`set_epoch` at the start of every epoch: it applies the
     criterion's official schedule (warm-ups, deferred terms), or does nothing for criteria
-    without one.
+    without one. The rule is the same for every criterion: **the attribute you assign is the
+    value the schedule works from** (SmoothAdv's full ``epsilon``, SmoothMix's full ``eta``,
+    MACER's full ``lbd``, the adaptive-noise ``adversarial`` switch); :meth:`set_epoch` never
+    changes it. The values in force for the current epoch are computed from it and can be read,
+    for logging, in :attr:`scheduled`. A criterion whose schedule is configured but whose
+    :meth:`set_epoch` was never called trains with the unscheduled values and warns once, at
+    its first call, naming :meth:`set_epoch`.
 
     Args:
         sigma: Noise standard deviation (in the model's input space).
@@ -79,6 +102,12 @@ class SmoothingCriterion(nn.Module):
     #: Whether inputs must lie in [0, 1] (criteria that attack in pixel space).
     _unit_box: ClassVar[bool] = False
 
+    sigma = Setting(check_positive)
+    generator = Setting(check_generator_arg)
+    input_range = Setting(check_input_range_arg)
+    #: The epoch of the last :meth:`set_epoch` call (``None`` before the first).
+    epoch = Setting(optional(functools.partial(check_int, min=0)))
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
@@ -93,13 +122,10 @@ class SmoothingCriterion(nn.Module):
         input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     ) -> None:
         super().__init__()
-        self.sigma = check_positive("sigma", sigma)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.sigma = sigma
         self.generator = generator
-        self.input_range = check_input_range_arg("input_range", input_range)
-        #: The epoch of the last :meth:`set_epoch` call (``None`` before the first).
-        self.epoch: int | None = None
+        self.input_range = input_range
+        self.epoch = None
         self._last_terms: dict[str, Tensor] = {}
         self._warned: set[str] = set()
         self._outputs_checked = False
@@ -123,9 +149,11 @@ class SmoothingCriterion(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Apply this criterion's official schedule for training epoch ``epoch`` (0-based).
 
-        Call it at the start of every epoch, before the first batch. Criteria without a
-        schedule only record the epoch; each criterion's docstring says what its schedule
-        does (SmoothMix's eta warm-up, SmoothAdv's epsilon warm-up, MACER's deferred lambda).
+        Call it at the start of every epoch, before the first batch. It records the epoch, from
+        which the schedule's values are computed (see :attr:`scheduled`); it never changes a
+        hyperparameter you assigned. Criteria without a schedule only record the epoch; each
+        criterion's docstring says what its schedule does (SmoothMix's eta warm-up, SmoothAdv's
+        epsilon warm-up, MACER's deferred lambda, the adaptive-noise adversary's start).
 
         Args:
             epoch: The epoch about to start, counting from 0.
@@ -134,11 +162,25 @@ class SmoothingCriterion(nn.Module):
             TypeError: ``epoch`` is not an integer.
             ValueError: ``epoch`` is negative.
         """
-        self.epoch = check_int("epoch", epoch, min=0)
-        self._apply_schedule(self.epoch)
+        self.epoch = epoch
 
-    def _apply_schedule(self, epoch: int) -> None:
-        """Set the scheduled attributes for ``epoch``; the base class has no schedule."""
+    @property
+    def scheduled(self) -> Mapping[str, Any]:
+        """The values the schedule gives for the current :attr:`epoch`, read-only, for logging.
+
+        Keys are the names of the scheduled quantities (e.g. ``{"epsilon": 0.05}`` for
+        SmoothAdv in epoch 0); empty for a criterion without a schedule. Before the first
+        :meth:`set_epoch` they are the unscheduled values, which the criterion then uses.
+        """
+        return MappingProxyType(self._scheduled_values())
+
+    def _scheduled_values(self) -> dict[str, Any]:
+        """The schedule's values for :attr:`epoch`; the base class has no schedule."""
+        return {}
+
+    def _unstepped_schedule(self) -> tuple[str, str, str] | None:
+        """``(what, consequence, how to turn it off)`` when a schedule is configured, else None."""
+        return None
 
     def _warn_once(self, key: str, message: str, *, stacklevel: int = 2) -> None:
         if key in self._warned:
@@ -163,58 +205,66 @@ class SmoothingCriterion(nn.Module):
         Args:
             model: The base classifier being trained (returns logits ``[N, K]``).
             inputs: Clean inputs ``[B, *]``.
-            targets: Class indices ``[B]``.
+            targets: Class indices ``[B]``, each in ``[0, K)``.
 
         Returns:
             A 0-d tensor; ``backward()`` sends gradients into the model's parameters.
         """
+        return self._checked_call(model, inputs, targets, self._loss)
+
+    def _checked_call(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        loss: Callable[[nn.Module, Tensor, Tensor], Tensor],
+        extra_check: ExtraCheck | None = None,
+    ) -> Tensor:
+        """Validate a call, run ``loss(model, inputs, targets)`` under the output check."""
         self._last_terms = {}
-        check_model(model)
+        check_base_model(model)
         check_inputs("inputs", inputs, unit_box=self._unit_box)
         if not self._unit_box:
             check_input_range("inputs", inputs, self.input_range)
-        check_targets("targets", targets, inputs.shape[0], inputs.device)
+        targets, max_label = check_call_targets(targets, inputs)
         check_generator(self.generator, inputs.device)
-        if targets.dtype != torch.int64:
-            targets = targets.long()
+        per_class = None if extra_check is None else extra_check(inputs)
+        self._check_call(inputs)
+        unstepped = self._unstepped_schedule() if self.epoch is None else None
+        if unstepped is not None:
+            what, consequence, turn_off = unstepped
+            self._warn_once(
+                "schedule",
+                f"{type(self).__name__} has a schedule ({what}), but set_epoch was never "
+                f"called, so {consequence}; call criterion.set_epoch(epoch) at the start of "
+                f"every epoch, or pass {turn_off}",
+                stacklevel=5,  # _checked_call <- forward <- Module._call_impl <- _wrapped <- user
+            )
         if not model.training and torch.is_grad_enabled():  # no_grad: a validation pass
             self._warn_once(
                 "eval",
                 f"{type(self).__name__} was called with the model in eval() mode, so it trains "
                 "with eval-mode BatchNorm and dropout; call model.train() at the start of each "
                 "training epoch (after any evaluation)",
-                stacklevel=4,  # forward <- Module._call_impl <- _wrapped_call_impl <- user
+                stacklevel=5,
             )
-        handle = None
-        if not self._outputs_checked:
+        check = OutputCheck(
+            max_label,
+            num_classes=per_class,
+            first=None if self._outputs_checked else self._check_first_output,
+        )
+        with checking_outputs(model, check):
             try:
-                handle = model.register_forward_hook(self._check_output_hook)
-            except RuntimeError:  # e.g. TorchScript modules take no Python hooks
-                handle = None
-        try:
-            return self._loss(model, inputs, targets)
-        except RuntimeError as error:
-            if inputs.dim() == 3 and _SHAPE_ERROR.search(str(error)):
-                first = str(error).strip().splitlines()[0]
-                raise ValueError(
-                    f"the model failed on inputs of shape {tuple(inputs.shape)} ({first}); if "
-                    "inputs is one image without the batch dimension, use inputs.unsqueeze(0) "
-                    "(and targets of shape (1,)): the criteria take a batch [B, *]"
-                ) from error
-            raise
-        finally:
-            if handle is not None:
-                handle.remove()
+                return loss(model, inputs, targets)
+            except Exception as error:
+                reraise_with_hint(error, inputs)
+                raise
 
-    def _check_output_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        """Forward hook (first call only): logits tensor, and no final softmax."""
-        if self._outputs_checked:  # the first forward of the first call is enough
-            return
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                f"model must return a logits tensor [N, K], got {type(output).__name__}; "
-                f"{_output_hint(output)}"
-            )
+    def _check_call(self, inputs: Tensor) -> None:
+        """Checks of the hyperparameters against the call's inputs (e.g. epsilon's size)."""
+
+    def _check_first_output(self, output: Tensor) -> None:
+        """The first output of the first call: warn about a final softmax."""
         self._outputs_checked = True
         if output.dim() == 2 and output.shape[1] >= 2 and not output.is_complex():
             rows = output.detach().float()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._validation import check_int, check_positive
+from rsmooth._settings import Setting
+from rsmooth._validation import check_bool, check_int, check_positive, optional
 from rsmooth.functional import adaptive_noise_attack, gaussian_augmentation_loss, sample_noise
-from rsmooth.losses._base import SmoothingCriterion
+from rsmooth.losses._base import SmoothingCriterion, check_unit_box_range
 
 __all__ = ["AdaptiveNoiseLoss"]
 
@@ -21,7 +23,7 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
     The criterion part of the training recipe of "Average Certified Radius is a Poor Metric for
     Randomized Smoothing" (the method has no name; its attack is ADAPTIVEADV). Per call, ``m``
     noises :math:`\delta_{ij} \sim \mathcal N(0, \sigma^2 I)` are drawn from :attr:`generator`.
-    With :attr:`adversarial` set, each noise row is replaced by
+    With the adversary on, each noise row is replaced by
     :func:`~rsmooth.functional.adaptive_noise_attack` (``eval()``, frozen parameters): rotated on
     the sphere of its own norm towards misclassification in ``T`` steps of length
     :math:`\epsilon`, keeping the first misclassified iterate. The loss is the plain mean
@@ -37,8 +39,14 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
     noisy accuracy is below :math:`\tau` is dropped for good; from then on examples are drawn
     with replacement in proportion to an approximate certified radius, refreshed every 10 epochs.
 
-    **Schedule.** ``adversarial_from`` (:math:`E_{ds}`, optional) makes :meth:`set_epoch`
-    switch the adversary on from that epoch; without it, set :attr:`adversarial` yourself.
+    **Schedule.** ``adversarial_from`` (:math:`E_{ds}`, optional) keeps the adversary off
+    before that epoch: call ``criterion.set_epoch(epoch)`` at the start of every epoch, and the
+    adversary is on from epoch :math:`E_{ds}` (if :attr:`adversarial` is ``True``). The switch
+    in force is ``criterion.scheduled["adversarial"]``; :attr:`adversarial` is the value you
+    set, which the schedule never changes (``False`` keeps the adversary off in every epoch).
+    With ``adversarial_from`` set and :meth:`set_epoch` never called, the adversary is on from
+    the first call, which warns once. Without ``adversarial_from``, :attr:`adversarial` alone
+    decides.
 
     ``last_terms`` keys: ``"ce"`` (the loss), ``"attack_stop_rate"`` (fraction of noise rows
     that stopped at a misclassified iterate) and ``"unchanged_rate"`` (fraction already
@@ -47,15 +55,18 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
     Cost per call: ``m`` forward+backward passes per example, plus :math:`mT` attack
     forward+backward passes when adversarial, i.e. :math:`m(T + 1)` per example.
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise level :math:`\sigma`.
         epsilon: Raw L2 length :math:`\epsilon` of an attack step (not divided by 256; official
             CIFAR-10: 0.25 / 0.25 / 0.5 for :math:`\sigma` = 0.25 / 0.5 / 1.0).
         num_steps: Attack steps :math:`T` (official CIFAR-10: 3 / 6 / 4); 0 means no attack.
         num_noise: Noise copies :math:`m`. Default: 4.
-        adversarial: Whether the adversary is on (a plain attribute). Default: ``True``.
-        adversarial_from: Epoch :math:`E_{ds}` from which :meth:`set_epoch` turns the adversary
-            on, or ``None`` (default) to leave :attr:`adversarial` to the caller.
+        adversarial: Whether the adversary is on (from ``adversarial_from``, if given).
+            Default: ``True``.
+        adversarial_from: Epoch :math:`E_{ds}` from which the adversary is on (applied by
+            :meth:`set_epoch`), or ``None`` (default) to leave it to :attr:`adversarial`.
         generator: Optional ``torch.Generator`` for the noise.
 
     Shape:
@@ -80,8 +91,8 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
         >>> criterion
         AdaptiveNoiseLoss(sigma=0.5, epsilon=0.25, num_steps=3, num_noise=2, adversarial=True)
         >>> criterion.set_epoch(0)
-        >>> criterion.adversarial
-        False
+        >>> criterion.adversarial, dict(criterion.scheduled)
+        (True, {'adversarial': False})
         >>> loss = criterion(model, x, y)
         >>> loss.shape, sorted(criterion.last_terms)
         (torch.Size([]), ['attack_stop_rate', 'ce', 'unchanged_rate'])
@@ -97,6 +108,13 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
     )
     _unit_box: ClassVar[bool] = True
 
+    input_range = Setting(check_unit_box_range)
+    epsilon = Setting(check_positive)
+    num_steps = Setting(functools.partial(check_int, min=0))
+    num_noise = Setting(check_int)
+    adversarial = Setting(check_bool)
+    adversarial_from = Setting(optional(functools.partial(check_int, min=0)))
+
     def __init__(
         self,
         sigma: float,
@@ -109,37 +127,33 @@ class AdaptiveNoiseLoss(SmoothingCriterion):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, generator=generator)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.num_steps = check_int("num_steps", num_steps, min=0)
-        self.num_noise = check_int("num_noise", num_noise)
-        if not isinstance(adversarial, bool):
-            raise TypeError(f"adversarial must be a bool, got {type(adversarial).__name__}")
+        self.epsilon = epsilon
+        self.num_steps = num_steps
+        self.num_noise = num_noise
         self.adversarial = adversarial
-        self.adversarial_from = (
-            None
-            if adversarial_from is None
-            else check_int("adversarial_from", adversarial_from, min=0)
+        self.adversarial_from = adversarial_from
+
+    def _scheduled_values(self) -> dict[str, Any]:
+        start, epoch = self.adversarial_from, self.epoch
+        before = start is not None and epoch is not None and epoch < start
+        return {"adversarial": self.adversarial and not before}
+
+    def _unstepped_schedule(self) -> tuple[str, str, str] | None:
+        start = self.adversarial_from
+        if start is None or start == 0 or not self.adversarial or self.num_steps == 0:
+            return None
+        return (
+            f"adversarial_from={start}: the adversary is off before epoch {start}",
+            "it attacks the noise from the first step",
+            "adversarial_from=None (and set adversarial yourself)",
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Apply the schedule for ``epoch`` (0-based): adversarial from ``adversarial_from`` on.
-
-        Does nothing when ``adversarial_from`` is ``None``.
-
-        Args:
-            epoch: The epoch about to start, ``>= 0``.
-        """
-        epoch = check_int("epoch", epoch, min=0)
-        if self.adversarial_from is not None:
-            self.adversarial = epoch >= self.adversarial_from
-
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        check_positive("epsilon", self.epsilon)
         inputs = inputs.detach()
         noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)
         stopped = unchanged = torch.zeros((), device=inputs.device, dtype=inputs.dtype)
         with preserve_model_state(model):
-            if self.adversarial:
+            if self._scheduled_values()["adversarial"]:
                 with preserve_model_state(model, train=False, requires_grad=False):
                     noise, stop_step = adaptive_noise_attack(
                         model, inputs, targets, noise, self.epsilon, self.num_steps

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._validation import check_int, check_nonnegative
+from rsmooth._settings import Setting
+from rsmooth._validation import check_bool, check_int, check_nonnegative
 from rsmooth.functional import consistency_loss, sample_noise
 from rsmooth.losses._base import SmoothingCriterion
 
@@ -37,6 +39,8 @@ class ConsistencyLoss(SmoothingCriterion):
     ``"consistency"`` (the mean KL) and ``"entropy"`` (the mean entropy), all unweighted, so
     ``loss = natural + lbd * consistency + eta * entropy``. The pure form is
     :func:`rsmooth.functional.consistency_loss`.
+
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
 
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`.
@@ -84,6 +88,11 @@ class ConsistencyLoss(SmoothingCriterion):
         "detach_target",
     )
 
+    num_noise = Setting(functools.partial(check_int, min=2))
+    lbd = Setting(check_nonnegative)
+    eta = Setting(check_nonnegative)
+    detach_target = Setting(check_bool)
+
     def __init__(
         self,
         sigma: float,
@@ -96,11 +105,9 @@ class ConsistencyLoss(SmoothingCriterion):
         input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(sigma, generator=generator, input_range=input_range)
-        self.num_noise = check_int("num_noise", num_noise, min=2)
-        self.lbd = check_nonnegative("lbd", lbd)
-        self.eta = check_nonnegative("eta", eta)
-        if not isinstance(detach_target, bool):
-            raise TypeError(f"detach_target must be a bool, got {type(detach_target).__name__}")
+        self.num_noise = num_noise
+        self.lbd = lbd
+        self.eta = eta
         self.detach_target = detach_target
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:

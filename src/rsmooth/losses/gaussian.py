@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
+from rsmooth._settings import Setting
 from rsmooth._validation import check_int
 from rsmooth.functional import gaussian_augmentation_loss, sample_noise
 from rsmooth.losses._base import SmoothingCriterion
@@ -28,6 +29,8 @@ class GaussianAugmentationLoss(SmoothingCriterion):
 
     Noisy inputs are not clamped. After each call, :attr:`last_terms` holds ``"natural"`` (equal
     to the loss). The pure form is :func:`rsmooth.functional.gaussian_augmentation_loss`.
+
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
 
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`, the same as at certification.
@@ -63,6 +66,8 @@ class GaussianAugmentationLoss(SmoothingCriterion):
     term_names: ClassVar[tuple[str, ...]] = ("natural",)
     _repr_fields: ClassVar[tuple[str, ...]] = ("sigma", "num_noise")
 
+    num_noise = Setting(check_int)
+
     def __init__(
         self,
         sigma: float,
@@ -72,7 +77,7 @@ class GaussianAugmentationLoss(SmoothingCriterion):
         input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(sigma, generator=generator, input_range=input_range)
-        self.num_noise = check_int("num_noise", num_noise)
+        self.num_noise = num_noise
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._validation import check_int, check_nonnegative, check_positive
+from rsmooth._settings import Setting
+from rsmooth._validation import check_int, check_nonnegative, check_positive, optional
 from rsmooth.functional import macer_loss, sample_noise
 from rsmooth.losses._base import SmoothingCriterion
 
@@ -44,15 +46,21 @@ class MACERLoss(SmoothingCriterion):
     **Deferred start.** Jeong's MACER training (``--deferred``, used for MNIST and for CIFAR-10 at
     :math:`\sigma = 1`) sets :math:`\lambda = 0` while ``epoch <= lr_step_size``. Pass
     ``deferred_until`` (the LR step size, e.g. 30 on MNIST or 50 on CIFAR-10) and call
-    ``criterion.set_epoch(epoch)`` at the start of every epoch: :attr:`lbd` is 0 for epochs
-    ``0..deferred_until`` and the constructor's :math:`\lambda` afterwards. Without the deferred
-    start, a large :math:`\lambda` from the first epoch can collapse a short run to a single
-    class.
+    ``criterion.set_epoch(epoch)`` at the start of every epoch: the weight in force,
+    ``criterion.scheduled["lbd"]``, is 0 for epochs ``0..deferred_until`` and :attr:`lbd`
+    afterwards. :attr:`lbd` itself is the value you set (the schedule never changes it; assigning
+    it sets the weight the schedule switches to). Without the deferred start, a large
+    :math:`\lambda` from the first epoch can collapse a short run to a single class; so with
+    ``deferred_until`` set and :meth:`set_epoch` never called, the first call warns (and trains
+    with :attr:`lbd`).
+
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
 
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`; also scales the robustness term.
         num_noise: Noise copies per input, :math:`k` in the paper. Default: 16.
-        lbd: Weight :math:`\lambda \ge 0` of the robustness term. Default: 12.0.
+        lbd: Weight :math:`\lambda \ge 0` of the robustness term (after the deferred start).
+            Default: 12.0.
         gamma: Hinge margin :math:`\gamma > 0`. Default: 8.0.
         beta: Inverse temperature :math:`\beta > 0` of the robustness term. Default: 16.0.
         deferred_until: Last epoch (0-based) with :math:`\lambda = 0`, applied by
@@ -83,10 +91,20 @@ class MACERLoss(SmoothingCriterion):
         >>> loss = criterion(model, torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1]))
         >>> loss.shape, sorted(criterion.last_terms)
         (torch.Size([]), ['classification', 'robustness'])
+        >>> deferred = MACERLoss(sigma=0.25, deferred_until=30)
+        >>> deferred.set_epoch(0)
+        >>> deferred.lbd, dict(deferred.scheduled)
+        (12.0, {'lbd': 0.0})
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("classification", "robustness")
     _repr_fields: ClassVar[tuple[str, ...]] = ("sigma", "num_noise", "lbd", "gamma", "beta")
+
+    num_noise = Setting(check_int)
+    lbd = Setting(check_nonnegative)
+    gamma = Setting(check_positive)
+    beta = Setting(check_positive)
+    deferred_until = Setting(optional(functools.partial(check_int, min=0)))
 
     def __init__(
         self,
@@ -101,25 +119,41 @@ class MACERLoss(SmoothingCriterion):
         input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(sigma, generator=generator, input_range=input_range)
-        self.num_noise = check_int("num_noise", num_noise)
-        self.lbd = check_nonnegative("lbd", lbd)
-        self.gamma = check_positive("gamma", gamma)
-        self.beta = check_positive("beta", beta)
-        self.deferred_until = (
-            None if deferred_until is None else check_int("deferred_until", deferred_until, min=0)
-        )
-        self._full_lbd = self.lbd
+        self.num_noise = num_noise
+        self.lbd = lbd
+        self.gamma = gamma
+        self.beta = beta
+        self.deferred_until = deferred_until
 
-    def _apply_schedule(self, epoch: int) -> None:
+    def _scheduled_values(self) -> dict[str, Any]:
         # Jeong's train_macer.py: lbd = 0 if args.deferred and epoch <= args.lr_step_size
-        deferred = self.deferred_until is not None and epoch <= self.deferred_until
-        self.lbd = 0.0 if deferred else self._full_lbd
+        until, epoch = self.deferred_until, self.epoch
+        deferred = until is not None and epoch is not None and epoch <= until
+        return {"lbd": 0.0 if deferred else self.lbd}
+
+    def _unstepped_schedule(self) -> tuple[str, str, str] | None:
+        if self.deferred_until is None:
+            return None
+        return (
+            f"deferred_until={self.deferred_until}: lbd is 0 until the end of epoch "
+            f"{self.deferred_until}",
+            f"it trains with lbd={self.lbd} from the first step, which can collapse a run to a "
+            "single class",
+            "deferred_until=None to train with lbd from the start",
+        )
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
         noise = sample_noise(inputs, self.sigma, self.num_noise, generator=self.generator)
         with preserve_model_state(model):
             terms = macer_loss(
-                model, inputs, targets, noise, self.sigma, self.lbd, self.gamma, self.beta
+                model,
+                inputs,
+                targets,
+                noise,
+                self.sigma,
+                self._scheduled_values()["lbd"],
+                self.gamma,
+                self.beta,
             )
         self._record(classification=terms.classification, robustness=terms.robustness)
         return terms.loss

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._validation import check_int, check_nonnegative, check_positive
+from rsmooth._settings import Setting
+from rsmooth._validation import (
+    check_bool,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    optional,
+)
 from rsmooth.functional import sample_noise, smoothmix_terms, unrestricted_smooth_attack
-from rsmooth.losses._base import SmoothingCriterion
+from rsmooth.losses._base import SmoothingCriterion, check_unit_box_range
 
 __all__ = ["SmoothMixLoss"]
 
@@ -39,11 +47,14 @@ class SmoothMixLoss(SmoothingCriterion):
     :func:`rsmooth.functional.smoothmix_terms`.
 
     **Warm-up.** The official loop sets :math:`w_e = \min(1, (e+1)/10)` at epoch ``e`` (0-based).
-    Call ``criterion.set_epoch(epoch)`` at the start of every epoch: it sets :attr:`warmup` to
-    :math:`\min(1, (e+1)/W)` with :math:`W` = ``warmup_epochs`` (10, as in the official code).
-    :math:`w_e` multiplies :math:`\eta` and, for the one-step adversary, the norm cap of
-    :math:`\tilde x^{(1)}` (:math:`w_e \alpha`, see :attr:`one_step_max_norm`). Without
-    :meth:`set_epoch`, :attr:`warmup` keeps its constructor value (1.0: no warm-up).
+    Call ``criterion.set_epoch(epoch)`` at the start of every epoch: the criterion then uses
+    :math:`w_e = \min(1, (e+1)/W)` with :math:`W` = ``warmup_epochs`` (10, as in the official
+    code). :math:`w_e` multiplies :math:`\eta` and, for the one-step adversary, the norm cap of
+    :math:`\tilde x^{(1)}` (:math:`w_e \alpha`, see :attr:`one_step_max_norm`). :attr:`eta` is
+    the value you set (the schedule never changes it; assigning it sets the weight the warm-up
+    ramps to); ``criterion.scheduled`` holds :math:`w_e` (``"warmup"``) and the weight in force,
+    :math:`\eta w_e` (``"eta"``). Without :meth:`set_epoch`, :math:`w_e = 1` (no warm-up) and
+    the first call warns once (pass ``warmup_epochs=0`` to train without the warm-up).
 
     **Batch size.** The official code takes one optimizer step per chunk of ``B/m`` examples of
     a loader batch ``B``; with this criterion, use a loader batch of ``B/m`` (e.g. 64 for MNIST
@@ -55,6 +66,8 @@ class SmoothMixLoss(SmoothingCriterion):
     ``last_terms`` keys: ``"natural"`` (:math:`\mathcal L_{nat}`) and ``"mix"``
     (:math:`\mathcal L_{mix}`, before the :math:`\eta w` weight).
 
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
+
     Args:
         sigma: Noise level :math:`\sigma`.
         step_size: Attack step size :math:`\alpha` (official: 1.0 on MNIST; 0.5 / 1.0 / 2.0 for
@@ -62,12 +75,12 @@ class SmoothMixLoss(SmoothingCriterion):
         num_steps: Attack steps :math:`T` (official MNIST: 2-3 / 4 / 8 for
             :math:`\sigma` = 0.25 / 0.5 / 1.0; CIFAR-10: 4).
         num_noise: Noise samples :math:`m` (official: 4 on MNIST, 2 on CIFAR-10).
-        eta: Mixup weight :math:`\eta` (official: 1.0 or 5.0 on MNIST, 5.0 on CIFAR-10).
+        eta: Mixup weight :math:`\eta` (official: 1.0 or 5.0 on MNIST, 5.0 on CIFAR-10), the
+            value the warm-up ramps to.
         one_step_adversary: Use :math:`\tilde x^{(1)}` as the clean side (``--mix_step 1``).
             Default: ``False``.
-        warmup: Warm-up factor :math:`w_e`, set by :meth:`set_epoch`. Default: 1.0.
         warmup_epochs: Epochs :math:`W` of the linear warm-up applied by :meth:`set_epoch`
-            (the official ``--warmup``); 0 turns it off. Default: 10.
+            (the official ``--warmup``); 0 (or 1) turns it off. Default: 10.
         detach_target: Stop the gradient through :math:`\hat F` (not the official behaviour).
             Default: ``False``.
         max_norm: Optional L2 radius for the attack (the ``--maxnorm`` ablation). Default:
@@ -76,7 +89,8 @@ class SmoothMixLoss(SmoothingCriterion):
 
     Attributes:
         one_step_max_norm: Norm cap of :math:`\tilde x^{(1)}`; ``None`` (default) means
-            :math:`w_e \alpha` as in the official code. A plain attribute.
+            :math:`w_e \alpha` as in the official code. Checked when assigned (``None`` or a
+            non-negative number).
 
     Shape:
         - inputs: :math:`(B, *)`, values in :math:`[0, 1]`.
@@ -85,9 +99,8 @@ class SmoothMixLoss(SmoothingCriterion):
 
     Raises:
         TypeError: For arguments of the wrong type.
-        ValueError: For non-positive ``sigma``/``step_size``/``max_norm``, negative
-            ``eta``/``warmup``, counts below 1, inputs outside :math:`[0, 1]`, or mismatched
-            targets.
+        ValueError: For non-positive ``sigma``/``step_size``/``max_norm``, a negative ``eta``,
+            counts below 1, inputs outside :math:`[0, 1]`, or mismatched targets.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -96,10 +109,10 @@ class SmoothMixLoss(SmoothingCriterion):
         >>> criterion = SmoothMixLoss(0.5, 1.0, 2, 2, 5.0, generator=g)
         >>> criterion
         SmoothMixLoss(sigma=0.5, step_size=1.0, num_steps=2, num_noise=2, eta=5.0,
-                      one_step_adversary=False, warmup=1.0)
+                      one_step_adversary=False, warmup_epochs=10)
         >>> criterion.set_epoch(0)  # the official warm-up: w = 1/10 in epoch 0
-        >>> criterion.warmup
-        0.1
+        >>> dict(criterion.scheduled), criterion.eta
+        ({'warmup': 0.1, 'eta': 0.5}, 5.0)
         >>> loss = criterion(model, x, y)
         >>> loss.shape, sorted(criterion.last_terms)
         (torch.Size([]), ['mix', 'natural'])
@@ -113,9 +126,20 @@ class SmoothMixLoss(SmoothingCriterion):
         "num_noise",
         "eta",
         "one_step_adversary",
-        "warmup",
+        "warmup_epochs",
     )
     _unit_box: ClassVar[bool] = True
+
+    input_range = Setting(check_unit_box_range)
+    step_size = Setting(check_positive)
+    num_steps = Setting(check_int)
+    num_noise = Setting(check_int)
+    eta = Setting(check_nonnegative)
+    one_step_adversary = Setting(check_bool)
+    warmup_epochs = Setting(functools.partial(check_int, min=0))
+    detach_target = Setting(check_bool)
+    max_norm = Setting(optional(check_positive))
+    one_step_max_norm = Setting(optional(check_nonnegative))
 
     def __init__(
         self,
@@ -126,38 +150,41 @@ class SmoothMixLoss(SmoothingCriterion):
         eta: float,
         *,
         one_step_adversary: bool = False,
-        warmup: float = 1.0,
         warmup_epochs: int = 10,
         detach_target: bool = False,
         max_norm: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, generator=generator)
-        self.step_size = check_positive("step_size", step_size)
-        self.num_steps = check_int("num_steps", num_steps)
-        self.num_noise = check_int("num_noise", num_noise)
-        self.eta = check_nonnegative("eta", eta)
-        for name, flag in (
-            ("one_step_adversary", one_step_adversary),
-            ("detach_target", detach_target),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        self.step_size = step_size
+        self.num_steps = num_steps
+        self.num_noise = num_noise
+        self.eta = eta
         self.one_step_adversary = one_step_adversary
         self.detach_target = detach_target
-        self.warmup = check_nonnegative("warmup", warmup)
-        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, min=0)
-        self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
-        self.one_step_max_norm: float | None = None
+        self.warmup_epochs = warmup_epochs
+        self.max_norm = max_norm
+        self.one_step_max_norm = None
 
-    def _apply_schedule(self, epoch: int) -> None:
-        # official train_smoothmix.py: warmup_v = min(1, (epoch + 1) / warmup)
-        epochs = self.warmup_epochs
-        self.warmup = 1.0 if epochs == 0 else min(1.0, (epoch + 1) / epochs)
+    def _scheduled_values(self) -> dict[str, Any]:
+        # official train_smoothmix.py: warmup_v = min(1, (epoch + 1) / warmup), times eta
+        epochs, epoch = self.warmup_epochs, self.epoch
+        warmup = 1.0 if epochs == 0 or epoch is None else min(1.0, (epoch + 1) / epochs)
+        return {"warmup": warmup, "eta": self.eta * warmup}
+
+    def _unstepped_schedule(self) -> tuple[str, str, str] | None:
+        if self.warmup_epochs <= 1:
+            return None
+        return (
+            f"warmup_epochs={self.warmup_epochs}: the mixup weight eta (and the one-step "
+            f"adversary's cap) ramps up over the first {self.warmup_epochs} epochs",
+            f"it trains with the full eta={self.eta:g} from the first step",
+            "warmup_epochs=0 to train without the warm-up",
+        )
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        warmup = check_nonnegative("warmup", self.warmup)
-        eta = check_nonnegative("eta", self.eta)
+        scheduled = self._scheduled_values()
+        warmup, eta = scheduled["warmup"], scheduled["eta"]
         mix_step = 1 if self.one_step_adversary else 0
         cap = self.one_step_max_norm
         if cap is None:
@@ -192,4 +219,4 @@ class SmoothMixLoss(SmoothingCriterion):
             detach_target=self.detach_target,
         )
         self._record(natural=natural, mix=mix)
-        return natural + (eta * warmup) * mix
+        return natural + eta * mix

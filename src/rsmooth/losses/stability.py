@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from rsmooth._model_state import preserve_model_state
-from rsmooth._validation import check_nonnegative
+from rsmooth._settings import Setting
+from rsmooth._validation import check_bool, check_nonnegative
 from rsmooth.functional import sample_noise, stability_loss
 from rsmooth.losses._base import SmoothingCriterion
 
@@ -35,6 +36,8 @@ class StabilityLoss(SmoothingCriterion):
     After each call, :attr:`last_terms` holds ``"natural"`` (the clean cross-entropy) and
     ``"stability"`` (the unweighted soft cross-entropy). The pure form is
     :func:`rsmooth.functional.stability_loss`.
+
+    Every argument is an attribute of the same name, checked again whenever it is assigned.
 
     Args:
         sigma: Noise standard deviation :math:`\sigma > 0`.
@@ -74,6 +77,9 @@ class StabilityLoss(SmoothingCriterion):
     term_names: ClassVar[tuple[str, ...]] = ("natural", "stability")
     _repr_fields: ClassVar[tuple[str, ...]] = ("sigma", "lbd", "detach_target")
 
+    lbd = Setting(check_nonnegative)
+    detach_target = Setting(check_bool)
+
     def __init__(
         self,
         sigma: float,
@@ -84,9 +90,7 @@ class StabilityLoss(SmoothingCriterion):
         input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(sigma, generator=generator, input_range=input_range)
-        self.lbd = check_nonnegative("lbd", lbd)
-        if not isinstance(detach_target, bool):
-            raise TypeError(f"detach_target must be a bool, got {type(detach_target).__name__}")
+        self.lbd = lbd
         self.detach_target = detach_target
 
     def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
