@@ -407,3 +407,19 @@ def test_certify_help_explains_research_checkpoints(capsys):
     assert code == 0
     assert "--normalization" in out and "research-format" in out
     assert "rsmooth certify --checkpoint released/checkpoint.pth.tar --dataset cifar10" in out
+
+
+def test_help_imports_neither_torch_nor_scipy():
+    code = (
+        "import sys\n"
+        "from rsmooth.cli import main\n"
+        "for argv in (['--help'], ['certify', '--help'], ['--version']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'torch' not in sys.modules and 'scipy.stats' not in sys.modules, sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: rsmooth" in done.stdout

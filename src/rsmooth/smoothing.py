@@ -12,19 +12,17 @@ procedure per method (:mod:`rsmooth.procedures`, :mod:`rsmooth.sequential`) on t
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from rsmooth._engine.batching import AutoBatch, FixedBatch, default_batch_size
+from rsmooth._engine.batching import AutoBatch, FixedBatch, policy
 from rsmooth._engine.forward import ForwardRunner, compile_model
 from rsmooth._engine.progress import Progress
 from rsmooth._engine.sampler import Item, Procedure, Sampler, Votes
-from rsmooth._engine.streams import NoiseSource, Stream, input_seeds
-from rsmooth._model_state import preserve_model_state
+from rsmooth._engine.streams import input_seeds
 from rsmooth._settings import Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
@@ -39,7 +37,6 @@ from rsmooth._validation import (
     check_positive,
 )
 from rsmooth.certificates import ABSTAIN, Certificate, RadiusCertificate, float_tensor
-from rsmooth.functional import split_copies
 from rsmooth.procedures import (
     Certify,
     CertifyRow,
@@ -59,7 +56,6 @@ BatchSize = int | Literal["auto"] | None
 MemoryFormat = Literal["auto", "preserve", "channels_last"]
 R = TypeVar("R")
 
-_AUTO_MAX_CPU_BYTES = 2**28  # largest automatic forward batch of inputs on the CPU (256 MiB)
 _Key = tuple[tuple[int, ...], torch.dtype, str]
 
 
@@ -119,10 +115,9 @@ class SmoothedClassifier:
     depends only on its seed and ``s``, so the same generator state and arguments give the same
     results on the same device for every ``batch_size``, whatever other inputs share the call.
 
-    **Settings.** Every argument is also an attribute of the same name, checked whenever it is
-    assigned, as the constructor checks it (a refused value, or a ``compile`` that fails, changes
-    nothing). Assigning any setting drops what was chosen for the old one (the automatic batch
-    size, the layout, the compiled model).
+    **Settings.** Every argument is also an attribute, checked whenever it is assigned as the
+    constructor checks it (a refused value, or a failing ``compile``, changes nothing); assigning
+    one drops the choices made for the old value (batch size, layout, compiled model).
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.
@@ -133,13 +128,11 @@ class SmoothedClassifier:
             CPU and 2048 on CUDA (halved when a batch runs out of memory). ``"auto"``: a timed
             search on the calls' own forward batches (opt-in; the size it settles on depends on
             the machine's load, shown in ``repr``). Results never depend on it. Default: None.
-        nonfinite: What a noisy sample with a non-finite logit (NaN or inf) does: ``"raise"``
-            a ``ValueError`` naming the inputs and counts, or ``"count_against"``: vote for no
-            class (sound; reported in :attr:`Certificate.nonfinite`). Default: ``"raise"``.
+        nonfinite: A noisy sample with a non-finite logit: ``"raise"`` a ``ValueError`` naming
+            the inputs, or ``"count_against"``: no vote (sound). Default: ``"raise"``.
         compile: ``True`` or a dict of :func:`torch.compile` options (e.g. ``{"mode":
-            "max-autotune"}``) to compile the model for the counting forward passes, the way to
-            a faster forward pass on the CPU and GPU. Every forward pass then has exactly the
-            batch size's rows (the last batch is padded and its padding discarded), so the model
+            "max-autotune"}``): the way to a faster forward pass on the CPU and GPU. Every
+            forward pass then has the batch size's rows (the last one padded), so the model
             compiles once. Default: False.
         autocast: ``torch.bfloat16`` or ``torch.float16`` to run the forward passes under
             :func:`torch.autocast` (the noise stays in the inputs' dtype). The certificate is
@@ -148,13 +141,11 @@ class SmoothedClassifier:
         input_range: ``(low, high)`` every input entry must lie in, or ``None`` to turn the
             check off (inputs in another space). Default: ``(0.0, 1.0)``, pixels scaled to
             [0, 1]: 8-bit pixels, or a normalisation applied outside the model, are errors.
-        memory_format: Layout of the noisy batches the model receives. ``"auto"``: on the CPU,
-            4-D floating-point inputs ``[B, C, H, W]`` reach the model as ``channels_last``
-            (oneDNN's convolutions run faster on it), provided that a check, once per input
-            shape, dtype and device, finds that the model accepts that layout and returns the
-            same logits as on the standard one up to rounding; otherwise, and on other devices,
-            the inputs' own layout. ``"preserve"``: the inputs' own layout. ``"channels_last"``:
-            always (4-D or 5-D inputs). Default: ``"auto"``.
+        memory_format: Layout of the noisy batches. ``"auto"``: on the CPU, image batches
+            ``[B, C, H, W]`` reach the model as ``channels_last`` (faster convolutions) once a
+            check per input shape finds the same logits as in the standard layout up to
+            rounding; else the inputs' own layout. ``"preserve"``: the inputs' own layout.
+            ``"channels_last"``: always (4-D or 5-D inputs). Default: ``"auto"``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
@@ -230,22 +221,12 @@ class SmoothedClassifier:
         if self.memory_format != "auto":
             extra += f", memory_format={self.memory_format!r}"
         elif self._forward is not None and any(self._forward.layouts.values()):
-            shapes = "; ".join(
-                _describe(key) for key, accepted in self._forward.layouts.items() if accepted
-            )
+            shapes = "; ".join(_describe(k) for k, used in self._forward.layouts.items() if used)
             extra += f", memory_format='auto' (channels_last for {shapes})"
         return (
             f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, "
-            f"batch_size={self._batch_size_repr()}{extra})"
+            f"batch_size={_batching_repr(self.batch_size, self._batching)}{extra})"
         )
-
-    def _batch_size_repr(self) -> str:
-        sizes = {key: b.choice for key, b in self._batching.items() if b.choice is not None}
-        if self.batch_size not in (None, "auto") or not sizes:
-            return repr(self.batch_size)
-        text = "; ".join(f"{size} for {_describe(key)}" for key, size in sizes.items())
-        what = "chosen" if self.batch_size == "auto" else "device default"
-        return f"{self.batch_size!r} ({what}: {text})"
 
     # ------------------------------------------------------------------ the engine
     def _sampler(self, inputs: Tensor) -> Sampler:
@@ -263,37 +244,8 @@ class SmoothedClassifier:
         key = (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
         batching = self._batching.get(key)
         if batching is None:
-            batching = self._batching[key] = self._new_batching(inputs)
+            batching = self._batching[key] = policy(self.batch_size, inputs)
         return Sampler(self._forward, batching, self.sigma, nonfinite=self.nonfinite)
-
-    def _new_batching(self, inputs: Tensor) -> FixedBatch | AutoBatch:
-        device_type = inputs.device.type
-        if isinstance(self.batch_size, int):
-            return FixedBatch(self.batch_size)
-        if self.batch_size is None:
-            return FixedBatch(default_batch_size(device_type), halve=True)
-        largest = None
-        if device_type == "cpu":
-            per_row = max(1, math.prod(inputs.shape[1:])) * inputs.element_size()
-            largest = max(1, _AUTO_MAX_CPU_BYTES // per_row)
-        return AutoBatch.for_device(device_type, largest)
-
-    def _validate_call(self, inputs: Tensor, generator: GeneratorArg) -> tuple[Tensor, list[int]]:
-        """Check a call's inputs and generator(s); return the inputs and one seed per input."""
-        inputs = check_inputs("inputs", inputs)
-        check_input_range("inputs", inputs, self.input_range)
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != inputs.shape[0]:
-                raise ValueError(
-                    "generator must be one torch.Generator or a sequence of one per input, got "
-                    f"a sequence of length {len(generator)} for {inputs.shape[0]} inputs"
-                )
-            checked = [check_generator(g, inputs.device) for g in generator]
-            if any(g is None for g in checked):
-                raise TypeError("generator must not contain None")
-            return inputs, input_seeds(inputs.shape[0], [g for g in checked if g is not None])
-        checked_one = check_generator(generator, inputs.device)
-        return inputs, input_seeds(inputs.shape[0], checked_one)
 
     def _run(
         self,
@@ -325,9 +277,8 @@ class SmoothedClassifier:
     ) -> dict[str, Any]:
         """Run a procedure over a stream of inputs, reporting each result as its input finishes.
 
-        The entry point of :func:`~rsmooth.runner.certify_dataset`: the inputs are admitted
-        while others are being decided, so the forward batches stay full from the first input
-        to the last. Most users want :meth:`certify`, :meth:`certify_radius` or the runner.
+        The entry point of :func:`~rsmooth.runner.certify_dataset` (inputs are admitted while
+        others are decided, so forward batches stay full); most users want :meth:`certify`.
 
         Args:
             procedure: A bound procedure, e.g. ``Certify(n=...).bind(sigma)`` or
@@ -337,8 +288,7 @@ class SmoothedClassifier:
             on_result: Called with each item's key and result as it finishes.
             probe: A batch of clean inputs like the items (it decides the layout).
             progress: Updated with the inputs finished and the samples drawn.
-            stop: Checked regularly; when it returns True the run ends, dropping the inputs in
-                flight.
+            stop: When it returns True the run ends, dropping the inputs in flight.
 
         Returns:
             What the run chose: ``{"batch_size": ..., "channels_last": ...}``.
@@ -356,17 +306,6 @@ class SmoothedClassifier:
             "batch_size": sampler.batching.choice,
             "channels_last": sampler.forward.layout(probe) is not None,
         }
-
-    def _with_progress(
-        self, enabled: object, total: int | None, desc: str, call: Callable[[Progress | None], R]
-    ) -> R:
-        if not check_bool("progress", enabled):
-            return call(None)
-        bar = Progress(total, desc, unit="input")
-        try:
-            return call(bar)
-        finally:
-            bar.close()
 
     # ------------------------------------------------------------------ public
     def sample_counts(self, inputs: Tensor, *, num: int, generator: GeneratorArg = None) -> Tensor:
@@ -392,7 +331,7 @@ class SmoothedClassifier:
             >>> smoothed.sample_counts(torch.zeros(2, 3), num=50, generator=g).sum(1).tolist()
             [50, 50]
         """
-        inputs, seeds = self._validate_call(inputs, generator)
+        inputs, seeds = _checked_call(inputs, generator, self.input_range)
         votes: list[Votes] = self._run(Counts(num), inputs, seeds)
         classes = max(len(v.counts) for v in votes)
         table = torch.zeros((len(votes), classes), dtype=torch.int64)
@@ -439,9 +378,9 @@ class SmoothedClassifier:
             torch.Size([3])
         """
         procedure = Predict(n=n, alpha=alpha)
-        inputs, seeds = self._validate_call(inputs, generator)
+        inputs, seeds = _checked_call(inputs, generator, self.input_range)
         warn_sample_size("predict", procedure.n, procedure.alpha, stacklevel=2)
-        classes: list[int] = self._with_progress(
+        classes: list[int] = _with_progress(
             progress,
             len(seeds),
             "predict",
@@ -501,9 +440,9 @@ class SmoothedClassifier:
             (torch.Size([3]), torch.int64)
         """
         settings = Certify(n=n, n0=n0, alpha=alpha, bound=bound)
-        inputs, seeds = self._validate_call(inputs, generator)
+        inputs, seeds = _checked_call(inputs, generator, self.input_range)
         warn_sample_size("certify", settings.n, settings.alpha, stacklevel=2)
-        rows: list[CertifyRow] = self._with_progress(
+        rows: list[CertifyRow] = _with_progress(
             progress,
             len(seeds),
             "certify",
@@ -539,17 +478,12 @@ class SmoothedClassifier:
     ) -> RadiusCertificate:
         r"""Sequential certification at one radius or a grid: "certified at r?" with few samples.
 
-        One candidate class per input (from ``n0`` fresh selection samples, or ``candidates``);
-        its votes are counted cumulatively at the looks
-        :func:`~rsmooth.stats.sequential_looks` ``(max_n, alpha, Phi(min(radius)/sigma),
-        growth)``, and radius :math:`r_j` is certified at look :math:`k` once the
-        Clopper–Pearson lower bound at level :math:`\alpha/K` reaches
-        :math:`\Phi(r_j/\sigma)` (integer thresholds, :func:`~rsmooth.stats.sequential_thresholds`),
-        or ruled out once the upper bound at :math:`\beta/K` falls below it. An input stops
-        when every radius is decided (stopped inputs draw no more samples; the others keep the
-        forward batches full); radii still open at ``max_n`` are undecided, and radii that no
-        count could certify within ``max_n`` are reported as unreachable (with a warning)
-        :cite:`horvath2022boosting,voracek2024confidence`.
+        One candidate class per input (from ``n0`` fresh selection samples, or ``candidates``)
+        whose votes are checked at geometric looks up to ``max_n``; each radius is certified or
+        ruled out as soon as the counts allow, and an input stops when every reachable radius
+        is decided (:mod:`rsmooth.sequential`, :cite:`horvath2022boosting,voracek2024confidence`).
+        Radii no count could certify within ``max_n`` are reported as unreachable, with a
+        warning.
 
         **Guarantee.** For each input, with probability at least ``1 - alpha``, every claim it
         reports holds at once: the smoothed classifier predicts ``prediction`` and is constant
@@ -560,9 +494,6 @@ class SmoothedClassifier:
         draws from streams of its own). "Ruled out" is not a certificate of non-robustness.
         The guarantee holds at the pre-set looks; it does not extend past ``max_n``. The result
         has no ACR: use :meth:`certify` for radius curves.
-
-        Input ``j``'s result depends only on its noise stream (its seed), the arguments and the
-        schedule, not on ``batch_size`` or the other inputs of the call.
 
         Args:
             inputs: Batch ``[B, *]``.
@@ -613,10 +544,10 @@ class SmoothedClassifier:
         if unexpected:
             raise TypeError(_unexpected_message("certify_radius", unexpected, _RADIUS_KEYWORDS))
         grid = RadiusGrid(radii=radius, alpha=alpha, max_n=max_n, n0=n0, beta=beta, growth=growth)  # type: ignore[arg-type]
-        inputs, seeds = self._validate_call(inputs, generator)
+        inputs, seeds = _checked_call(inputs, generator, self.input_range)
         extras = None if candidates is None else _check_candidates(candidates, inputs, self)
         schedule = grid.bind(self.sigma, stacklevel=2)
-        rows: list[GridRow] = self._with_progress(
+        rows: list[GridRow] = _with_progress(
             progress,
             len(seeds),
             "certify_radius",
@@ -655,31 +586,11 @@ class SmoothedClassifier:
             torch.Size([4, 3])
         """
         num_noise = check_int("num_noise", num_noise)
-        checked, seeds = self._validate_call(inputs, generator)
-        noise_source = NoiseSource(tuple(inputs.shape[1:]), inputs.dtype, inputs.device, self.sigma)
-        with torch.no_grad():
-            per_input = [noise_source.noise(seed, Stream.SOFT, 0, num_noise) for seed in seeds]
-        noise = torch.stack(per_input, dim=1).reshape(num_noise * len(seeds), *inputs.shape[1:])
+        checked, seeds = _checked_call(inputs, generator, self.input_range)
         sampler = self._sampler(checked)
-        forward = sampler.forward
-        forward.check_device(inputs.device)
-        layout = forward.layout(checked.detach())
-        noisy = checked.repeat((num_noise,) + (1,) * (checked.dim() - 1)) + noise
-        if layout is not None:
-            noisy = noisy.contiguous(memory_format=layout)
-        size = sampler.batching.target()
-        compiled = self._compiled is not None
-        with preserve_model_state(self.model, train=False):
-            pieces = []
-            for piece in noisy.split(size):
-                rows = piece.shape[0]
-                if compiled and rows < size:
-                    pad = piece.new_zeros((size - rows, *piece.shape[1:]))
-                    piece = torch.cat([piece, pad])
-                logits = forward.logits(piece, checked, compiled=compiled)[:rows]
-                pieces.append(logits.float() if logits.dtype in _HALF else logits)
-        probs = torch.cat(pieces).softmax(dim=1)
-        return split_copies(probs, num_noise).mean(dim=0)
+        return sampler.soft_probabilities(
+            checked, seeds, num_noise, compiled=self._compiled is not None
+        )
 
     def max_radius(self, *, n: int = 100_000, alpha: float = 0.001) -> float:
         """The largest radius :meth:`certify` can return with ``n`` samples at level ``alpha``.
@@ -691,7 +602,6 @@ class SmoothedClassifier:
         return max_certified_radius(n, alpha, self.sigma)
 
 
-_HALF = (torch.float16, torch.bfloat16)
 _RADIUS_KEYWORDS = (
     "alpha", "max_n", "n0", "beta", "growth", "candidates", "generator", "progress",
 )  # fmt: skip
@@ -738,3 +648,44 @@ def _check_candidates(
             f"got {bad[0]}"
         )
     return values
+
+
+def _batching_repr(batch_size: BatchSize, batching: Mapping[_Key, FixedBatch | AutoBatch]) -> str:
+    sizes = {key: b.choice for key, b in batching.items() if b.choice is not None}
+    if batch_size not in (None, "auto") or not sizes:
+        return repr(batch_size)
+    text = "; ".join(f"{size} for {_describe(key)}" for key, size in sizes.items())
+    what = "chosen" if batch_size == "auto" else "device default"
+    return f"{batch_size!r} ({what}: {text})"
+
+
+def _checked_call(
+    inputs: Tensor, generator: GeneratorArg, input_range: tuple[float, float] | None
+) -> tuple[Tensor, list[int]]:
+    """Check a call's inputs and generator(s); return the inputs and one seed per input."""
+    inputs = check_inputs("inputs", inputs)
+    check_input_range("inputs", inputs, input_range)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != inputs.shape[0]:
+            raise ValueError(
+                "generator must be one torch.Generator or a sequence of one per input, got "
+                f"a sequence of length {len(generator)} for {inputs.shape[0]} inputs"
+            )
+        checked = [check_generator(g, inputs.device) for g in generator]
+        if any(g is None for g in checked):
+            raise TypeError("generator must not contain None")
+        return inputs, input_seeds(inputs.shape[0], [g for g in checked if g is not None])
+    return inputs, input_seeds(inputs.shape[0], check_generator(generator, inputs.device))
+
+
+def _with_progress(
+    enabled: object, total: int | None, desc: str, call: Callable[[Progress | None], R]
+) -> R:
+    """``call(bar)`` with a progress bar over ``total`` inputs when ``enabled``, else ``call(None)``."""
+    if not check_bool("progress", enabled):
+        return call(None)
+    bar = Progress(total, desc, unit="input")
+    try:
+        return call(bar)
+    finally:
+        bar.close()

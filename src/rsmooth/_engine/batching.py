@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 __all__ = [
     "BUDGET",
     "DEFAULT_BATCH_SIZE",
     "AutoBatch",
     "FixedBatch",
     "default_batch_size",
+    "policy",
 ]
 
 #: The default forward batch size per device type (others: :data:`DEFAULT_OTHER`). Measured:
@@ -248,3 +251,30 @@ class AutoBatch:
         self.choice = best if best is not None and best < size else max(1, size // 2)
         self.warmed, self.trial, self.rival = False, [], []
         return self.choice
+
+
+#: The automatic search's largest forward batch of inputs on the CPU (256 MiB).
+AUTO_MAX_CPU_BYTES = 2**28
+
+
+def policy(batch_size: int | str | None, inputs: torch.Tensor) -> FixedBatch | AutoBatch:
+    """The batching policy of a ``batch_size`` setting for inputs like ``inputs``.
+
+    An integer: that size, always (an out-of-memory error is the user's to act on). ``None``:
+    the device's default, halved on out-of-memory. ``"auto"``: the timed search, its candidates
+    capped on the CPU so that a batch of inputs stays within :data:`AUTO_MAX_CPU_BYTES`.
+
+    Example:
+        >>> policy(None, torch.zeros(1, 3)).size, policy(64, torch.zeros(1, 3)).halve
+        (128, False)
+    """
+    device_type = inputs.device.type
+    if isinstance(batch_size, int):
+        return FixedBatch(batch_size)
+    if batch_size is None:
+        return FixedBatch(default_batch_size(device_type), halve=True)
+    largest = None
+    if device_type == "cpu":
+        per_row = max(1, math.prod(inputs.shape[1:])) * inputs.element_size()
+        largest = max(1, AUTO_MAX_CPU_BYTES // per_row)
+    return AutoBatch.for_device(device_type, largest)

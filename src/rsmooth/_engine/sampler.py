@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Generator, Hashable, Iterable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rsmooth._engine.batching import AutoBatch, FixedBatch
 from rsmooth._engine.forward import OUT_OF_MEMORY, ForwardRunner
-from rsmooth._engine.streams import BlockSeeding, NoiseSource
+from rsmooth._engine.streams import BlockSeeding, NoiseSource, Stream
 from rsmooth._model_state import preserve_model_state
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+_HALF = (torch.float16, torch.bfloat16)
 R_co = TypeVar("R_co", covariant=True)
 Batching = FixedBatch | AutoBatch
 
@@ -163,6 +164,39 @@ class Sampler:
         self.nonfinite = nonfinite
         self.group = group
         self.seeding = seeding
+
+    def soft_probabilities(
+        self, inputs: Tensor, seeds: Sequence[int], num_noise: int, *, compiled: bool
+    ) -> Tensor:
+        r"""The soft smoothed classifier :math:`\frac1m\sum_i \mathrm{softmax}(f(x+\delta_i))`.
+
+        Differentiable in ``inputs`` and the model's parameters: the ``num_noise * B`` noisy
+        copies (copy ``i`` of input ``j`` is sample ``i`` of its :attr:`Stream.SOFT` stream) run
+        through the forward runner in batches of the batch size (padded when ``compiled``), in
+        eval mode, without inference mode.
+        """
+        noise_source = NoiseSource(
+            tuple(inputs.shape[1:]), inputs.dtype, inputs.device, self.sigma, self.seeding
+        )
+        with torch.no_grad():
+            per_input = [noise_source.noise(seed, Stream.SOFT, 0, num_noise) for seed in seeds]
+        noise = torch.stack(per_input, dim=1).reshape(num_noise * len(seeds), *inputs.shape[1:])
+        self.forward.check_device(inputs.device)
+        layout = self.forward.layout(inputs.detach())
+        noisy = inputs.repeat((num_noise,) + (1,) * (inputs.dim() - 1)) + noise
+        if layout is not None:
+            noisy = noisy.contiguous(memory_format=layout)
+        size = self.batching.target()
+        pieces = []
+        with preserve_model_state(self.forward.model, train=False):
+            for piece in noisy.split(size):
+                rows = piece.shape[0]
+                if compiled and rows < size:
+                    piece = torch.cat([piece, piece.new_zeros((size - rows, *piece.shape[1:]))])
+                logits = self.forward.logits(piece, inputs, compiled=compiled)[:rows]
+                pieces.append(logits.float() if logits.dtype in _HALF else logits)
+        probs = torch.cat(pieces).softmax(dim=1)
+        return probs.reshape(num_noise, len(seeds), -1).mean(dim=0)
 
     def run(
         self,
