@@ -13,6 +13,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = [
     "rsmooth",
+    "rsmooth.denoised",
     "rsmooth.losses",
     "rsmooth.metrics",
     "rsmooth.stats",
