@@ -14,6 +14,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = [
     "rsmooth",
     "rsmooth.certificates",
+    "rsmooth.denoised",
     "rsmooth.losses",
     "rsmooth.metrics",
     "rsmooth.procedures",

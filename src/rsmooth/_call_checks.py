@@ -51,6 +51,8 @@ class OutputCheck:
         num_classes: The number of classes the call's per-class inputs have (a prior's columns),
             as ``(name, K)``; ``None``: no such check.
         first: Called with the first output once it passed the checks (e.g. the softmax check).
+        not_a_tensor: The message for an output that is not a tensor, for models that return
+            something other than logits (a denoiser); ``None``: the logits message.
     """
 
     def __init__(
@@ -59,16 +61,20 @@ class OutputCheck:
         *,
         num_classes: tuple[str, int] | None = None,
         first: Callable[[Tensor], None] | None = None,
+        not_a_tensor: str | None = None,
     ) -> None:
         self.max_label = max_label
         self.num_classes = num_classes
         self.first = first
+        self.not_a_tensor = not_a_tensor
         self.done = False
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.done:  # the first forward of the call is enough
             return
         if not isinstance(output, Tensor):
+            if self.not_a_tensor is not None:
+                raise _OutputTypeError(f"{self.not_a_tensor}, got {type(output).__name__}")
             raise _OutputTypeError(output_type_message(output))
         self.done = True
         if output.dim() == 2:

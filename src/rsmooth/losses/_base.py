@@ -101,6 +101,9 @@ class SmoothingCriterion(nn.Module):
     _repr_fields: ClassVar[tuple[str, ...]] = ("sigma",)
     #: Whether inputs must lie in [0, 1] (criteria that attack in pixel space).
     _unit_box: ClassVar[bool] = False
+    #: What the model returns when not logits (e.g. "a tensor (the denoised inputs)"): then its
+    #: outputs are only checked to be a tensor, not against the labels.
+    _returns: ClassVar[str | None] = None
 
     sigma = Setting(check_positive)
     generator = Setting(check_generator_arg)
@@ -248,11 +251,14 @@ class SmoothingCriterion(nn.Module):
                 "training epoch (after any evaluation)",
                 stacklevel=5,
             )
-        check = OutputCheck(
-            max_label,
-            num_classes=per_class,
-            first=None if self._outputs_checked else self._check_first_output,
-        )
+        if self._returns is None:
+            check = OutputCheck(
+                max_label,
+                num_classes=per_class,
+                first=None if self._outputs_checked else self._check_first_output,
+            )
+        else:  # a model that returns something else than logits (a denoiser's images)
+            check = OutputCheck(not_a_tensor=f"the model must return {self._returns}")
         with checking_outputs(model, check):
             try:
                 return loss(model, inputs, targets)
