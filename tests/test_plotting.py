@@ -69,6 +69,21 @@ def test_plot_has_one_step_curve_per_run():
     assert [t.get_text() for t in legend.get_texts()] == list(runs)
 
 
+def test_plot_reads_in_percent_and_its_legend_leaves_the_plot_its_width():
+    pytest.importorskip("matplotlib")
+    runs = {f"run {i}": random_results(i) for i in range(4)}
+    ax = plot_certified_accuracy(runs, radius_caps=dict.fromkeys(runs, 1.5))
+    ax.figure.canvas.draw()
+    ticks = [label.get_text() for label in ax.get_yticklabels()]
+    assert "40%" in ticks and "100%" in ticks  # the tables' unit, not fractions
+    figure_box = ax.figure.bbox
+    axes_box = ax.get_window_extent()
+    legend_box = ax.get_legend().get_window_extent()
+    assert legend_box.y1 <= axes_box.y0  # under the axes, so that it hides no curve
+    assert axes_box.width >= 0.7 * figure_box.width  # not squeezed by a legend beside it
+    assert legend_box.x0 >= figure_box.x0 and legend_box.x1 <= figure_box.x1
+
+
 def test_plot_into_given_axes_and_certificates():
     matplotlib = pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
@@ -110,7 +125,7 @@ def test_save_figure(tmp_path):
     pytest.importorskip("matplotlib")
     ax = plot_certified_accuracy({"a": random_results(0)})
     path = save_figure(ax, tmp_path / "sub" / "plot.png", dpi=100)
-    assert png_size(path) == (850, 400)
+    assert png_size(path) == (700, 500)
     assert save_figure(ax.figure, tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(TypeError, match="figure must be a matplotlib Figure or Axes, got int"):
         save_figure(3, tmp_path / "x.png")
@@ -135,7 +150,7 @@ def test_report_plot_writes_a_png_with_one_line_per_file(tmp_path, capsys, monke
     out, err = capsys.readouterr()
     assert code == 0 and f"wrote {png}" in err and "| first | 4 |" in out
     width, height = png_size(png)
-    assert (width, height) == (1275, 600) and png.stat().st_size > 5000
+    assert (width, height) == (1050, 750) and png.stat().st_size > 5000
     (ax,) = drawn
     assert [line.get_label() for line in ax.get_lines()] == ["first", "second"]
     assert ax.get_xlim() == (0.0, 2.0)
@@ -190,7 +205,7 @@ def test_radius_cap_of_a_certificate_is_a_labelled_dashed_line():
     cap = 0.25 * norm.ppf(0.001 ** (1 / 1000))  # sigma * Phi^-1(alpha^(1/N)), about 0.64
     ((x, label, color, dashed),) = cap_lines(ax)
     assert x == pytest.approx(cap, rel=1e-9)
-    assert label == f"run: radius cap {cap:.2f} (sigma=0.25, N=1,000, alpha=0.001)"
+    assert label == f"run: radius cap {cap:.2f} (sigma=0.25, n=1,000 samples, alpha=0.001)"
     assert dashed and color == to_hex(ax.get_lines()[0].get_color())
     assert label in [t.get_text() for t in ax.get_legend().get_texts()]
     assert ax.get_xlim()[1] == pytest.approx(1.05 * 0.9)  # the largest radius is past the cap here
@@ -218,13 +233,13 @@ def test_radius_cap_of_a_results_file_comes_from_its_sidecar(tmp_path):
     ax = plot_certified_accuracy(runs)
     cap = max_certified_radius(200, 0.01, 0.25)
     assert [(x, label) for x, label, _, _ in cap_lines(ax)] == [
-        (pytest.approx(cap), f"ours: radius cap {cap:.2f} (sigma=0.25, N=200, alpha=0.01)")
+        (pytest.approx(cap), f"ours: radius cap {cap:.2f} (sigma=0.25, n=200 samples, alpha=0.01)")
     ]
     assert ax.get_xlim()[1] == pytest.approx(1.05 * cap)  # the cap is in view
     # a file without settings: give its cap; or draw none
     ax = plot_certified_accuracy(runs, radius_caps={"released": 3.81})
     assert sorted(label for _, label, _, _ in cap_lines(ax)) == [
-        f"ours: radius cap {cap:.2f} (sigma=0.25, N=200, alpha=0.01)",
+        f"ours: radius cap {cap:.2f} (sigma=0.25, n=200 samples, alpha=0.01)",
         "released: radius cap 3.81",
     ]
     assert cap_lines(plot_certified_accuracy(runs, show_caps=False)) == []
@@ -258,10 +273,10 @@ def test_runs_with_the_same_cap_share_one_grey_line():
     lines = cap_lines(plot_certified_accuracy(runs, targets=targets))
     small, large = max_certified_radius(1000, 0.001, 0.5), max_certified_radius(100_000, 0.001, 0.5)
     assert [(x, label, color) for x, label, color, _ in lines] == [
-        (pytest.approx(small), f"a, b: radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)", "#595959"),
-        (pytest.approx(large), f"c: radius cap {large:.2f} (sigma=0.5, N=100,000, alpha=0.001)", "#2ca02c"),
+        (pytest.approx(small), f"a, b: radius cap {small:.2f} (sigma=0.5, n=1,000 samples, alpha=0.001)", "#595959"),
+        (pytest.approx(large), f"c: radius cap {large:.2f} (sigma=0.5, n=100,000 samples, alpha=0.001)", "#2ca02c"),
     ]  # fmt: skip
     ((_, label, _, _),) = cap_lines(
         plot_certified_accuracy(dict(list(runs.items())[:2]), targets=targets)
     )
-    assert label == f"radius cap {small:.2f} (sigma=0.5, N=1,000, alpha=0.001)"
+    assert label == f"radius cap {small:.2f} (sigma=0.5, n=1,000 samples, alpha=0.001)"

@@ -21,7 +21,7 @@ from rsmooth.stats import (
 
 SIGMA, ALPHA, MAX_N = 0.5, 0.001, 100_000
 p_values = np.concatenate([np.linspace(0.55, 0.99, 120), np.linspace(0.99, 0.9999, 20)])
-fig, ax = plt.subplots(figsize=(7, 4))
+fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
 for radii in ([0.25], [0.5], [0.75], [1.0], [0.25, 0.5, 0.75, 1.0]):
     targets = radius_to_probability(radii, SIGMA)
     looks = sequential_looks(MAX_N, ALPHA, float(targets[0]))
@@ -36,6 +36,6 @@ ax.set_yscale("log")
 ax.set_xlabel("true vote share p_A of the candidate class")
 ax.set_ylabel("expected estimation samples")
 ax.set_title(f"certify_radius, sigma = {SIGMA}, alpha = {ALPHA}, max_n = {MAX_N:,}")
-ax.legend(fontsize=8)
-fig.tight_layout()
+# under the axes, where it covers no curve (inside, it hid the first peak)
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3, frameon=False)
 fig.savefig(Path(__file__).with_name("expected_samples.png"), dpi=110)

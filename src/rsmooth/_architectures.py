@@ -174,9 +174,11 @@ def resnet50(*, num_classes: int = 1000) -> nn.Module:
         ModuleNotFoundError: torchvision is not installed (the message says how to install it).
 
     Example:
-        >>> net = resnet50()  # doctest: +SKIP
-        >>> net.fc.out_features  # doctest: +SKIP
-        1000
+        With torchvision installed for your torch (``tests/test_models.py`` checks this under
+        ``python -m pytest -m torchvision``)::
+
+            net = resnet50()
+            net.fc.out_features  # 1000
     """
     try:
         from torchvision.models import resnet50 as torchvision_resnet50

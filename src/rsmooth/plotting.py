@@ -1,8 +1,9 @@
 r"""Certified-accuracy-vs-radius figures (needs matplotlib: ``pip install 'rsmooth[plot]'``).
 
 The standard figure of the randomized-smoothing papers :cite:`cohen2019certified`: for each run,
-the approximate certified accuracy :math:`\frac1N\sum_i \mathbb{1}[\hat y_i = y_i \wedge R_i \ge r]`
-as a function of the radius :math:`r`, a decreasing step curve.
+the approximate certified accuracy over its M inputs,
+:math:`\frac{1}{M}\sum_{i=1}^{M} \mathbb{1}[\hat y_i = y_i \wedge R_i \ge r]`, as a function of
+the radius :math:`r`, a decreasing step curve (drawn in percent, as in the tables).
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def plot_certified_accuracy(
 ) -> Axes:
     r"""Plot certified accuracy against radius, one step curve per named run.
 
-    Each run's **radius cap** :math:`\sigma\,\Phi^{-1}(\alpha^{1/N})`, the largest radius
-    CERTIFY can report with N samples at level alpha, is marked by a dashed vertical line in the
+    Each run's **radius cap** :math:`\sigma\,\Phi^{-1}(\alpha^{1/n})`, the largest radius
+    CERTIFY can report with n noise samples at level alpha, is marked by a dashed vertical line in the
     run's colour (one grey line for runs that share it), labelled in the legend: it explains the
     cliff at the right end of every curve (no input can be certified beyond it, however robust
     the model). The cap is known for a
@@ -131,7 +132,7 @@ def plot_certified_accuracy(
         >>> [line.get_label() for line in ax.get_lines()]
         ['run']
         >>> [c.get_label() for c in ax.collections]  # the cap: 0.5 * Phi^-1(0.1 ** (1 / 10))
-        ['run: radius cap 0.41 (sigma=0.5, N=10, alpha=0.1)']
+        ['run: radius cap 0.41 (sigma=0.5, n=10 samples, alpha=0.1)']
     """
     _matplotlib()
     from matplotlib.figure import Figure
@@ -167,7 +168,7 @@ def plot_certified_accuracy(
     grid = np.linspace(0.0, max_radius, num_points)
     own_figure = ax is None
     if ax is None:
-        figure = Figure(figsize=(8.5, 4.0), layout="constrained")
+        figure = Figure(figsize=(7.0, 5.0), layout="constrained")
         ax = figure.add_subplot()
     colors: dict[str, Any] = {}
     for name, (cert, labels) in curves.items():
@@ -195,13 +196,23 @@ def plot_certified_accuracy(
             linewidth=1.0,
             label=f"{who}radius cap {cap:.2f}{settings}",
         )
+    from matplotlib.ticker import PercentFormatter
+
     ax.set_xlim(0.0, max_radius)
     ax.set_ylim(0.0, 1.0)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))  # in percent, as in the tables
     ax.set_xlabel("radius")
     ax.set_ylabel("certified accuracy")
     ax.grid(True, alpha=0.3)
-    if own_figure:  # beside the axes (constrained layout makes room): inside, it hides curves
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    if own_figure:  # under the axes, in columns (constrained layout makes room): the plot keeps
+        # the figure's width, and no curve is hidden
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncols=2,
+            fontsize="small",
+            frameon=False,
+        )
     else:  # the caller's axes: their figure's layout is theirs
         ax.legend()
     if title is not None:
@@ -210,7 +221,7 @@ def plot_certified_accuracy(
 
 
 def _radius_cap(cert: Any) -> tuple[float, str] | None:
-    """``(cap, " (sigma=..., N=..., alpha=...)")`` of a run, when its settings are known."""
+    """``(cap, " (sigma=..., n=... samples, alpha=...)")`` of a run, when its settings are known."""
     settings = getattr(cert, "settings", None)
     if settings is not None:
         sigma, n, alpha = settings.sigma, settings.n, settings.alpha
@@ -223,7 +234,7 @@ def _radius_cap(cert: Any) -> tuple[float, str] | None:
     cap = max_certified_radius(n, alpha, sigma)
     if cap <= 0:
         return None
-    return cap, f" (sigma={sigma:g}, N={n:,}, alpha={alpha:g})"
+    return cap, f" (sigma={sigma:g}, n={n:,} samples, alpha={alpha:g})"
 
 
 def save_figure(figure: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
