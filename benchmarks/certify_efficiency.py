@@ -46,7 +46,7 @@ from models import build_model  # noqa: E402
 from rsmooth import GaussianAugmentationLoss, SmoothedClassifier  # noqa: E402
 from rsmooth.datasets import load_dataset  # noqa: E402
 from rsmooth.runner import input_seed  # noqa: E402
-from rsmooth.sequential import _expected_cost, _plug_in_probabilities  # noqa: E402
+from rsmooth.sequential import RadiusGrid, expected_cost, plug_in_probabilities  # noqa: E402
 from rsmooth.stats import radius_to_probability  # noqa: E402
 
 
@@ -249,12 +249,13 @@ def analyse(
     accuracy = []
     disagreements = []
     # the candidate's plug-in share sets the cost; CERTIFY's candidate where it abstained too
-    p_plug, _ = _plug_in_probabilities(c_count, np.full(size, n), labels, c_pred)
-    # both arms select from the same selection samples (same seeds, stream and n0)
+    p_plug, _ = plug_in_probabilities(c_count, np.full(size, n), labels, c_pred)
+    # the arms select their candidates from independent selection samples (streams of their own)
     candidate = np.asarray(seq["candidate"])
     candidate_correct = candidate == labels
     same_candidate = bool(np.all((c_pred < 0) | (c_pred == candidate)))
-    cost = _expected_cost(p_plug, radii, args.sigma, args.alpha, args.alpha, args.max_n, 1.5, n)
+    grid = RadiusGrid(tuple(radii), alpha=args.alpha, max_n=args.max_n, n0=args.n0)
+    cost = expected_cost(p_plug, grid, args.sigma, n)
     for j, r in enumerate(radii):
         a = (c_pred == labels) & (c_rad >= r)
         b = (s_pred == labels) & s_cert[:, j]

@@ -1,4 +1,4 @@
-"""Certification throughput: the bare-forward floor, rsmooth's certify (automatic batch size and
+"""Certification throughput: the bare-forward floor, rsmooth's certify (defaults, standard layout,
 compile), and IBM ART's certify, with peak memory.
 
 For a LeNet on 1x28x28 and a CIFAR ResNet-20 on 3x32x32 (``rsmooth.models.get_model``, random
@@ -11,27 +11,21 @@ per second of
   counting), in the standard layout and, for images, in ``channels_last`` too (for one
   channel: channels-last strides, the same memory, from which convolutions choose their
   algorithm and their output's layout);
-- ``SmoothedClassifier.certify`` at its defaults (``batch_size="auto"``,
-  ``memory_format="auto"``): a fresh classifier's first call, which starts the automatic
-  batch-size tuning, then (after the calls that let the tuning settle) its steady state; ratio
-  to the best floor in the standard layout (what a user's own loop runs);
-- for images, the same with ``memory_format="preserve"`` (the standard
-  layout), against the same floor;
-- for models with BatchNorm layers (which the defaults fold into a checked copy), the same with
-  ``fold_batchnorm=False`` (``benchmarks/fold_batchnorm.py`` measures folding alone);
-- ``certify`` with ``compile=True`` and the automatic batch size (the time of the calls that
-  tune and compile is reported); ratio to the best eager floor;
-- ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at the batch size
-  that our automatic search chose (``--art-batch`` to choose) and at its default (32), when
+- ``SmoothedClassifier.certify`` at its defaults (the device's fixed batch size, 128 on the CPU
+  and 2048 on CUDA; ``memory_format="auto"``); ratios to the best floor of any layout and batch
+  size, and to the best floor in the standard layout (what a user's own loop runs);
+- for images, the same with ``memory_format="preserve"`` (the standard layout);
+- ``certify`` with ``compile=True`` at the default batch size (the time of the first call, which
+  compiles, is reported); ratio to the best eager floor;
+- ART 1.20.1's ``PyTorchRandomizedSmoothing.certify`` (``sample_size = n0``) at our default
+  batch size (``--art-batch`` to choose) and at its own default (32), when
   ``adversarial-robustness-toolbox`` is importable (skipped with a message otherwise).
 
-The floors, certify, compile and ART are measured in turn in each of ``--rounds`` rounds, and the
-median over rounds is reported (the raw rounds are in the JSON): a slow spell of a shared machine
-then slows all of them alike rather than one.
-
-and the peak extra memory of certifying one input at ``--memory-n`` samples (CUDA: max allocated;
-CPU: peak resident-set growth, sampled every millisecond in a fresh subprocess). It needs no
-download.
+The contenders are measured in turn in each of ``--rounds`` rounds, and the median over rounds is
+reported (the raw rounds are in the JSON): a slow spell of a shared machine then slows all of them
+alike rather than one. Also the peak extra memory of certifying one input at ``--memory-n``
+samples (CUDA: max allocated; CPU: peak resident-set growth, sampled every millisecond in a fresh
+subprocess). It needs no download.
 
     python benchmarks/certify_throughput.py --out perf            # perf.md and perf.json
     python benchmarks/certify_throughput.py --quick --out /tmp/p  # a smoke run
@@ -56,6 +50,7 @@ import torch
 from torch import nn
 
 from rsmooth import SmoothedClassifier
+from rsmooth._engine.batching import default_batch_size
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"lenet": (1, 28, 28), "cifar_resnet20": (3, 32, 32)}
@@ -139,14 +134,6 @@ def art_certify(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, bat
     return lambda: classifier.certify(data, n=args.n, batch_size=batch_size)
 
 
-def settle(smoothed: SmoothedClassifier, run: Callable[[], object]) -> None:
-    """Run certify calls until the automatic batch size has settled (at most 5 calls)."""
-    for _ in range(5):
-        if smoothed._chosen_batch_sizes():
-            break
-        run()
-
-
 def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)  # benchmark script: fixed random weights and inputs
     model = build_model(name).to(device).eval()
@@ -177,44 +164,28 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
             samples_of[key] = samples
 
     smoothed = SmoothedClassifier(model, args.sigma)
-    row["certify_auto_first"] = total / timed(certify(smoothed), device)
-    settle(smoothed, certify(smoothed))
-    row["auto_batch_size"] = next(iter(smoothed._chosen_batch_sizes().values()), None)
-    row["channels_last"] = any(smoothed._layouts.values())
-    row["batchnorm_folded"] = smoothed._folded.folded_layers()
+    certify(smoothed)()  # warm-up (and the layout check)
+    row["batch_size"] = default_batch_size(device.type)
+    row["channels_last"] = "channels_last" in repr(smoothed)
     contenders["certify"] = certify(smoothed)
-    print(
-        f"{name}: first certify call {row['certify_auto_first']:,.0f}/s; automatic batch "
-        f"size {row['auto_batch_size']}; channels_last {row['channels_last']}; BatchNorm "
-        f"layers folded {row['batchnorm_folded']}",
-        flush=True,
-    )
-    row["preserve_batch_size"] = None
     if len(layouts) > 1:
         standard = SmoothedClassifier(model, args.sigma, memory_format="preserve")
-        settle(standard, certify(standard))
-        row["preserve_batch_size"] = next(iter(standard._chosen_batch_sizes().values()), None)
+        certify(standard)()
         contenders["certify preserve"] = certify(standard)
-    row["unfolded_batch_size"] = None
-    if row["batchnorm_folded"]:  # what folding adds: the model's own forward passes
-        unfolded = SmoothedClassifier(model, args.sigma, fold_batchnorm=False)
-        settle(unfolded, certify(unfolded))
-        row["unfolded_batch_size"] = next(iter(unfolded._chosen_batch_sizes().values()), None)
-        contenders["certify unfolded"] = certify(unfolded)
-
-    row["compile_seconds"] = row["compile_batch_size"] = None
+    row["compile_seconds"] = None
     if not args.no_compile:
         compiled = SmoothedClassifier(model, args.sigma, compile=True)
         began = time.perf_counter()
-        settle(compiled, certify(compiled))
-        certify(compiled)()  # compiles, if the last settling call did not
+        certify(compiled)()  # compiles
         row["compile_seconds"] = time.perf_counter() - began
-        row["compile_batch_size"] = next(iter(compiled._chosen_batch_sizes().values()), None)
         contenders["compile"] = certify(compiled)
+    print(
+        f"{name}: batch size {row['batch_size']}; channels_last {row['channels_last']}; "
+        f"compiled in {fmt(row['compile_seconds'], '.1f')} s",
+        flush=True,
+    )
 
-    # ART runs at the batch size our automatic search chose (a good one for the model on this
-    # machine), unless told otherwise, and at its own default
-    row["art_batch"] = args.art_batch or row["auto_batch_size"] or ART_DEFAULT_BATCH
+    row["art_batch"] = args.art_batch or row["batch_size"]
     run_art = art_certify(model, x, args, row["art_batch"])
     if run_art is not None:
         run_art_small = art_certify(model, x[:1], args, row["art_batch"])
@@ -237,21 +208,27 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     row["rounds"] = rates
     middle = {key: statistics.median(values) for key, values in rates.items()}
     floors = {b: middle[f"floor {b}"] for b in FLOOR_BATCH_SIZES}
-    best_batch = max(floors, key=lambda b: floors[b])
     row["floor"] = floors
-    row["best_floor_batch"] = best_batch
-    row["best_floor"] = floors[best_batch]
+    row["best_floor_batch"] = max(floors, key=lambda b: floors[b])
+    row["best_floor"] = floors[row["best_floor_batch"]]
     row["floor_channels_last"] = {
         b: middle[f"floor channels_last {b}"] for b in FLOOR_BATCH_SIZES if len(layouts) > 1
     }
     cl_floors = row["floor_channels_last"]
     row["best_floor_channels_last"] = max(cl_floors.values()) if cl_floors else None
-    row["certify_auto"] = middle["certify"]
+    row["best_floor_any"] = max(row["best_floor"], row["best_floor_channels_last"] or 0.0)
+    row["certify"] = middle["certify"]
     row["certify_preserve"] = middle.get("certify preserve")
-    row["certify_unfolded"] = middle.get("certify unfolded")
     row["certify_compile"] = middle.get("compile")
     row["art"] = middle.get("art")
     row["art_default"] = middle.get("art default", row["art"])
+    row["ratio_certify_best_floor"] = row["certify"] / row["best_floor_any"]
+    row["ratio_compile_eager_floor"] = (
+        None if row["certify_compile"] is None else row["certify_compile"] / row["best_floor_any"]
+    )
+    row["ratio_certify_art_default"] = (
+        None if row["art_default"] is None else row["certify"] / row["art_default"]
+    )
 
     row["memory_gib"] = peak_memory(name, args, device, "rsmooth")
     row["art_memory_gib"] = (
@@ -328,47 +305,28 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"| {row['model']} | {batch_size} | {rate:,.0f}{mark} | {fmt(last)} |")
     lines += [
         "",
-        "| model | what | samples/s | × best floor |",
+        "| model | what | samples/s | × best floor (any layout) |",
         "|---|---|---:|---:|",
     ]
     for row in rows:
-        best = row["best_floor"]
+        best = row["best_floor_any"]
         entries = [
             (
-                f"certify, defaults (auto → {row['auto_batch_size'] or 'default, untuned'}), "
-                "first call incl. tuning",
-                row["certify_auto_first"],
-            ),
-            (
-                "certify, defaults, settled"
-                + (" (channels_last)" if row["channels_last"] else "")
-                + (
-                    f" ({row['batchnorm_folded']} BatchNorm folded)"
-                    if row["batchnorm_folded"]
-                    else ""
-                ),
-                row["certify_auto"],
+                f"certify, defaults (batch {row['batch_size']}"
+                + (", channels_last" if row["channels_last"] else "")
+                + ")",
+                row["certify"],
             ),
         ]
-        if row["batchnorm_folded"]:
-            entries.append(
-                (
-                    f"certify, fold_batchnorm=False (auto → {row['unfolded_batch_size']})",
-                    row["certify_unfolded"],
-                )
-            )
         if row["floor_channels_last"]:  # images: the layout's own rows
             entries += [
-                (
-                    f"certify, memory_format='preserve' (auto → {row['preserve_batch_size']})",
-                    row["certify_preserve"],
-                ),
+                ("certify, memory_format='preserve'", row["certify_preserve"]),
+                ("best bare-forward floor, standard layout", row["best_floor"]),
                 ("best bare-forward floor, channels_last", row["best_floor_channels_last"]),
             ]
         entries += [
             (
-                f"certify, compile=True (auto → {row['compile_batch_size']}; first calls "
-                f"{fmt(row['compile_seconds'], '.0f')} s)",
+                f"certify, compile=True (first call {fmt(row['compile_seconds'], '.0f')} s)",
                 row["certify_compile"],
             ),
             (f"ART 1.20.1 certify (batch {row['art_batch']})", row["art"]),
@@ -402,7 +360,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=3, help="measurements of each contender (median reported)"
     )
-    parser.add_argument("--art-batch", type=int, help="ART's batch size (default: best floor's)")
+    parser.add_argument("--art-batch", type=int, help="ART's batch size (default: ours)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile row")
     parser.add_argument("--art-memory", action="store_true", help="also ART's peak memory")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")

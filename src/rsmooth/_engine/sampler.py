@@ -397,11 +397,16 @@ class _Run(Generic[R]):
                 "others"
             )
         counts, bad = self._tables()
+        finite = torch.isfinite(logits).all(dim=1)
+        votes = logits.argmax(dim=1)
+        if len(owners) == 1:  # the whole batch is one draw's (large n): no owner index
+            row = owners[0]
+            counts[row * classes : (row + 1) * classes].index_add_(0, votes, finite.long())
+            bad[row : row + 1] += (~finite).sum()
+            return
         owner = torch.repeat_interleave(torch.tensor(owners), torch.tensor(lengths))
         owner = _to_device(owner, self.device)
-        finite = torch.isfinite(logits).all(dim=1)
-        flat = owner * classes + logits.argmax(dim=1)
-        counts.index_add_(0, flat, finite.long())
+        counts.index_add_(0, owner * classes + votes, finite.long())
         bad.index_add_(0, owner, (~finite).long())
 
     def _tables(self) -> tuple[Tensor, Tensor]:
