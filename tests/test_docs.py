@@ -17,6 +17,7 @@ MODULES = [
     "rsmooth",
     "rsmooth.certificates",
     "rsmooth.denoised",
+    "rsmooth.diagnostics",
     "rsmooth.losses",
     "rsmooth.metrics",
     "rsmooth.procedures",

@@ -52,12 +52,25 @@ ResultKind = Literal["certify", "grid"]
 KINDS: tuple[str, ...] = ("certify", "grid")
 
 
-def float_tensor(values: np.ndarray, device: torch.device, *, bound: str = "lower") -> Tensor:
-    """``float64`` values as a tensor on ``device``, in ``float32`` where float64 is missing (MPS).
+def float32_safe(values: np.ndarray, *, bound: str = "lower") -> np.ndarray:
+    """``float64`` values as ``float32``, rounded towards the safe side.
 
-    The cast to float32 rounds towards the safe side: a lower bound or a radius (``bound=
-    "lower"``) down, an upper bound (``"upper"``) up, so a certificate never claims more than was
-    computed.
+    A lower bound or a radius (``bound="lower"``) is rounded down, an upper bound (``"upper"``)
+    up: rounding to nearest could claim a radius the float64 computation did not certify.
+
+    Example:
+        >>> float(float32_safe(np.array([0.12599999937570072]))[0]) <= 0.12599999937570072
+        True
+    """
+    values = np.asarray(values, dtype=np.float64)
+    single = values.astype(np.float32)
+    towards = np.float32(-np.inf if bound == "lower" else np.inf)
+    off = single > values if bound == "lower" else single < values
+    return np.where(off, np.nextafter(single, towards), single).astype(np.float32)
+
+
+def float_tensor(values: np.ndarray, device: torch.device, *, bound: str = "lower") -> Tensor:
+    """``float64`` values as a tensor on ``device`` (as :func:`float32_safe` without float64).
 
     Example:
         >>> t = float_tensor(np.array([0.12599999937570072]), torch.device("cpu"))
@@ -67,11 +80,7 @@ def float_tensor(values: np.ndarray, device: torch.device, *, bound: str = "lowe
     values = np.asarray(values, dtype=np.float64)
     if device.type != "mps":
         return torch.from_numpy(values.copy()).to(device)
-    single = values.astype(np.float32)
-    towards = -np.inf if bound == "lower" else np.inf
-    off = single > values if bound == "lower" else single < values
-    single = np.where(off, np.nextafter(single, np.float32(towards)), single).astype(np.float32)
-    return torch.from_numpy(single).to(device)
+    return torch.from_numpy(float32_safe(values, bound=bound)).to(device)
 
 
 @dataclass(frozen=True, eq=False, slots=True)

@@ -350,9 +350,10 @@ def randomized_clopper_pearson_lower(
     Its coverage is exactly :math:`1-\alpha` for every :math:`p`, and
     ``clopper_pearson_lower(x) <= L <= clopper_pearson_lower(x + 1)``: it is never worse than
     Clopper–Pearson. At ``count == n`` it is :math:`(\alpha/U)^{1/n}`, which tends to 1 as
-    :math:`U \to 0`; so ``u`` is first raised to at least ``2 * alpha``
-    (:math:`U' = \max(U, 2\alpha)`), which only lowers the bound (it stays valid) and keeps it,
-    and the radius, finite. The bound is valid for a **fixed** ``n`` only (not at a
+    :math:`U \to 0`; so ``u`` is first raised to at least ``2 * alpha`` and at most 1
+    (:math:`U' = \min(\max(U, 2\alpha), 1)`), which only lowers the bound (it stays valid),
+    keeps it and the radius finite, and keeps it at least Clopper–Pearson's :math:`\alpha^{1/n}`
+    for every alpha. The bound is valid for a **fixed** ``n`` only (not at a
     data-dependent stopping time).
 
     Args:
@@ -379,7 +380,7 @@ def randomized_clopper_pearson_lower(
         bad = u_arr[~np.isfinite(u_arr) | (u_arr <= 0) | (u_arr > 1)].flat[0]
         raise ValueError(f"u must be uniform draws in (0, 1], got {bad}")
     count_arr, n_arr, u_arr = np.broadcast_arrays(count_arr, n_arr, u_arr)
-    w = np.maximum(u_arr, 2 * alpha)
+    w = np.minimum(np.maximum(u_arr, 2 * alpha), 1.0)
     full = count_arr == n_arr
     low = clopper_pearson_lower(count_arr, n_arr, alpha)
     high = np.where(
@@ -556,7 +557,8 @@ def sequential_thresholds(
       p_j) \ge a) \le \alpha/K\}`, i.e. when the Clopper–Pearson lower bound
       ``clopper_pearson_lower(A_k, N_k, alpha / K) >= p_j`` (``N_k + 1`` where impossible);
     - rule it out when :math:`A_k \le f_{kj} = \max\{a : P_{p_j}(\mathrm{Bin}(N_k, p_j) \le a)
-      < \beta/K\}`, i.e. when ``clopper_pearson_upper(A_k, N_k, beta / K) < p_j`` (-1 if none).
+      < \beta/K\}` (a count equal to :math:`f_{kj}` is ruled out), i.e. when
+      ``clopper_pearson_upper(A_k, N_k, beta / K) < p_j`` (-1 if no count can be).
 
     Comparing integer counts with integer thresholds makes the decisions exact. By a union bound
     over the looks, a candidate whose vote share is below :math:`p_j` is certified at :math:`j`
