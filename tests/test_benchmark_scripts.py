@@ -64,4 +64,6 @@ def test_certify_throughput_ratios_are_those_of_its_measurements(tmp_path):
     assert row["ratio_certify_best_floor"] == row["certify"] / best
     assert row["batch_size"] == 128 and row["channels_last"] is True  # the CPU's defaults
     text = out.with_suffix(".md").read_text()
-    assert f"| lenet | certify, defaults (batch 128, channels_last) | {row['certify']:,.0f} |" in text
+    assert (
+        f"| lenet | certify, defaults (batch 128, channels_last) | {row['certify']:,.0f} |" in text
+    )
