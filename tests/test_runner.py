@@ -77,16 +77,20 @@ def test_writes_the_reference_format(tmp_path, dataset):
     assert side["selection"] == {"start": 0, "stop": 24, "step": 1}
 
 
-def test_rows_match_the_engine_with_per_index_generators(tmp_path, dataset):
+def test_rows_match_the_engine_with_per_index_generators(tmp_path, dataset, device):
     out = tmp_path / "r.tsv"
-    results = certify_dataset(smoothed(), dataset, out, seed=5, progress=False, procedure=CERTIFY)
-    engine = smoothed()
+    model = TinyLinear().to(device)
+    engine = SmoothedClassifier(model, sigma=0.25, batch_size=1000)
+    results = certify_dataset(
+        engine, dataset, out, seed=5, device=device, progress=False, procedure=CERTIFY
+    )
+    row = {int(i): k for k, i in enumerate(results.idx.tolist())}
     chosen = [3, 17]
-    inputs = torch.stack([dataset[i][0] for i in chosen])
-    generators = [torch.Generator().manual_seed(input_seed(5, i)) for i in chosen]
+    inputs = torch.stack([dataset[i][0] for i in chosen]).to(device)
+    generators = [torch.Generator(device).manual_seed(input_seed(5, i)) for i in chosen]
     cert = engine.certify(inputs, n=200, n0=20, alpha=0.001, generator=generators)
-    assert results.prediction[chosen].tolist() == cert.prediction.tolist()
-    assert results.count[chosen].tolist() == cert.count.tolist()
+    assert [int(results.prediction[row[i]]) for i in chosen] == cert.prediction.tolist()
+    assert [int(results.count[row[i]]) for i in chosen] == cert.count.tolist()
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 5000])

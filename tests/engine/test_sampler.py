@@ -48,10 +48,10 @@ def boundary_model() -> nn.Module:
 
 @pytest.mark.parametrize("size", [1, 7, 64, 1000])
 @pytest.mark.parametrize("group", [1, 3])
-def test_a_stream_gives_each_input_its_own_result_bit_for_bit(size, group):
-    x = spread_inputs(12)
+def test_a_stream_gives_each_input_its_own_result_bit_for_bit(size, group, device):
+    x = spread_inputs(12).to(device)
     seeds = input_seeds(12, torch.Generator().manual_seed(0))
-    model = boundary_model()
+    model = boundary_model().to(device)
     procedures = {
         "certify": Certify(n=300, n0=20, alpha=0.01).bind(0.5),
         "grid": RadiusGrid((0.1, 0.3, 0.6), alpha=0.01, max_n=5000, n0=20).bind(0.5),
@@ -133,10 +133,10 @@ def test_one_synchronisation_per_group_of_forward_batches():
     assert sum(d for _, d in synced) == 2400 and sum(n for n, _ in synced) == 6
 
 
-def test_counts_are_votes_of_the_finite_samples():
-    x = fixed_rand(2, 1, 8, 8)
+def test_counts_are_votes_of_the_finite_samples(device):
+    x = fixed_rand(2, 1, 8, 8).to(device)
     seeds = input_seeds(2, torch.Generator().manual_seed(4))
-    results, _ = run(cnn(), Counts(500), x, seeds, size=37)
+    results, _ = run(cnn().to(device), Counts(500), x, seeds, size=37)
     for votes in results.values():
         assert isinstance(votes, Votes) and int(votes.counts.sum()) == 500 and votes.nonfinite == 0
         assert (votes.counts > 0).sum() > 2  # the votes spread: noise changes would show
