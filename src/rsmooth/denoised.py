@@ -324,7 +324,6 @@ class DenoisedClassifier(nn.Module):
             :func:`~torch.nn.functional.interpolate`.
 
     Example:
-        >>> _ = torch.manual_seed(0)
         >>> model = DenoisedClassifier(nn.Identity(), nn.Sequential(nn.Flatten(), nn.LazyLinear(3)),
         ...                            resize=16)
         >>> model
