@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rsmooth.procedures import SampleSizeWarning
     from rsmooth.smoothing import SmoothedClassifier
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.3.0.dev0"
 
 #: Where each top-level name lives: imported on first use, so that ``import rsmooth`` (and the
 #: command line's ``--help``) stays light until a name is needed.

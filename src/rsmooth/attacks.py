@@ -1,18 +1,22 @@
 r"""Attacks on smoothed classifiers: ``x_adv = attack(model, inputs, targets)``.
 
-All three attacks work on the *soft* smoothed classifier
+The three attacks on the input (:class:`UnrestrictedSmoothAttack`, :class:`SmoothPGDAttack`,
+:class:`SmoothDDNAttack`) work on the *soft* smoothed classifier
 :math:`\hat F(x) = \frac{1}{m}\sum_i \mathrm{softmax}(f(x + \delta_i))`, draw their ``m`` noise
-samples once per call (from the attack's ``generator``) and reuse them at every step. They run
+samples once per call (from the attack's ``generator``) and reuse them at every step; the two
+attacks on the noise (:class:`CATRSNoiseAttack`, :class:`AdaptiveNoiseAttack`) leave the input
+as it is and return adversarial noise ``[m * B, *]``. All of them run
 the model in ``eval()`` mode with its parameters frozen, restore every submodule's mode and every
 ``requires_grad`` flag afterwards (also when they raise), and leave no ``.grad`` on parameters.
 Inputs must lie in :math:`[0, 1]` (pixel space); they are rejected, never clamped.
 
-Every constructor argument is an attribute of the same name, checked again whenever it is
-assigned (``attack.step_size = -1`` raises the constructor's ``ValueError`` and keeps the old
-value). Each call checks the labels against the model's logits (``[0, K)``) before the attack
-uses them, refuses a :class:`~rsmooth.SmoothedClassifier` as the model (pass ``smoothed.model``
-and ``sigma=smoothed.sigma``), and adds the hint to add the batch dimension
-(``inputs.unsqueeze(0)``) when the model fails on a 3-D batch.
+Every constructor argument is an attribute of the same name, checked again whenever it is assigned
+(``attack.step_size = -1`` raises the constructor's ``ValueError`` and keeps the old value); a
+misspelt one (``attack.num_step = 3``) raises ``AttributeError`` naming the nearest attribute
+instead of being silently ignored. Each call checks the labels against the model's logits
+(``[0, K)``) before the attack uses them, refuses a :class:`~rsmooth.SmoothedClassifier` as the
+model (pass ``smoothed.model`` and ``sigma=smoothed.sigma``), and adds the hint to add the batch
+dimension (``inputs.unsqueeze(0)``) when the model fails on a 3-D batch.
 
 The pure versions with the noise passed in are in :mod:`rsmooth.functional`
 (:func:`~rsmooth.functional.smooth_pgd_attack`, :func:`~rsmooth.functional.smooth_ddn_attack`,
@@ -36,7 +40,7 @@ from rsmooth._call_checks import (
 )
 from rsmooth._model_state import preserve_model_state
 from rsmooth._prior import check_prior_rows
-from rsmooth._settings import Setting
+from rsmooth._settings import Sealed, Setting
 from rsmooth._validation import (
     check_base_model,
     check_bool,
@@ -77,7 +81,7 @@ def _check_gamma(name: str, value: Any) -> float:
     return gamma
 
 
-class _SmoothAttack(nn.Module):
+class _SmoothAttack(Sealed, nn.Module):
     """Shared plumbing: settings, validation, noise, model-state guard, ``extra_repr``."""
 
     _repr_fields: ClassVar[tuple[str, ...]] = ()

@@ -23,7 +23,7 @@ from rsmooth._engine.forward import ForwardRunner, compile_model
 from rsmooth._engine.progress import Progress
 from rsmooth._engine.sampler import Item, Procedure, Sampler, Votes
 from rsmooth._engine.streams import input_seeds
-from rsmooth._settings import Setting
+from rsmooth._settings import Sealed, Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
     check_bool,
@@ -100,7 +100,7 @@ def _check_num_classes(name: str, value: object) -> int | None:
     return None if value is None else check_int(name, value, min=2)
 
 
-class SmoothedClassifier:
+class SmoothedClassifier(Sealed):
     r"""A randomized-smoothing classifier over any base classifier.
 
     Certifies that the smoothed classifier :math:`g` is constant on an L2 ball around each input
@@ -115,9 +115,9 @@ class SmoothedClassifier:
     depends only on its seed and ``s``, so the same generator state and arguments give the same
     results on the same device for every ``batch_size``, whatever other inputs share the call.
 
-    **Settings.** Every argument is also an attribute, checked whenever it is assigned as the
-    constructor checks it (a refused value, or a failing ``compile``, changes nothing); assigning
-    one drops the choices made for the old value (batch size, layout, compiled model).
+    **Settings.** Every argument is also an attribute, checked on assignment as the constructor
+    checks it (a refused value or a failing ``compile`` changes nothing; a new value drops the
+    choices made for the old one); a misspelt one (``smoothed.batchsize = 64``) is an error.
 
     Args:
         model: Base classifier ``f`` mapping a batch ``[N, *]`` to logits ``[N, K]``.

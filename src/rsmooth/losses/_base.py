@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from rsmooth._call_checks import (
     checking_outputs,
     reraise_with_hint,
 )
-from rsmooth._settings import Setting
+from rsmooth._settings import Sealed, Setting
 from rsmooth._validation import (
     DEFAULT_INPUT_RANGE,
     check_base_model,
@@ -50,7 +49,7 @@ def check_unit_box_range(name: str, value: Any) -> tuple[float, float] | None:
     return checked
 
 
-class SmoothingCriterion(nn.Module):
+class SmoothingCriterion(Sealed, nn.Module):
     """Base class of the rsmooth criteria: ``loss = criterion(model, inputs, targets)``.
 
     Subclasses declare their hyperparameters as validated settings (class attributes
@@ -111,12 +110,6 @@ class SmoothingCriterion(nn.Module):
     #: The epoch of the last :meth:`set_epoch` call (``None`` before the first).
     epoch = Setting(optional(functools.partial(check_int, min=0)))
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            cls.__init__ = _sealing(init)  # type: ignore[method-assign]
-
     def __init__(
         self,
         sigma: float,
@@ -132,22 +125,6 @@ class SmoothingCriterion(nn.Module):
         self._last_terms: dict[str, Tensor] = {}
         self._warned: set[str] = set()
         self._outputs_checked = False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            not name.startswith("_")
-            and self.__dict__.get("_sealed", False)
-            and not hasattr(self, name)
-        ):
-            known = [k for k in dir(self) if not k.startswith("_")]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise AttributeError(
-                f"{type(self).__name__} has no attribute {name!r}{hint} (setting a new "
-                "attribute on a criterion is refused, because a misspelt hyperparameter or "
-                "schedule would otherwise be silently ignored)"
-            )
-        super().__setattr__(name, value)
 
     def set_epoch(self, epoch: int) -> None:
         """Apply this criterion's official schedule for training epoch ``epoch`` (0-based).
@@ -291,20 +268,3 @@ class SmoothingCriterion(nn.Module):
         state = self.__dict__.copy()
         state["generator"] = None
         return state
-
-
-def _sealing(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a criterion's ``__init__``: once the outermost one returns, new attributes are refused."""
-
-    @functools.wraps(init)
-    def wrapper(self: SmoothingCriterion, *args: Any, **kwargs: Any) -> None:
-        depth = self.__dict__.get("_init_depth", 0)
-        object.__setattr__(self, "_init_depth", depth + 1)
-        try:
-            init(self, *args, **kwargs)
-        finally:
-            object.__setattr__(self, "_init_depth", depth)
-        if depth == 0:
-            object.__setattr__(self, "_sealed", True)
-
-    return wrapper
