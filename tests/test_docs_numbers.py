@@ -121,3 +121,34 @@ def test_the_command_line_page_says_each_thing_once():
     assert "RSMOOTH_DEBUG" in module_doc  # rendered on the page by automodule
     assert page.count("RSMOOTH_DEBUG") == 1  # the page's own example, no second explanation
     assert "four subcommands" not in page  # the module docstring names them
+
+
+# --------------------------------------------------------------------------- the CPU table
+def _throughput_row(name: str) -> list[str]:
+    row = json.loads((DOCS / "performance" / f"cpu_{name}.json").read_text())["rows"][0]
+    std, last = row["best_floor"], row["best_floor_channels_last"]
+    last_batch = max(row["floor_channels_last"], key=row["floor_channels_last"].get)
+    certify, compiled, art = row["certify"], row["certify_compile"], row["art_default"]
+    return [
+        f"{std:,.0f} ({row['best_floor_batch']})",
+        f"{last:,.0f} ({last_batch})",
+        f"{certify:,.0f}",
+        f"{certify / std:.2f}",
+        f"{certify / last:.2f}",
+        f"{compiled:,.0f}",
+        f"{compiled / std:.2f}",
+        f"{art:,.0f}",
+        f"{certify / art:.2f}",
+    ]
+
+
+@pytest.mark.parametrize(("label", "name"), [("LeNet", "lenet"), ("ResNet-20", "resnet20")])
+def test_the_cpu_throughput_table_is_the_benchmarks(label, name):
+    """The Performance page's CPU row is the medians of ``docs/performance/cpu_*.json``."""
+    lines = (DOCS / "performance.rst").read_text().splitlines()
+    (line,) = [ln.strip() for ln in lines if ln.strip().startswith(f"{label},")]
+    shown = [cell.strip('"') for cell in re.findall(r'"[^"]*"|[^,]+', line)][1:]
+    assert shown == _throughput_row(name)
+    page = text("docs/performance.rst")
+    row = json.loads((DOCS / "performance" / f"cpu_{name}.json").read_text())["rows"][0]
+    assert f"{row['ratio_certify_art_default']:.2f}×" in page
