@@ -67,3 +67,19 @@ def test_certify_throughput_ratios_are_those_of_its_measurements(tmp_path):
     assert (
         f"| lenet | certify, defaults (batch 128, channels_last) | {row['certify']:,.0f} |" in text
     )
+
+
+def test_allocator_benchmark_reports_its_own_measurements(tmp_path):
+    bench = load_script("benchmarks/allocator.py", "rsmooth_bench_allocator")
+    out = tmp_path / "alloc"
+    if __import__("platform").libc_ver()[0] != "glibc":
+        assert bench.main(["--quick", "--out", str(out)]) == 1
+        return
+    assert bench.main(["--quick", "--models", "lenet", "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    (default,), (kept,) = row["rounds"]["default"], row["rounds"]["keep_freed_memory"]
+    assert row["default"] == default["rate"] and row["keep_freed_memory"] == kept["rate"]
+    assert row["ratio"] == kept["rate"] / default["rate"] == row["ratio range"][0]
+    # with freed memory kept, a warmed-up call faults (almost) no page in
+    assert row["keep_freed_memory faults per sample"] < 0.05
+    assert f"| lenet | {default['rate']:,.0f} |" in out.with_suffix(".md").read_text()

@@ -15,6 +15,7 @@ import torch
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = [
     "rsmooth",
+    "rsmooth.allocator",
     "rsmooth.certificates",
     "rsmooth.denoised",
     "rsmooth.diagnostics",

@@ -124,6 +124,15 @@ def test_the_command_line_page_says_each_thing_once():
 
 
 # --------------------------------------------------------------------------- the CPU table
+def _csv_row(caption: str, label: str) -> list[str]:
+    """The cells after the label of the row ``label`` in the Performance page's csv-table whose
+    caption starts with ``caption``."""
+    page = (DOCS / "performance.rst").read_text()
+    table = page[page.index(f".. csv-table:: {caption}") :].split("\n\n")[1]
+    (line,) = [ln.strip() for ln in table.splitlines() if ln.strip().startswith(f"{label},")]
+    return [cell.strip('"') for cell in re.findall(r'"[^"]*"|[^,]+', line)][1:]
+
+
 def _throughput_row(name: str) -> list[str]:
     row = json.loads((DOCS / "performance" / f"cpu_{name}.json").read_text())["rows"][0]
     std, last = row["best_floor"], row["best_floor_channels_last"]
@@ -145,10 +154,29 @@ def _throughput_row(name: str) -> list[str]:
 @pytest.mark.parametrize(("label", "name"), [("LeNet", "lenet"), ("ResNet-20", "resnet20")])
 def test_the_cpu_throughput_table_is_the_benchmarks(label, name):
     """The Performance page's CPU row is the medians of ``docs/performance/cpu_*.json``."""
-    lines = (DOCS / "performance.rst").read_text().splitlines()
-    (line,) = [ln.strip() for ln in lines if ln.strip().startswith(f"{label},")]
-    shown = [cell.strip('"') for cell in re.findall(r'"[^"]*"|[^,]+', line)][1:]
+    shown = _csv_row("2 CPU cores: samples per second", label)
     assert shown == _throughput_row(name)
     page = text("docs/performance.rst")
     row = json.loads((DOCS / "performance" / f"cpu_{name}.json").read_text())["rows"][0]
     assert f"{row['ratio_certify_art_default']:.2f}×" in page
+
+
+# ------------------------------------------------------------------------ the allocator table
+@pytest.mark.parametrize(("label", "name"), [("LeNet", "lenet"), ("ResNet-20", "cifar_resnet20")])
+def test_the_allocator_table_is_the_benchmark(label, name):
+    """The Performance page's allocator rows, and the ratios quoted elsewhere, are
+    ``docs/performance/cpu_allocator.json``'s."""
+    rows = json.loads((DOCS / "performance" / "cpu_allocator.json").read_text())["rows"]
+    (row,) = [r for r in rows if r["model"] == name]
+    shown = _csv_row("2 CPU cores, glibc", label)
+    low, high = row["ratio range"]
+    assert shown == [
+        f"{row['default']:,.0f}",
+        f"{row['default faults per sample']:.2f}",
+        f"{row['keep_freed_memory']:,.0f}",
+        f"{row['keep_freed_memory faults per sample']:.2f}",
+        f"{row['ratio']:.2f}",
+        f"{low:.2f}–{high:.2f}",
+    ]
+    module_doc = " ".join(__import__("rsmooth.allocator").allocator.__doc__.split())
+    assert f"{row['ratio']:.2f} times" in module_doc

@@ -21,6 +21,11 @@ examples:
 Rerun the same command to resume an interrupted run: finished rows are kept. A
 results file records its model (spec and checkpoint hash) and dataset; resuming it
 with another one is refused unless --force is given.
+
+On Linux with glibc the command keeps freed memory for the next forward pass
+(rsmooth.allocator.keep_freed_memory: certify measured 1.3-1.7x faster on a CPU;
+resident memory stays near its peak). Set MALLOC_TRIM_THRESHOLD_ or preload another
+allocator to keep your own choice.
 """
 
 _EPILOG_MAIN = """\

@@ -1,0 +1,89 @@
+"""The C library's allocator: keep freed memory for the next forward pass (Linux, glibc).
+
+On the CPU every forward pass allocates its activations afresh. glibc's ``malloc`` serves a
+block above its mmap threshold with a fresh mapping and unmaps it on ``free``, and it returns the
+free top of its heap to the system once that exceeds its trim threshold. Both thresholds adapt to
+the blocks freed so far, so whether the next forward pass finds its memory still mapped depends
+on the process's allocation history: when it does not, it pays a page fault for every 4 KiB of
+its activations, every batch. In fresh processes on the development machine (2 cores) fixing
+the thresholds made ``SmoothedClassifier.certify`` 1.27 times faster for LeNet and 1.69 times
+for the CIFAR ResNet-20 (medians of 5 rounds; see the Performance page).
+
+:func:`keep_freed_memory` fixes both thresholds so that freed memory stays with the process. It
+changes the whole process's allocator, so rsmooth never calls it behind your back: the
+``rsmooth certify`` command calls it in its own process, and a script can call it first thing.
+Certificates do not depend on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+
+#: Blocks below this many bytes come from the heap rather than a fresh mapping: the most that
+#: glibc's own adaptive threshold reaches on a 64-bit machine, and the most ``mallopt`` accepts.
+MMAP_THRESHOLD = 32 * 2**20
+#: The heap's free top is returned to the system only beyond this many bytes.
+TRIM_THRESHOLD = 2**30
+
+# mallopt's parameter numbers, from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: glibc's own variables for the thresholds this module sets (``mallopt(3)``).
+_GLIBC_VARIABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+)
+
+
+def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse, for the rest of the process.
+
+    Sets ``M_MMAP_THRESHOLD`` to :data:`MMAP_THRESHOLD` (32 MiB) and ``M_TRIM_THRESHOLD`` to
+    :data:`TRIM_THRESHOLD` (1 GiB) with ``mallopt``: the same as starting the process with
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``. The process's resident
+    memory then stays near its peak instead of shrinking between forward passes. Call it before
+    the work starts; the results do not depend on it.
+
+    It leaves the allocator alone, and returns ``False``, where the environment already chose:
+    another allocator preloaded (an ``LD_PRELOAD`` naming a ``malloc``, e.g. jemalloc, TCMalloc,
+    mimalloc), glibc's thresholds set (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or ``glibc.malloc`` in ``GLIBC_TUNABLES``); and
+    where the C library is not glibc (macOS, Windows, musl).
+
+    Args:
+        libc: The C library whose ``mallopt`` to call. Default: this process's, when it is glibc.
+        environ: The environment to consult. Default: :data:`os.environ`.
+
+    Returns:
+        Whether both thresholds were set.
+
+    Example:
+        >>> keep_freed_memory(environ={"MALLOC_TRIM_THRESHOLD_": "131072"})  # the user chose
+        False
+    """
+    environ = os.environ if environ is None else environ
+    if (
+        "malloc" in environ.get("LD_PRELOAD", "")
+        or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+        or any(name in environ for name in _GLIBC_VARIABLES)
+    ):
+        return False
+    if libc is None:
+        if platform.libc_ver()[0] != "glibc":
+            return False
+        libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )

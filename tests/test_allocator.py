@@ -1,0 +1,138 @@
+"""rsmooth.allocator: which thresholds it sets, when it leaves the allocator alone, and that on
+glibc it stops the page faults of memory freed and allocated again (in subprocesses, so that this
+test process's allocator stays as it was)."""
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from runner_helpers import subprocess_env
+
+from rsmooth.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_memory
+
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+
+class FakeLibc:
+    """Records ``mallopt`` calls; returns ``result`` (glibc: 1 on success, 0 on failure)."""
+
+    def __init__(self, result=1):
+        self.calls = []
+        self.result = result
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value))
+        return self.result
+
+
+def test_it_sets_the_mmap_and_the_trim_threshold():
+    libc = FakeLibc()
+    assert keep_freed_memory(libc=libc, environ={}) is True
+    # M_MMAP_THRESHOLD (-3) first, M_TRIM_THRESHOLD (-1): both fixed, glibc's adaptation off
+    assert libc.calls == [(-3, 32 * 2**20), (-1, 2**30)]
+    assert (MMAP_THRESHOLD, TRIM_THRESHOLD) == (33554432, 1073741824)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},
+        {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+        {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        {"MALLOC_MMAP_THRESHOLD_": "0"},
+        {"MALLOC_TOP_PAD_": "67108864"},
+        {"MALLOC_MMAP_MAX_": "0"},
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
+    ],
+)
+def test_an_environment_that_chose_is_left_alone(environ):
+    libc = FakeLibc()
+    assert keep_freed_memory(libc=libc, environ=environ) is False
+    assert libc.calls == []
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"LD_PRELOAD": "libsandbox.so"}, {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"},
+     {"MALLOC_ARENA_MAX": "2"}],
+)  # fmt: skip
+def test_unrelated_settings_do_not_count_as_a_choice(environ):
+    libc = FakeLibc()
+    assert keep_freed_memory(libc=libc, environ=environ) is True
+    assert len(libc.calls) == 2
+
+
+def test_a_c_library_without_mallopt_or_refusing_it():
+    assert keep_freed_memory(libc=object(), environ={}) is False
+    refusing = FakeLibc(result=0)
+    assert keep_freed_memory(libc=refusing, environ={}) is False
+
+
+#: Frees 80 MiB at the top of the heap and allocates it again: more than glibc's adaptive trim
+#: threshold can reach (twice its 32 MiB mmap maximum), whatever the process did before.
+PROBE = """
+import resource
+import numpy as np
+
+def faults(rounds):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        blocks = [np.ones(2**20, dtype=np.float32) for _ in range(20)]  # 4 MiB each
+        del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults(2)
+print(faults(10))
+"""
+
+
+def clean_env():
+    """The subprocesses' environment without any allocator setting of the machine's."""
+    env = subprocess_env()
+    for name in [
+        n for n in env if n.startswith("MALLOC_") or n in ("LD_PRELOAD", "GLIBC_TUNABLES")
+    ]:
+        del env[name]
+    return env
+
+
+def probe_faults(setup):
+    code = textwrap.dedent(setup) + PROBE
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+def test_on_glibc_freed_memory_is_reused_without_page_faults():
+    called = "from rsmooth.allocator import keep_freed_memory\nprint(keep_freed_memory())\n"
+    if not GLIBC:
+        done = subprocess.run(
+            [sys.executable, "-c", called], env=clean_env(), capture_output=True, text=True
+        )
+        assert done.stdout.split() == ["False"], done.stderr
+        return
+    untouched = probe_faults("")
+    kept = probe_faults(called)
+    # 10 rounds of 20 blocks of 1,024 pages: glibc's defaults trim and fault them again
+    assert untouched > 20_000, untouched
+    assert kept < 1_000, kept
+
+
+def test_the_certify_command_keeps_freed_memory(tmp_path):
+    """After ``rsmooth certify`` in a process, the probe does not fault (on glibc)."""
+    out = tmp_path / "out.tsv"
+    command = f"""
+        from rsmooth.cli import main
+        code = main(["certify", "--model", "runner_helpers:tiny_model", "--factory-loads-weights",
+                     "--dataset", "runner_helpers:tiny_dataset", "--sigma", "0.25", "--n", "50",
+                     "--n0", "10", "--max", "2", "--out", {str(out)!r}, "--no-progress"])
+        assert code == 0, code
+    """
+    faults = probe_faults(command)
+    assert out.exists()
+    if GLIBC:
+        assert faults < 1_000, faults
