@@ -64,6 +64,11 @@ def test_unrelated_settings_do_not_count_as_a_choice(environ):
     assert len(libc.calls) == 2
 
 
+def test_environ_must_be_a_mapping():
+    with pytest.raises(TypeError, match="environ must be a mapping of names to values, got list"):
+        keep_freed_memory(libc=FakeLibc(), environ=["MALLOC_TRIM_THRESHOLD_=0"])
+
+
 def test_a_c_library_without_mallopt_or_refusing_it():
     assert keep_freed_memory(libc=object(), environ={}) is False
     refusing = FakeLibc(result=0)

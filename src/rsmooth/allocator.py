@@ -66,11 +66,18 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
     Returns:
         Whether both thresholds were set.
 
+    Raises:
+        TypeError: If ``environ`` is not a mapping.
+
     Example:
         >>> keep_freed_memory(environ={"MALLOC_TRIM_THRESHOLD_": "131072"})  # the user chose
         False
     """
     environ = os.environ if environ is None else environ
+    if not isinstance(environ, Mapping):
+        raise TypeError(
+            f"environ must be a mapping of names to values, got {type(environ).__name__}"
+        )
     if (
         "malloc" in environ.get("LD_PRELOAD", "")
         or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
