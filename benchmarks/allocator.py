@@ -14,7 +14,13 @@ machine hits both alike:
 - ``keep_freed_memory``: the same, with ``rsmooth.allocator.keep_freed_memory()`` called first
   (what ``rsmooth certify`` does in its own process).
 
+With ``--compile`` each process also measures, interleaved with certify, the bare forward floor
+(standard layout, the default batch size, pre-generated noisy batches: ``certify_throughput``'s
+floor) and certify with ``compile=True``, so that compile's gain over the eager floor is measured
+with and without the page faults.
+
     python benchmarks/allocator.py --out docs/performance/cpu_allocator
+    python benchmarks/allocator.py --models cifar_resnet20 --compile --out docs/performance/cpu_allocator_compile
     python benchmarks/allocator.py --quick --out /tmp/alloc   # a smoke run
 """
 
@@ -33,10 +39,14 @@ from typing import Any
 
 import torch
 
+from rsmooth._engine.batching import default_batch_size
+
 HERE = Path(__file__).resolve().parent
 CONFIGS = ("default", "keep_freed_memory")
 #: (inputs per call, n) per model: calls of about a second on 2 CPU cores.
 CALLS = {"lenet": (10, 2000), "cifar_resnet20": (2, 800)}
+#: (inputs per call, n) with ``--quick``.
+QUICK_CALL = (2, 200)
 
 SNIPPET = """
 import json, resource, statistics, sys, time
@@ -45,23 +55,36 @@ if {keep!r}:
     assert keep_freed_memory()
 import torch
 sys.path.insert(0, {here!r})
-from certify_throughput import SHAPES, build_model
+from certify_throughput import SHAPES, build_model, floor, floor_batches
 from rsmooth import SmoothedClassifier
+from rsmooth._engine.batching import default_batch_size
 torch.manual_seed(0)
 model = build_model({name!r}).eval()
 x = torch.rand(({inputs}, *SHAPES[{name!r}]))
-smoothed = SmoothedClassifier(model, 0.5)
-def call():
-    smoothed.certify(x, n={n}, n0=100, generator=torch.Generator().manual_seed(0))
-call()
-rates, faults = [], []
+samples = {inputs} * ({n} + 100)
+def certify(smoothed):
+    return lambda: smoothed.certify(x, n={n}, n0=100, generator=torch.Generator().manual_seed(0))
+contenders = {{"certify": certify(SmoothedClassifier(model, 0.5))}}
+if {compile!r}:
+    size = default_batch_size("cpu")
+    batches = floor_batches(x, size, samples, 0.5)
+    contenders["floor"] = lambda: floor(model, batches, samples)
+    contenders["compile"] = certify(SmoothedClassifier(model, 0.5, compile=True))
+for run in contenders.values():
+    run()  # warm-up (and compilation)
+rates = {{key: [] for key in contenders}}
+faults = {{key: [] for key in contenders}}
 for _ in range({calls}):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    began = time.perf_counter()
-    call()
-    rates.append({inputs} * ({n} + 100) / (time.perf_counter() - began))
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({{"rate": statistics.median(rates), "faults": statistics.median(faults)}}))
+    for key, run in contenders.items():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        began = time.perf_counter()
+        run()
+        rates[key].append(samples / (time.perf_counter() - began))
+        faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({{
+    key: {{"rate": statistics.median(rates[key]), "faults": statistics.median(faults[key])}}
+    for key in contenders
+}}))
 """
 
 
@@ -71,43 +94,52 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not (k in chosen or k.startswith("MALLOC_"))}
 
 
-def measure_once(name: str, config: str, calls: int) -> dict[str, float]:
-    inputs, n = CALLS[name]
+def measure_once(name: str, config: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """One fresh process: ``{contender: {"rate": samples/s, "faults": per call}}``."""
+    inputs, n = QUICK_CALL if args.quick else CALLS[name]
     code = SNIPPET.format(
         keep=config == "keep_freed_memory", here=str(HERE), name=name, inputs=inputs, n=n,
-        calls=calls,
+        calls=args.calls, compile=args.compile,
     )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True
     )
-    result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    result: dict[str, dict[str, float]] = json.loads(done.stdout.splitlines()[-1])
     return result
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    inputs, n = CALLS[name]
-    rounds: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
+    inputs, n = QUICK_CALL if args.quick else CALLS[name]
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {config: [] for config in CONFIGS}
     for round_ in range(args.rounds):
         for config in CONFIGS:
-            rounds[config].append(measure_once(name, config, args.calls))
+            rounds[config].append(measure_once(name, config, args))
         print(
             f"{name}: round {round_ + 1}: "
-            + ", ".join(
-                f"{c} {r[-1]['rate']:,.0f}/s ({r[-1]['faults']:,.0f} faults)"
-                for c, r in rounds.items()
+            + "; ".join(
+                f"{config}: "
+                + ", ".join(
+                    f"{key} {value['rate']:,.0f}/s ({value['faults']:,.0f} faults)"
+                    for key, value in measured[-1].items()
+                )
+                for config, measured in rounds.items()
             ),
             flush=True,
         )
     samples = inputs * (n + 100)
     row: dict[str, Any] = {"model": name, "inputs": inputs, "n": n, "rounds": rounds}
-    for config, values in rounds.items():
-        row[config] = statistics.median(v["rate"] for v in values)
-        row[f"{config} faults per sample"] = (
-            statistics.median(v["faults"] for v in values) / samples
-        )
+    for config, measured in rounds.items():
+        for key in measured[0]:
+            rate = statistics.median(m[key]["rate"] for m in measured)
+            fault = statistics.median(m[key]["faults"] for m in measured)
+            label = config if key == "certify" else f"{config} {key}"
+            row[label] = rate
+            row[f"{label} faults per sample"] = fault / samples
+        if "compile" in measured[0]:
+            row[f"{config} compile ÷ floor"] = row[f"{config} compile"] / row[f"{config} floor"]
     ratios = [
-        k["rate"] / d["rate"]
-        for d, k in zip(rounds["default"], rounds["keep_freed_memory"], strict=True)
+        kept["certify"]["rate"] / default["certify"]["rate"]
+        for default, kept in zip(rounds["default"], rounds["keep_freed_memory"], strict=True)
     ]
     row["ratio"] = row["keep_freed_memory"] / row["default"]
     row["ratio range"] = [min(ratios), max(ratios)]
@@ -132,6 +164,26 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{row['keep_freed_memory faults per sample']:.2f} | {row['ratio']:.2f} "
             f"| {low:.2f}–{high:.2f} |"
         )
+    compiled = [row for row in rows if "default compile" in row]
+    if compiled:
+        lines += [
+            "",
+            "With `--compile`: the bare forward floor (standard layout, batch "
+            f"{meta['batch_size']}, pre-generated noisy batches) and certify with compile=True, "
+            "in the same processes (samples/s, page faults per sample).",
+            "",
+            "| model | allocator | floor | faults | compile | faults | compile ÷ floor |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in compiled:
+            for config in CONFIGS:
+                lines.append(
+                    f"| {row['model']} | {config} | {row[f'{config} floor']:,.0f} "
+                    f"| {row[f'{config} floor faults per sample']:.2f} "
+                    f"| {row[f'{config} compile']:,.0f} "
+                    f"| {row[f'{config} compile faults per sample']:.2f} "
+                    f"| {row[f'{config} compile ÷ floor']:.2f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -140,11 +192,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(CALLS), choices=list(CALLS))
     parser.add_argument("--rounds", type=int, default=5, help="fresh processes per configuration")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process")
-    parser.add_argument("--quick", action="store_true", help="1 round of 1 call: a smoke run")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the bare forward floor and certify with compile=True, in each process",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 3 calls of 2 inputs at n = 200: a smoke run",
+    )
     parser.add_argument("--out", help="write OUT.md and OUT.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.calls = 1, 1
+        args.rounds, args.calls = 1, 3
     return args
 
 
@@ -159,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "libc": " ".join(platform.libc_ver()) or "unknown C library",
         "rounds": args.rounds,
         "calls": args.calls,
+        "batch_size": default_batch_size("cpu"),
+        "compile": args.compile,
     }
     rows = [measure(name, args) for name in args.models]
     table = markdown(rows, meta)

@@ -180,3 +180,17 @@ def test_the_allocator_table_is_the_benchmark(label, name):
     ]
     module_doc = " ".join(__import__("rsmooth.allocator").allocator.__doc__.split())
     assert f"{row['ratio']:.2f} times" in module_doc
+
+
+def test_the_allocator_compile_table_is_the_benchmark():
+    (row,) = json.loads((DOCS / "performance" / "cpu_allocator_compile.json").read_text())["rows"]
+    page = text("docs/performance.rst")
+    for config in ("default", "keep_freed_memory"):
+        assert _csv_row("ResNet-20 in fresh processes", config) == [
+            f"{row[f'{config} floor']:,.0f}",
+            f"{row[f'{config} floor faults per sample']:.2f}",
+            f"{row[f'{config} compile']:,.0f}",
+            f"{row[f'{config} compile faults per sample']:.2f}",
+            f"{row[f'{config} compile ÷ floor']:.2f}",
+        ]
+        assert f"{row[f'{config} compile ÷ floor']:.2f}×" in page

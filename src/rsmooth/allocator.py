@@ -6,7 +6,7 @@ free top of its heap to the system once that exceeds its trim threshold. Both th
 the blocks freed so far, so whether the next forward pass finds its memory still mapped depends
 on the process's allocation history: when it does not, it pays a page fault for every 4 KiB of
 its activations, every batch. In fresh processes on the development machine (2 cores) fixing
-the thresholds made ``SmoothedClassifier.certify`` 1.27 times faster for LeNet and 1.69 times
+the thresholds made ``SmoothedClassifier.certify`` 1.71 times faster for LeNet and 1.65 times
 for the CIFAR ResNet-20 (medians of 5 rounds; see the Performance page).
 
 :func:`keep_freed_memory` fixes both thresholds so that freed memory stays with the process. It
