@@ -148,7 +148,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"Fresh processes on {meta['machine']}, torch {meta['torch']}, {meta['libc']}; "
+        f"Fresh processes on {meta['machine']}, torch {meta['torch']}, {meta['libc']}, "
+        f"transparent huge pages {meta['transparent_hugepage']}; "
         f"certify at defaults, sigma = 0.5, n0 = 100; the median over {meta['rounds']} rounds "
         f"of each process's median of {meta['calls']} calls.",
         "",
@@ -209,6 +210,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def huge_pages() -> str:
+    """The machine's transparent-huge-pages mode (it changes how many faults a block costs)."""
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    chosen = [word.strip("[]") for word in modes.split() if word.startswith("[")]
+    return chosen[0] if chosen else "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if platform.libc_ver()[0] != "glibc":
@@ -218,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "libc": " ".join(platform.libc_ver()) or "unknown C library",
+        "transparent_hugepage": huge_pages(),
         "rounds": args.rounds,
         "calls": args.calls,
         "batch_size": default_batch_size("cpu"),

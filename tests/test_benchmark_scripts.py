@@ -69,6 +69,7 @@ def test_certify_throughput_ratios_are_those_of_its_measurements(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_allocator_benchmark_reports_its_own_measurements(tmp_path):
     bench = load_script("benchmarks/allocator.py", "rsmooth_bench_allocator")
     out = tmp_path / "alloc"

@@ -194,3 +194,20 @@ def test_the_allocator_compile_table_is_the_benchmark():
             f"{row[f'{config} compile ÷ floor']:.2f}",
         ]
         assert f"{row[f'{config} compile ÷ floor']:.2f}×" in page
+
+
+def test_the_allocator_ratios_quoted_in_prose_are_the_benchmarks():
+    rows = json.loads((DOCS / "performance" / "cpu_allocator.json").read_text())["rows"]
+    ratio = {row["model"]: f"{row['ratio']:.2f}" for row in rows}
+    lenet, resnet = ratio["lenet"], ratio["cifar_resnet20"]
+    assert f"certify {lenet}× and {resnet}× slower for LeNet and ResNet-20" in text(
+        "docs/howto/certify.rst"
+    )
+    assert f"certify {lenet}× faster for LeNet and {resnet}× for the CIFAR ResNet-20" in text(
+        "CHANGELOG.md"
+    )
+    compiled = json.loads((DOCS / "performance" / "cpu_allocator_compile.json").read_text())
+    (row,) = compiled["rows"]
+    changelog = text("CHANGELOG.md")
+    assert f"{row['default compile ÷ floor']:.2f}× against a floor that pays" in changelog
+    assert f"{row['keep_freed_memory compile ÷ floor']:.2f}× on a heap" in changelog

@@ -11,7 +11,8 @@ for the CIFAR ResNet-20 (medians of 5 rounds; see the Performance page).
 
 :func:`keep_freed_memory` fixes both thresholds so that freed memory stays with the process. It
 changes the whole process's allocator, so rsmooth never calls it behind your back: the
-``rsmooth certify`` command calls it in its own process, and a script can call it first thing.
+``rsmooth certify`` program calls it in its own process (:func:`rsmooth.cli.main` called from
+Python with explicit arguments does not), and a script can call it first thing.
 Certificates do not depend on it.
 """
 
@@ -35,13 +36,15 @@ TRIM_THRESHOLD = 2**30
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-#: glibc's own variables for the thresholds this module sets (``mallopt(3)``).
+#: glibc's own settings of the thresholds (``mallopt(3)``): any of them turns glibc's adaptation
+#: off, so a user who set one chose the allocator's behaviour.
 _GLIBC_VARIABLES = (
     "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TRIM_THRESHOLD_",
     "MALLOC_TOP_PAD_",
     "MALLOC_MMAP_MAX_",
 )
+_GLIBC_TUNABLES = ("mmap_threshold", "trim_threshold", "top_pad", "mmap_max")
 
 
 def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | None = None) -> bool:
@@ -56,8 +59,8 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
     It leaves the allocator alone, and returns ``False``, where the environment already chose:
     another allocator preloaded (an ``LD_PRELOAD`` naming a ``malloc``, e.g. jemalloc, TCMalloc,
     mimalloc), glibc's thresholds set (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-    ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or ``glibc.malloc`` in ``GLIBC_TUNABLES``); and
-    where the C library is not glibc (macOS, Windows, musl).
+    ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or the same four as ``glibc.malloc`` tunables in
+    ``GLIBC_TUNABLES``); and where the C library is not glibc (macOS, Windows, musl).
 
     Args:
         libc: The C library whose ``mallopt`` to call. Default: this process's, when it is glibc.
@@ -67,7 +70,7 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
         Whether both thresholds were set.
 
     Raises:
-        TypeError: If ``environ`` is not a mapping.
+        TypeError: If ``environ`` is not a mapping, or ``libc`` has no callable ``mallopt``.
 
     Example:
         >>> keep_freed_memory(environ={"MALLOC_TRIM_THRESHOLD_": "131072"})  # the user chose
@@ -78,9 +81,13 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
         raise TypeError(
             f"environ must be a mapping of names to values, got {type(environ).__name__}"
         )
+    if libc is not None and not callable(getattr(libc, "mallopt", None)):
+        raise TypeError(f"libc must be a C library with a mallopt function, got {libc!r}")
     if (
         "malloc" in environ.get("LD_PRELOAD", "")
-        or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+        or any(
+            f"glibc.malloc.{name}" in environ.get("GLIBC_TUNABLES", "") for name in _GLIBC_TUNABLES
+        )
         or any(name in environ for name in _GLIBC_VARIABLES)
     ):
         return False
@@ -88,9 +95,6 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
         if platform.libc_ver()[0] != "glibc":
             return False
         libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )

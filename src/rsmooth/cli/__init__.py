@@ -35,6 +35,11 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rsmooth`` command line; returns the exit status.
 
+    Run as the ``rsmooth`` program (``argv`` left out: the process's own command line, as the
+    console script and ``python -m rsmooth`` call it), ``certify`` first calls
+    :func:`rsmooth.allocator.keep_freed_memory`, since the process is the command's own. Called
+    with an explicit ``argv`` from Python, it leaves the caller's allocator alone.
+
     Args:
         argv: Arguments without the program name. Default: ``sys.argv[1:]``.
 
@@ -53,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, usage errors
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    if argv is None and args.command == "certify":
+        from rsmooth.allocator import keep_freed_memory
+
+        keep_freed_memory()
     prog = f"rsmooth {args.command}"
     with warnings.catch_warnings():
         warnings.showwarning = functools.partial(_show_warning, prog)

@@ -198,7 +198,6 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 
 def certify(args: argparse.Namespace) -> int:
-    from rsmooth.allocator import keep_freed_memory
     from rsmooth.metrics import format_table
     from rsmooth.runner import certify_dataset
     from rsmooth.shards import Shard, distributed_group
@@ -210,7 +209,6 @@ def certify(args: argparse.Namespace) -> int:
             f"got {args.stop}"
         )
     procedure = _procedure(args)
-    keep_freed_memory()  # this process is the command's own (see rsmooth.allocator)
     device = _device(args)
     dataset = _load_dataset(args)
     model = _load_model(args, device)
