@@ -94,9 +94,14 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not (k in chosen or k.startswith("MALLOC_"))}
 
 
+def call_size(name: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(inputs per call, n) for a model."""
+    return QUICK_CALL if args.quick else CALLS[name]
+
+
 def measure_once(name: str, config: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """One fresh process: ``{contender: {"rate": samples/s, "faults": per call}}``."""
-    inputs, n = QUICK_CALL if args.quick else CALLS[name]
+    inputs, n = call_size(name, args)
     code = SNIPPET.format(
         keep=config == "keep_freed_memory", here=str(HERE), name=name, inputs=inputs, n=n,
         calls=args.calls, compile=args.compile,
@@ -109,7 +114,7 @@ def measure_once(name: str, config: str, args: argparse.Namespace) -> dict[str, 
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    inputs, n = QUICK_CALL if args.quick else CALLS[name]
+    inputs, n = call_size(name, args)
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {config: [] for config in CONFIGS}
     for round_ in range(args.rounds):
         for config in CONFIGS:

@@ -51,8 +51,9 @@ def keep_freed_memory(*, libc: Any | None = None, environ: Mapping[str, str] | N
     """Make glibc's ``malloc`` keep freed memory for reuse, for the rest of the process.
 
     Sets ``M_MMAP_THRESHOLD`` to :data:`MMAP_THRESHOLD` (32 MiB) and ``M_TRIM_THRESHOLD`` to
-    :data:`TRIM_THRESHOLD` (1 GiB) with ``mallopt``: the same as starting the process with
-    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``. The process's resident
+    :data:`TRIM_THRESHOLD` (1 GiB) with ``mallopt``: the settings that starting the process with
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` gives (the variables
+    would also reach its child processes; this call does not). The process's resident
     memory then stays near its peak instead of shrinking between forward passes. Call it before
     the work starts; the results do not depend on it.
 
